@@ -1,0 +1,42 @@
+"""Builds the aiohttp application from every module's route table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from symphonyd.api import cluster, events, kv, nodes, openapi
+from symphonyd.api.middleware import ROUTE, access, errors
+from symphonyd.api.routes import DAEMON, Route
+
+if TYPE_CHECKING:
+    from symphonyd.daemon import Daemon
+
+# Bodies above this are refused before they are read (KV values are capped lower, at 512 KiB).
+MAX_BODY = 1024 * 1024
+
+
+def all_routes() -> list[Route]:
+    return [*cluster.ROUTES, *nodes.ROUTES, *kv.ROUTES, *events.ROUTES, *openapi.ROUTES]
+
+
+async def _close_streams(app: web.Application) -> None:
+    for response in list(app[events.STREAMS]):
+        task = getattr(response, "task", None)
+        if task is not None:
+            task.cancel()
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[errors, access], client_max_size=MAX_BODY)
+    app[DAEMON] = daemon
+    routes = all_routes()
+    app[ROUTE] = {}
+    app[openapi.ROUTES_KEY] = routes
+    app[events.STREAMS] = set()
+    for route in routes:
+        resource = app.router.add_route(route.method, route.path, route.handler)
+        app[ROUTE][(route.method, resource.resource.canonical)] = route  # type: ignore[union-attr]
+    app.on_shutdown.append(_close_streams)
+    return app

@@ -1,0 +1,94 @@
+"""Cluster endpoints: health, status, init, join, admitting members, leaving, tokens."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.errors import Invalid
+from symphonyd.validation import parse_duration
+
+
+async def health(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    status = daemon.status()
+    return json_response({
+        "status": "ok", "node": status["node"], "version": status["version"],
+        "initialized": status["initialized"], "has_quorum": status["has_quorum"],
+        "leader": status.get("leader"),
+    })
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    return json_response(daemon_of(request).status())
+
+
+async def init(request: web.Request) -> web.Response:
+    await read_json(request)
+    return json_response(await daemon_of(request).init(), status=201)
+
+
+async def join(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    token = body.get("token")
+    if not isinstance(token, str) or not token:
+        raise Invalid("'token' (the join token text) is required")
+    return json_response(await daemon_of(request).join(token), status=201)
+
+
+async def admit(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    token_id, secret = body.get("token_id"), body.get("secret")
+    if not isinstance(token_id, str) or not isinstance(secret, str):
+        raise Invalid("'token_id' and 'secret' of the join token are required")
+    reply = await daemon_of(request).admit(token_id, secret, body.get("node"))
+    return json_response(reply, status=201)
+
+
+async def leave(request: web.Request) -> web.Response:
+    return json_response(await daemon_of(request).leave())
+
+
+async def create_token(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    kind = body.get("kind", "join")
+    expires = body.get("expires", "3h" if kind == "join" else None)
+    expires_in = parse_duration(expires).total_seconds() if expires is not None else None
+    description = body.get("description", "")
+    if not isinstance(description, str) or len(description) > 200:
+        raise Invalid("'description' must be text of at most 200 characters")
+    result = await daemon_of(request).create_token(kind, expires_in, description)
+    return json_response(result, status=201)
+
+
+ROUTES = [
+    Route("GET", "/v1/health", health, "Liveness and quorum of this node", auth="none",
+          uninitialised=True),
+    Route("GET", "/v1/cluster", cluster_status,
+          "Cluster id, this node, leader, members with role and health, Raft term and "
+          "commit index, quorum", uninitialised=True),
+    Route("POST", "/v1/cluster/init", init, "Bootstrap a new one-node cluster on this node; "
+          "returns the admin token (shown once)", auth="local", uninitialised=True,
+          responses={201: "cluster created", 409: "already a member"}),
+    Route("POST", "/v1/cluster/join", join, "Make this node join a cluster with a join token",
+          auth="local", uninitialised=True,
+          body={"type": "object", "required": ["token"],
+                "properties": {"token": {"type": "string"}}},
+          responses={201: "joined", 400: "bad token", 401: "token not valid",
+                     409: "token used/expired or name taken", 503: "no member reachable"}),
+    Route("POST", "/v1/cluster/members", admit, "Admit a new node (called by the joining node "
+          "with its join token)", auth="join",
+          body={"type": "object", "required": ["token_id", "secret", "node"],
+                "properties": {"token_id": {"type": "string"}, "secret": {"type": "string"},
+                               "node": {"type": "object"}}},
+          responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"}),
+    Route("POST", "/v1/cluster/leave", leave, "This node leaves the cluster cleanly",
+          auth="local", responses={200: "left", 409: "only member"}),
+    Route("POST", "/v1/tokens", create_token, "Create a join token (single use, expiring) or "
+          "an admin token",
+          body={"type": "object", "properties": {
+              "kind": {"type": "string", "enum": ["join", "admin"]},
+              "expires": {"type": "string", "description": "e.g. 90s, 15m, 3h, 7d"},
+              "description": {"type": "string"}}},
+          responses={201: "token created (its text is shown only here)"}),
+]

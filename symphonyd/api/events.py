@@ -1,0 +1,74 @@
+"""`GET /v1/events`: every applied change as server-sent events, resumable.
+
+Each event is `id: <revision>`, `event: <table>.<op>` and `data: <change as JSON>`.
+`?since=REV` (or the `Last-Event-ID` header) replays the changes after REV first; if that
+part of the history is gone (compacted, or the node restarted from a snapshot) the answer
+is 410 and the client must re-read the state it needs. `?table=` filters by table. A
+comment line is sent every 15 s so proxies keep the stream open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from symphonyd.api.routes import Route, daemon_of, jsonable
+from symphonyd.errors import Gone, Invalid
+from symphonyd.state.store import Change
+
+STREAMS: web.AppKey[set[web.StreamResponse]] = web.AppKey("event_streams")
+KEEPALIVE = 15.0
+
+
+def _format(change: Change) -> bytes:
+    data = json.dumps(jsonable(change.to_dict()))
+    return f"id: {change.revision}\nevent: {change.table}.{change.op}\ndata: {data}\n\n".encode()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    cluster = daemon_of(request).require_cluster()
+    store = cluster.store
+    since_text = request.query.get("since") or request.headers.get("Last-Event-ID")
+    table = request.query.get("table")
+    if since_text is not None and not since_text.isdigit():
+        raise Invalid(f"'since' must be a revision number, not {since_text!r}")
+    with store.lock:
+        last = int(since_text) if since_text is not None else store.revision
+        if last > store.revision:
+            raise Invalid(f"revision {last} is in the future (current: {store.revision})")
+        if store.changes_since(last) is None:
+            raise Gone(f"changes after revision {last} are no longer kept; re-read the state")
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Symphonyd-Revision": str(store.revision),
+    })
+    await response.prepare(request)
+    request.app[STREAMS].add(response)
+    try:
+        while True:
+            with store.lock:
+                changes = store.changes_since(last)
+            if changes is None:
+                await response.write(b"event: reset\ndata: {}\n\n")
+                break
+            for change in changes:
+                if table is None or change.table == table:
+                    await response.write(_format(change))
+                last = change.revision
+            if not await cluster.wait_for_revision(last, KEEPALIVE):
+                await response.write(b": keep-alive\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        request.app[STREAMS].discard(response)
+    return response
+
+
+ROUTES = [
+    Route("GET", "/v1/events", events, "Server-sent events of every applied change",
+          query={"since": "replay changes after this revision first",
+                 "table": "only changes of this table (kv, nodes, tokens, cluster)"},
+          responses={200: "text/event-stream", 410: "history since that revision is gone"}),
+]

@@ -1,0 +1,106 @@
+"""Middlewares: errors to JSON, authentication, and the uninitialised-node gate.
+
+A request on the control socket is local root: no token. Over TCP (HTTPS) a request needs
+an admin token or a member's node credential, as `Authorization: Bearer`, `X-Consul-Token`
+or `?token=`; `GET /v1/health` needs none, and a join request carries its join token.
+Every error leaves as `{"error": {"code", "message"}}` with its status; a bug is a logged
+500 with no internals in the body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from aiohttp import web
+
+from symphonyd.api.routes import DAEMON, Handler, Route, json_response
+from symphonyd.errors import (
+    Forbidden,
+    NotInitialized,
+    SymphonyError,
+    TooLarge,
+    Unauthorized,
+)
+from symphonyd.security import node_credential, secret_matches, split_api_token
+from symphonyd.state import tokens
+
+log = logging.getLogger("symphonyd.api")
+
+ROUTE: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("routes")
+
+
+def is_local(request: web.Request) -> bool:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return not isinstance(peer, tuple)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SymphonyError as exc:
+        return json_response(exc.to_dict(), status=exc.http_status)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(TooLarge("request body is too large").to_dict(), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else f"no such endpoint: {request.path}"
+        return json_response({"error": {"code": code, "message": message}}, status=exc.status)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        body = {"error": {"code": "internal", "message": "internal error (see the node's log)"}}
+        return json_response(body, status=500)
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("X-Consul-Token") or request.query.get("token")
+
+
+@web.middleware
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    matched = request.match_info.route
+    key = (matched.method, matched.resource.canonical) if matched.resource else None
+    route = request.app[ROUTE].get(key) if key else None
+    local = is_local(request)
+    request["local"] = local
+    if route is None:
+        return await handler(request)  # unknown path: the router answers 404/405
+    if route.auth == "local" and not local:
+        raise Forbidden("this call is only served on the node's local control socket")
+    if not route.uninitialised and daemon.cluster is None:
+        raise NotInitialized(
+            "this node is not part of a cluster yet: run `symphonyd init` or "
+            "`symphonyd join TOKEN`"
+        )
+    if not local and route.auth == "token":
+        check_token(request)
+    return await handler(request)
+
+
+def check_token(request: web.Request) -> None:
+    daemon = request.app[DAEMON]
+    text = bearer(request)
+    if not text:
+        raise Unauthorized("an API token is required (Authorization: Bearer TOKEN)")
+    if daemon.secret and hmac.compare_digest(text, node_credential(daemon.secret)):
+        request["principal"] = "node"
+        return
+    parts = split_api_token(text)
+    cluster = daemon.cluster
+    record = None
+    if parts and cluster is not None:
+        with cluster.store.lock:
+            record = tokens.get(cluster.store, parts[0])
+    if record is None or parts is None or not secret_matches(parts[1], record["secret_sha256"]):
+        raise Unauthorized("the API token is not valid")
+    if record["kind"] != "admin":
+        raise Forbidden("a join token can only be used to join a node")
+    request["principal"] = f"token:{record['id']}"
+

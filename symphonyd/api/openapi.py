@@ -1,0 +1,78 @@
+"""`GET /v1/openapi.json`, built from the route tables that the app serves."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from symphonyd import __version__
+from symphonyd.api.routes import Route, json_response
+
+ROUTES_KEY: web.AppKey[list[Route]] = web.AppKey("route_list")
+_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def document(routes: list[Route]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        path = _PARAM.sub(r"{\1}", route.path)
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{route.handler.__name__}",
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PARAM.findall(route.path)
+            ] + [
+                {"name": name, "in": "query", "required": False, "description": text,
+                 "schema": {"type": "string"}}
+                for name, text in route.query.items()
+            ],
+            "responses": {
+                str(code): {"description": text} for code, text in
+                {200: "success", **route.responses}.items()
+            },
+        }
+        for code in (400, 401, 403, 404, 409, 503):
+            operation["responses"].setdefault(str(code), {
+                "description": "error", "content": {"application/json": {"schema": ERROR}},
+            })
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": bool(route.body.get("required")),
+                "content": {"application/json": {"schema": route.body}},
+            }
+        elif route.raw_body:
+            operation["requestBody"] = {
+                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                     "format": "binary"}}},
+            }
+        operation["security"] = [] if route.auth in ("none", "join") else [{"bearer": []}]
+        paths.setdefault(path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "symphonyd control API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }},
+            }},
+        },
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document(request.app[ROUTES_KEY]))
+
+
+ROUTES = [
+    Route("GET", "/v1/openapi.json", openapi, "This API's OpenAPI 3 description",
+          auth="none", uninitialised=True),
+]

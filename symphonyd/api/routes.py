@@ -1,0 +1,79 @@
+"""Route tables: each API module lists its routes with the facts the OpenAPI document needs,
+so the served API and its description cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from symphonyd.errors import Invalid
+
+if TYPE_CHECKING:
+    from symphonyd.daemon import Daemon
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: str = "token"  # "none", "token", "local" (control socket only), "join" (join token)
+    uninitialised: bool = False  # served before init/join
+    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    body: dict[str, Any] | None = None  # JSON schema of the request body
+    raw_body: bool = False
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
+
+
+def jsonable(value: Any) -> Any:
+    """Plain data -> JSON-safe data (bytes become base64 text)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(jsonable(data)).encode(), status=status,
+        content_type="application/json", headers=headers,
+    )
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); 400 on anything else."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise Invalid(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Invalid("request body must be a JSON object")
+    return body
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """A query flag: present without value, or 1/true/yes."""
+    if name not in request.query:
+        return False
+    return request.query[name].lower() in ("", "1", "true", "yes")

@@ -1,0 +1,349 @@
+"""The `symphonyd` command: one click group, one short function per command.
+
+Commands talk only to the HTTP API through `symphonyd.client` (and `run` starts the
+daemon). Global options come before the command: `symphonyd --data-dir ./n2 join TOKEN`.
+Errors print one line on stderr and exit non-zero; read commands take `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from symphonyd import __version__
+from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.client import Client, local_fingerprint
+from symphonyd.errors import SymphonyError
+
+DEFAULT_DATA_DIR = "/var/lib/symphonyd"
+
+
+class Context:
+    def __init__(self, socket_path: str | None, data_dir: str, addr: str | None,
+                 token: str | None, fingerprint: str | None) -> None:
+        self.data_dir = data_dir
+        self.socket_path = socket_path or os.path.join(data_dir, "control.sock")
+        self.addr = addr
+        self.token = token
+        self.fingerprint = fingerprint
+
+    def client(self, *, local_only: bool = False, timeout: float = 60.0) -> Client:
+        if self.addr and not local_only:
+            fingerprint = self.fingerprint or local_fingerprint(self.data_dir)
+            return Client(addr=self.addr, token=self.token, fingerprint=fingerprint,
+                          timeout=timeout)
+        return Client(socket_path=self.socket_path, timeout=timeout)
+
+
+def run_safely(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors into one line on stderr and exit status 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SymphonyError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="symphonyd")
+@click.option("--socket-path", envvar="SYMPHONYD_SOCKET",
+              help="Local control socket (default: <data-dir>/control.sock).")
+@click.option("--data-dir", envvar="SYMPHONYD_DATA_DIR", default=DEFAULT_DATA_DIR,
+              show_default=True, help="Node data directory.")
+@click.option("--addr", envvar="SYMPHONYD_ADDR",
+              help="Talk to a node's HTTPS API (https://HOST:PORT) instead of the socket.")
+@click.option("--manager-addr", help="Alias of --addr as HOST:PORT (the original CLI's flag).")
+@click.option("--token", envvar="SYMPHONYD_TOKEN", help="API token for --addr.")
+@click.option("--fingerprint", envvar="SYMPHONYD_FINGERPRINT",
+              help="SHA-256 of the cluster certificate (default: read from --data-dir).")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str | None, data_dir: str, addr: str | None,
+         manager_addr: str | None, token: str | None, fingerprint: str | None) -> None:
+    """symphonyd: the cloud node daemon and its command line."""
+    ctx.obj = Context(socket_path, data_dir, addr or manager_addr, token, fingerprint)
+
+
+@main.command()
+@click.option("--name", help="Node name (default: the host name).")
+@click.option("--address", help="Address peers use to reach this node.")
+@click.option("--bind", help="Listen address (default: --address).")
+@click.option("--api-port", type=int, help="HTTPS API port [15760].")
+@click.option("--raft-port", type=int, help="Raft port [15761].")
+@click.option("--config", "config_file", help="Settings file [/etc/symphonyd/symphonyd.toml].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_obj
+def run(obj: Context, name: str | None, address: str | None, bind: str | None,
+        api_port: int | None, raft_port: int | None, config_file: str | None,
+        log_level: str | None) -> None:
+    """Run the daemon in the foreground (systemd's ExecStart)."""
+    from symphonyd.daemon import run_daemon
+
+    overrides = {"name": name, "address": address, "bind": bind, "api_port": api_port,
+                 "raft_port": raft_port, "log_level": log_level, "data_dir": obj.data_dir}
+    sys.exit(run_daemon(config_file, overrides))
+
+
+@main.command()
+@json_option
+@click.pass_obj
+@run_safely
+def init(obj: Context, as_json: bool) -> None:
+    """Bootstrap a new one-node cluster on this node (over the local socket)."""
+    result = obj.client(local_only=True).request("POST", "/v1/cluster/init", body={})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"Initialised cluster {result['cluster_id']} on node {result['node']}.")
+    click.echo(f"API: {result['api']}  certificate fingerprint: {result['fingerprint']}")
+    click.echo("Admin token (shown only now; keep it safe):")
+    click.echo(result["admin_token"])
+
+
+@main.command()
+@click.argument("token")
+@json_option
+@click.pass_obj
+@run_safely
+def join(obj: Context, token: str, as_json: bool) -> None:
+    """Make this node join a cluster with a join TOKEN (over the local socket)."""
+    result = obj.client(local_only=True, timeout=120).request(
+        "POST", "/v1/cluster/join", body={"token": token})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"Joined cluster {result['cluster_id']} as {result['node']} "
+               f"({len(result['members'])} members).")
+    if not result.get("caught_up"):
+        click.echo("Warning: not caught up with the cluster yet; see `symphonyd status`.")
+
+
+@main.group()
+def token() -> None:
+    """Join and admin tokens."""
+
+
+@token.command("create")
+@click.option("--expires", default=None, help="Lifetime, e.g. 30m, 3h, 7d [3h for join].")
+@click.option("--admin", is_flag=True, help="Create an admin API token instead of a join token.")
+@click.option("--description", default="", help="What the token is for.")
+@json_option
+@click.pass_obj
+@run_safely
+def token_create(obj: Context, expires: str | None, admin: bool, description: str,
+                 as_json: bool) -> None:
+    """Create a single-use, expiring join token (printed as the last line)."""
+    body: dict[str, Any] = {"kind": "admin" if admin else "join", "description": description}
+    if expires:
+        body["expires"] = expires
+    result = obj.client().request("POST", "/v1/tokens", body=body)
+    if as_json:
+        print_json(result)
+        return
+    expiry = result["expires_at"] or "never"
+    click.echo(f"{result['kind'].capitalize()} token {result['id']} (expires {expiry}):")
+    click.echo(result["token"])
+
+
+@main.command()
+@json_option
+@click.pass_obj
+@run_safely
+def leave(obj: Context, as_json: bool) -> None:
+    """This node leaves its cluster cleanly (over the local socket)."""
+    result = obj.client(local_only=True, timeout=120).request("POST", "/v1/cluster/leave")
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"Node {result['node']} left cluster {result['left']}.")
+
+
+@main.command()
+@json_option
+@click.pass_obj
+@run_safely
+def status(obj: Context, as_json: bool) -> None:
+    """Cluster, this node, the leader, members and quorum."""
+    result = obj.client(timeout=10).request("GET", "/v1/cluster")
+    if as_json:
+        print_json(result)
+        return
+    if not result["initialized"]:
+        click.echo(f"Node {result['node']} (symphonyd {result['version']}) is not part of a "
+                   "cluster: run `symphonyd init` or `symphonyd join TOKEN`.")
+        return
+    quorum = "yes" if result["has_quorum"] else "NO QUORUM (writes cannot commit)"
+    print_kv_table([
+        ("Cluster", result["cluster_id"]),
+        ("This node", f"{result['node']} ({result['role']})"),
+        ("Leader", result["leader"] or "none"),
+        ("Quorum", quorum),
+        ("Raft term", result["term"]),
+        ("Commit index", result["commit_index"]),
+        ("Revision", result["revision"]),
+        ("Fingerprint", result.get("fingerprint")),
+        ("Version", result["version"]),
+    ])
+    _print_members(result["members"])
+
+
+def _print_members(members: list[dict[str, Any]]) -> None:
+    print_table(
+        ["NAME", "ROLE", "HEALTH", "STATUS", "RAFT", "API", "VERSION"],
+        [[m["name"], m["role"], m["health"], m["status"], m["raft_addr"], m["api"] or "-",
+          m.get("version") or "-"] for m in members],
+    )
+
+
+@main.group()
+def node() -> None:
+    """Members of the cluster."""
+
+
+@node.command("list")
+@json_option
+@click.pass_obj
+@run_safely
+def node_list(obj: Context, as_json: bool) -> None:
+    """List members with role, health and status."""
+    result = obj.client().request("GET", "/v1/nodes")
+    if as_json:
+        print_json(result)
+        return
+    _print_members(result["nodes"])
+
+
+@node.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@run_safely
+def node_show(obj: Context, name: str, as_json: bool) -> None:
+    """Show one member."""
+    result = obj.client().request("GET", f"/v1/nodes/{name}")
+    if as_json:
+        print_json(result)
+        return
+    print_kv_table(list(result.items()))
+
+
+@node.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even if the node is reachable.")
+@json_option
+@click.pass_obj
+@run_safely
+def node_remove(obj: Context, name: str, force: bool, as_json: bool) -> None:
+    """Remove a dead member from the cluster."""
+    result = obj.client().request("DELETE", f"/v1/nodes/{name}",
+                                  query={"force": "true" if force else None})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"Removed node {result['removed']}.")
+
+
+@main.group()
+def kv() -> None:
+    """The replicated key-value store (Consul compatible API)."""
+
+
+@kv.command("get")
+@click.argument("key")
+@json_option
+@click.pass_obj
+@run_safely
+def kv_get(obj: Context, key: str, as_json: bool) -> None:
+    """Print a key's value."""
+    from symphonyd.errors import NotFound
+
+    client = obj.client()
+    try:
+        if as_json:
+            print_json(client.request("GET", f"/v1/kv/{key}"))
+            return
+        value = client.request("GET", f"/v1/kv/{key}", query={"raw": "true"})
+    except NotFound:
+        raise NotFound(f"no key {key!r}") from None
+    sys.stdout.buffer.write(value if isinstance(value, bytes) else json.dumps(value).encode())
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+
+
+@kv.command("put")
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
+              help="Read the value from a file ('-' for stdin is the VALUE '-').")
+@click.option("--cas", type=int, help="Only if the key's ModifyIndex is this (0: if absent).")
+@click.option("--flags", type=int, help="Opaque 64-bit flags.")
+@click.pass_obj
+@run_safely
+def kv_put(obj: Context, key: str, value: str | None, path: str | None, cas: int | None,
+           flags: int | None) -> None:
+    """Set KEY to VALUE (or the content of --file, or stdin with VALUE '-')."""
+    if path:
+        with open(path, "rb") as f:
+            data = f.read()
+    elif value == "-" or value is None:
+        data = sys.stdin.buffer.read()
+    else:
+        data = value.encode()
+    ok = obj.client().request("PUT", f"/v1/kv/{key}", raw=data,
+                              query={"cas": cas, "flags": flags})
+    if not ok:
+        raise click.ClickException(f"not written: {key} changed since ModifyIndex {cas}")
+    click.echo(f"Wrote {key}.")
+
+
+@kv.command("delete")
+@click.argument("key")
+@click.option("--recurse", is_flag=True, help="Delete every key under the prefix.")
+@click.option("--cas", type=int, help="Only if the key's ModifyIndex is this.")
+@click.pass_obj
+@run_safely
+def kv_delete(obj: Context, key: str, recurse: bool, cas: int | None) -> None:
+    """Delete a key (or a prefix with --recurse)."""
+    ok = obj.client().request("DELETE", f"/v1/kv/{key}",
+                              query={"recurse": "true" if recurse else None, "cas": cas})
+    if not ok:
+        raise click.ClickException(f"not deleted: {key} changed since ModifyIndex {cas}")
+    click.echo(f"Deleted {key}{' (recursively)' if recurse else ''}.")
+
+
+@kv.command("list")
+@click.argument("prefix", default="")
+@json_option
+@click.pass_obj
+@run_safely
+def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
+    """List keys under PREFIX with their indexes and sizes."""
+    import base64
+
+    from symphonyd.errors import NotFound
+
+    try:
+        entries = obj.client().request("GET", f"/v1/kv/{prefix}", query={"recurse": "true"})
+    except NotFound:
+        entries = []
+    if as_json:
+        print_json(entries)
+        return
+    print_table(
+        ["KEY", "SIZE", "FLAGS", "CREATE", "MODIFY"],
+        [[e["Key"], len(base64.b64decode(e["Value"] or "")), e["Flags"], e["CreateIndex"],
+          e["ModifyIndex"]] for e in entries],
+    )

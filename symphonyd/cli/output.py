@@ -1,0 +1,34 @@
+"""Human and JSON output for the CLI: aligned tables (rich) and pretty JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_console = Console(highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    _console.print(table)
+
+
+def print_kv_table(pairs: Sequence[tuple[str, Any]]) -> None:
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in pairs:
+        table.add_row(str(key), "-" if value is None else str(value))
+    _console.print(table)

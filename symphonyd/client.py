@@ -1,0 +1,248 @@
+"""HTTP clients of the control API: `Client` (blocking, for the CLI) and `NodeClient`
+(asyncio, for calls between members).
+
+Both speak to a node either over its local control socket (plain HTTP, no token) or over
+HTTPS with a bearer token, pinning the cluster certificate by its SHA-256 fingerprint
+(the certificate is self-signed; a fingerprint is what join tokens and `status` carry).
+API errors come back as the matching `SymphonyError`; network failures as `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from symphonyd.errors import Invalid, NotFound, SymphonyError, Unavailable, from_dict
+
+
+def _insecure_context() -> ssl.SSLContext:
+    # Verification is done by fingerprint after the handshake, not by a CA chain.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """'https://host:port', 'host:port' or 'host' -> (host, port)."""
+    text = addr.strip()
+    if "://" in text:
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.scheme != "https":
+            raise Invalid(f"only https:// addresses are served, not {addr!r}")
+        host, port = parsed.hostname, parsed.port
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+        port = int(port_text) if port_text.isdigit() else None
+        if ":" in text and port is None:
+            raise Invalid(f"invalid address {addr!r}: expected HOST:PORT")
+    if not host:
+        raise Invalid(f"invalid address {addr!r}")
+    return host.strip("[]"), port or 15760
+
+
+class Client:
+    """Blocking client for the CLI."""
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | None = None,
+        addr: str | None = None,
+        token: str | None = None,
+        fingerprint: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self.addr = parse_addr(addr) if addr else None
+        self.token = token
+        self.fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
+        self.timeout = timeout
+
+    def describe(self) -> str:
+        if self.addr:
+            return f"https://{self.addr[0]}:{self.addr[1]}"
+        return f"socket {self.socket_path}"
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.addr:
+            host, port = self.addr
+            return http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=_insecure_context()
+            )
+        assert self.socket_path
+        return _UnixConnection(self.socket_path, timeout)
+
+    def _check_peer(self, conn: http.client.HTTPConnection) -> None:
+        if not self.addr:
+            return
+        sock = conn.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if der is None:
+            raise Unavailable("no certificate from the server")
+        seen = hashlib.sha256(der).hexdigest()
+        if self.fingerprint is None:
+            raise Invalid(
+                f"cannot verify {self.describe()}: pass --fingerprint (see `symphonyd status` "
+                f"on a member); the server's certificate fingerprint is {seen}"
+            )
+        if seen != self.fingerprint:
+            raise Unavailable(
+                f"certificate of {self.describe()} does not match the expected fingerprint "
+                f"(got {seen})"
+            )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        query: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a request; return the decoded JSON (or bytes for non-JSON answers)."""
+        response, data = self._send(method, path, body=body, raw=raw, query=query,
+                                    timeout=timeout)
+        return _decode(response, data)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        query: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        if query:
+            items = {k: v for k, v in query.items() if v is not None}
+            path = f"{path}?{urllib.parse.urlencode(items)}"
+        headers = {"Accept": "application/json"}
+        payload: bytes | None = raw
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.addr and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection(timeout or self.timeout)
+        try:
+            conn.connect()
+            self._check_peer(conn)
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = b"" if stream else response.read()
+        except FileNotFoundError:
+            raise Unavailable(
+                f"no symphonyd at {self.describe()}: is `symphonyd run` running "
+                "(and is --data-dir/--socket-path right)?"
+            ) from None
+        except PermissionError:
+            raise Unavailable(f"permission denied on {self.describe()} (run as root?)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unavailable(f"cannot reach symphonyd at {self.describe()}: {exc}") from None
+        if response.status >= 400 and not stream:
+            raise _error(response, data)
+        return response, data
+
+    def stream_lines(self, path: str, query: dict[str, Any] | None = None,
+                     timeout: float | None = None) -> Iterator[str]:
+        """Yield the lines of a streamed answer (server-sent events)."""
+        response, _ = self._send("GET", path, query=query, timeout=timeout, stream=True)
+        if response.status >= 400:
+            raise _error(response, response.read())
+        while True:
+            line = response.readline()
+            if not line:
+                return
+            yield line.decode().rstrip("\r\n")
+
+
+def _decode(response: http.client.HTTPResponse, data: bytes) -> Any:
+    if response.getheader("Content-Type", "").startswith("application/json"):
+        return json.loads(data) if data else None
+    return data
+
+
+def _error(response: http.client.HTTPResponse, data: bytes) -> SymphonyError:
+    try:
+        return from_dict(json.loads(data), response.status)
+    except ValueError:
+        if response.status == 404:
+            return NotFound("not found")
+        return SymphonyError(f"HTTP {response.status}: {data[:200]!r}")
+
+
+def local_fingerprint(data_dir: str) -> str | None:
+    """The cluster certificate's fingerprint, if this host's data dir is readable."""
+    try:
+        with open(os.path.join(data_dir, "tls", "cert.pem"), "rb") as f:
+            pem = f.read()
+    except OSError:
+        return None
+    from symphonyd.security import fingerprint_pem
+
+    return fingerprint_pem(pem)
+
+
+class NodeClient:
+    """asyncio client for one member's HTTPS API (node-to-node calls)."""
+
+    def __init__(self, addr: str, *, fingerprint: str, token: str | None = None,
+                 timeout: float = 15.0) -> None:
+        self.host, self.port = parse_addr(addr)
+        self.fingerprint = fingerprint
+        self.token = token
+        self.timeout = timeout
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = f"https://{self.host}:{self.port}{path}"
+        try:
+            pin = aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
+        except ValueError:
+            raise Invalid("certificate fingerprint is not hex") from None
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+                method, url, json=body, headers=headers, ssl=pin
+            ) as response:
+                data = await response.read()
+                status = response.status
+        except aiohttp.ServerFingerprintMismatch:
+            raise Unavailable(
+                f"{self.host}:{self.port} does not present the cluster's certificate"
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"cannot reach {self.host}:{self.port}: {exc or type(exc).__name__}") from None
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            raise Unavailable(f"{self.host}:{self.port} answered non-JSON (HTTP {status})") from None
+        if status >= 400:
+            raise from_dict(decoded or {}, status)
+        return decoded

@@ -1,0 +1,96 @@
+"""Settings of a node: built-in defaults < `/etc/symphonyd/symphonyd.toml` < environment
+< command-line flags; and the layout of the data directory.
+
+Data directory (`/var/lib/symphonyd` by default, `SYMPHONYD_DATA_DIR`):
+
+    control.sock        local control socket (0600; root on the host needs no token)
+    identity.json       this node's name, cluster id and membership (0600)
+    secret              the cluster secret: Raft encryption key (0600)
+    tls/cert.pem, tls/key.pem   the cluster certificate for the HTTPS API
+    raft/               journal.log, journal.meta, snapshot
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from symphonyd.errors import Invalid
+
+DEFAULT_CONFIG_FILE = "/etc/symphonyd/symphonyd.toml"
+DEFAULT_DATA_DIR = "/var/lib/symphonyd"
+DEFAULT_API_PORT = 15760
+DEFAULT_RAFT_PORT = 15761
+
+
+def default_data_dir() -> str:
+    return os.environ.get("SYMPHONYD_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+@dataclass
+class Settings:
+    """Everything `symphonyd run` needs to know; see docs/configuration.md."""
+
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
+    data_dir: str = field(default_factory=default_data_dir)
+    address: str = "127.0.0.1"
+    bind: str | None = None  # listen address for API and Raft; default: `address`
+    api_port: int = DEFAULT_API_PORT
+    raft_port: int = DEFAULT_RAFT_PORT
+    log_level: str = "info"
+    raft: dict[str, Any] = field(default_factory=dict)  # pysyncobj tuning (SyncObjConf names)
+
+    @property
+    def listen(self) -> str:
+        return self.bind or self.address
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.address}:{self.raft_port}"
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.data_dir, "control.sock")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.data_dir, *parts)
+
+
+def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Settings:
+    """Merge the settings file (if any) with flags; flags given as None are ignored."""
+    values: dict[str, Any] = {}
+    path = config_file or os.environ.get("SYMPHONYD_CONFIG") or DEFAULT_CONFIG_FILE
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise Invalid(f"cannot read settings file {path}: {exc}") from exc
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise Invalid(f"{path}: unknown settings: {', '.join(unknown)}")
+        values.update(data)
+    elif config_file:
+        raise Invalid(f"settings file {config_file} does not exist")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    from symphonyd.validation import check_name
+
+    check_name(settings.name, what="node name")
+    for port_name in ("api_port", "raft_port"):
+        port = getattr(settings, port_name)
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise Invalid(f"{port_name} must be a port number, not {port!r}")
+    if settings.api_port == settings.raft_port:
+        raise Invalid("api_port and raft_port must differ")
+    if not settings.address or any(c.isspace() for c in settings.address):
+        raise Invalid(f"invalid address {settings.address!r}")

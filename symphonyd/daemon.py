@@ -1,0 +1,614 @@
+"""Builds and runs a node: settings, identity, the Raft node and store, the API sites.
+
+Start order: data dir -> control socket (always) -> if this node belongs to a cluster:
+Raft node -> HTTPS API. Stop order is the reverse; in-flight API requests finish first.
+
+Membership verbs live here because they touch files as well as Raft: `init` (bootstrap a
+one-node cluster), `join` (this node joins using a token), `admit` (a member lets a new
+node in), `remove_node` and `leave`. Everything they decide goes through the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import ssl
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from symphonyd import __version__
+from symphonyd.client import NodeClient
+from symphonyd.config import Settings
+from symphonyd.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    NotInitialized,
+    SymphonyError,
+    Unavailable,
+)
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.raft.fsm import FSM
+from symphonyd.raft.journal import write_file_durably
+from symphonyd.raft.node import RaftNode
+from symphonyd.security import (
+    decode_join_token,
+    fingerprint_pem,
+    make_certificate,
+    new_api_token,
+    new_id,
+    new_secret,
+    node_credential,
+    now_rfc3339,
+    sha256_hex,
+)
+from symphonyd.state import cluster as cluster_table
+from symphonyd.state import nodes, tokens
+from symphonyd.state.store import Store
+from symphonyd.validation import check_name
+
+log = logging.getLogger("symphonyd.daemon")
+
+
+class Daemon:
+    """One symphonyd process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.identity: dict[str, Any] | None = None
+        self.cluster: Cluster | None = None
+        self.secret: str | None = None
+        self.fingerprint: str | None = None
+        self.started_at = time.time()
+        self._runner: web.AppRunner | None = None
+        self._tcp_site: web.TCPSite | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._membership_lock = asyncio.Lock()
+        self._stopped = asyncio.Event()
+
+    # -- files -------------------------------------------------------------------------------
+
+    @property
+    def identity_path(self) -> str:
+        return self.settings.path("identity.json")
+
+    def _load_identity(self) -> dict[str, Any] | None:
+        try:
+            with open(self.identity_path) as f:
+                identity = json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise Invalid(f"{self.identity_path} is damaged: {exc}") from exc
+        if identity.get("raft_addr") != self.settings.raft_addr:
+            raise Invalid(
+                f"this data dir belongs to node {identity.get('name')!r} at raft address "
+                f"{identity.get('raft_addr')}, but settings give {self.settings.raft_addr}: "
+                "start it with its original --address/--raft-port"
+            )
+        if identity.get("name") != self.settings.name:
+            log.info("node name comes from identity: %s", identity.get("name"))
+        return dict(identity)
+
+    def _save_identity(self, identity: dict[str, Any]) -> None:
+        write_file_durably(self.identity_path, json.dumps(identity, indent=2).encode())
+        self.identity = identity
+
+    def _wipe_cluster_files(self) -> None:
+        for name in ("identity.json", "secret"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.path(name))
+        for name in ("raft", "tls"):
+            shutil.rmtree(self.settings.path(name), ignore_errors=True)
+
+    def _write_cluster_files(self, secret: str, cert_pem: bytes, key_pem: bytes) -> None:
+        os.makedirs(self.settings.path("tls"), mode=0o700, exist_ok=True)
+        write_file_durably(self.settings.path("secret"), secret.encode())
+        write_file_durably(self.settings.path("tls", "cert.pem"), cert_pem, mode=0o644)
+        write_file_durably(self.settings.path("tls", "key.pem"), key_pem)
+
+    # -- start / stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from symphonyd.api.app import make_app
+
+        os.makedirs(self.settings.data_dir, mode=0o700, exist_ok=True)
+        self.identity = self._load_identity()
+        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock_path = self.settings.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_path)
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(self._runner, sock_path).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        if self.identity:
+            self._start_raft(self.identity.get("peers", []))
+            await self._start_https()
+        log.info(
+            "symphonyd %s serving %s (%s)", __version__, sock_path,
+            f"member of cluster {self.identity['cluster_id']}" if self.identity
+            else "not initialised: run `symphonyd init` or `symphonyd join TOKEN`",
+        )
+
+    def _start_raft(self, peers: list[str]) -> None:
+        with open(self.settings.path("secret")) as f:
+            self.secret = f.read().strip()
+        with open(self.settings.path("tls", "cert.pem"), "rb") as f:
+            self.fingerprint = fingerprint_pem(f.read())
+        store = Store()
+        node = RaftNode(
+            self_addr=self.settings.raft_addr,
+            peers=[p for p in peers if p != self.settings.raft_addr],
+            raft_dir=self.settings.path("raft"),
+            secret=self.secret,
+            fsm=FSM(store),
+            bind_addr=f"{self.settings.listen}:{self.settings.raft_port}",
+            tuning=self.settings.raft,
+        )
+        node.start()
+        self.cluster = Cluster(node, store, asyncio.get_running_loop())
+        self._tasks.append(asyncio.create_task(self._remember_members()))
+
+    async def _start_https(self) -> None:
+        assert self._runner is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(
+            self.settings.path("tls", "cert.pem"), self.settings.path("tls", "key.pem")
+        )
+        self._tcp_site = web.TCPSite(
+            self._runner, self.settings.listen, self.settings.api_port, ssl_context=context,
+            reuse_address=True,
+        )
+        try:
+            await self._tcp_site.start()
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot listen on {self.settings.listen}:{self.settings.api_port}: {exc}"
+            ) from exc
+
+    async def _stop_raft(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        if self._tcp_site is not None:
+            await self._tcp_site.stop()
+            self._tcp_site = None
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            cluster.close()
+            await asyncio.to_thread(cluster.node.stop)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # finishes in-flight requests
+            self._runner = None
+        await self._stop_raft()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.settings.socket_path)
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()
+
+    async def _remember_members(self) -> None:
+        """Keep identity.json's peer list current, so a restart dials today's members."""
+        while True:
+            await asyncio.sleep(2.0)
+            cluster, identity = self.cluster, self.identity
+            if cluster is None or identity is None:
+                continue
+            peers = sorted(cluster.raft_members() - {self.settings.raft_addr})
+            if peers != identity.get("peers"):
+                await asyncio.to_thread(self._save_identity, {**identity, "peers": peers})
+
+    # -- helpers for handlers ---------------------------------------------------------------
+
+    def require_cluster(self) -> Cluster:
+        if self.cluster is None:
+            raise NotInitialized(
+                "this node is not part of a cluster yet: run `symphonyd init` "
+                "or `symphonyd join TOKEN`"
+            )
+        return self.cluster
+
+    def node_info(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "name": s.name, "address": s.address, "api_port": s.api_port,
+            "raft_port": s.raft_port, "raft_addr": s.raft_addr, "version": __version__,
+        }
+
+    async def _wait_for_leader(self, timeout: float) -> None:
+        cluster = self.require_cluster()
+        deadline = time.monotonic() + timeout
+        while not cluster.has_leader():
+            if time.monotonic() > deadline:
+                raise Unavailable(cluster.no_quorum_message())
+            await asyncio.sleep(0.05)
+
+    # -- init --------------------------------------------------------------------------------
+
+    async def init(self) -> dict[str, Any]:
+        async with self._membership_lock:
+            if self.identity:
+                raise Conflict(f"this node already belongs to cluster {self.identity['cluster_id']}")
+            check_name(self.settings.name, what="node name")
+            self._wipe_cluster_files()
+            cluster_id = new_id()
+            cert_pem, key_pem = make_certificate(cluster_id)
+            self._write_cluster_files(new_secret(), cert_pem, key_pem)
+            try:
+                self._start_raft([])
+                await self._wait_for_leader(15.0)
+                cluster = self.require_cluster()
+                now = now_rfc3339()
+                token_id, token_text, secret_sha = new_api_token()
+                info = {"id": cluster_id, "created_at": now, "fingerprint": fingerprint_pem(cert_pem)}
+                me = {**self.node_info(), "id": new_id(), "status": "active", "created_at": now}
+                for entry in (
+                    Entry(EntryType.CLUSTER_INIT, {"cluster": info}),
+                    Entry(EntryType.NODE_ADD, {"node": me}),
+                    Entry(EntryType.TOKEN_CREATE, {"token": {
+                        "id": token_id, "kind": "admin", "secret_sha256": secret_sha,
+                        "created_at": now, "expires_at": None, "description": "created by init",
+                    }}),
+                ):
+                    await cluster.propose_ok(entry)
+                self._save_identity({
+                    "name": self.settings.name, "cluster_id": cluster_id,
+                    "raft_addr": self.settings.raft_addr, "peers": [], "created_at": now,
+                })
+                await self._start_https()
+            except BaseException:
+                await self._stop_raft()
+                self._wipe_cluster_files()
+                self.identity = None
+                raise
+            log.info("initialised cluster %s", cluster_id)
+            return {
+                "cluster_id": cluster_id,
+                "node": self.settings.name,
+                "admin_token": token_text,
+                "fingerprint": info["fingerprint"],
+                "api": f"https://{self.settings.address}:{self.settings.api_port}",
+            }
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    async def create_token(self, kind: str, expires_in: float | None,
+                           description: str) -> dict[str, Any]:
+        cluster = self.require_cluster()
+        if kind not in ("join", "admin"):
+            raise Invalid("token kind must be 'join' or 'admin'")
+        created = datetime.now(UTC)
+        expires_at = None
+        if expires_in is not None:
+            expires_at = now_rfc3339(datetime.fromtimestamp(created.timestamp() + expires_in, UTC))
+        token_id, text, secret_sha = new_api_token()
+        record = {
+            "id": token_id, "kind": kind, "secret_sha256": secret_sha,
+            "created_at": now_rfc3339(created), "expires_at": expires_at,
+            "description": description,
+        }
+        await cluster.propose_ok(Entry(EntryType.TOKEN_CREATE, {"token": record}))
+        if kind == "join":
+            from symphonyd.security import JoinToken
+
+            with cluster.store.lock:
+                addresses = [f"{n['address']}:{n['api_port']}" for n in nodes.all_nodes(cluster.store)]
+            assert self.fingerprint
+            secret = text.partition(".")[2]
+            text = JoinToken(
+                cluster_id=self._cluster_id(), addresses=addresses, token_id=token_id,
+                secret=secret, fingerprint=self.fingerprint,
+            ).encode()
+        return {"id": token_id, "kind": kind, "token": text, "expires_at": expires_at}
+
+    def _cluster_id(self) -> str:
+        assert self.identity
+        return str(self.identity["cluster_id"])
+
+    # -- join (on the new node) -----------------------------------------------------------
+
+    async def join(self, token_text: str) -> dict[str, Any]:
+        async with self._membership_lock:
+            if self.identity:
+                raise Conflict(f"this node already belongs to cluster {self.identity['cluster_id']}")
+            token = decode_join_token(token_text)
+            check_name(self.settings.name, what="node name")
+            request = {"token_id": token.token_id, "secret": token.secret, "node": self.node_info()}
+            failures = []
+            reply = None
+            for addr in token.addresses:
+                client = NodeClient(addr, fingerprint=token.fingerprint)
+                try:
+                    reply = await client.request("POST", "/v1/cluster/members", request)
+                    break
+                except Unavailable as exc:
+                    failures.append(str(exc))
+            if reply is None:
+                raise Unavailable("no member of the cluster answered: " + "; ".join(failures))
+            if fingerprint_pem(reply["cert_pem"].encode()) != token.fingerprint:
+                raise Conflict("the member sent a certificate that does not match the token")
+            self._wipe_cluster_files()
+            self._write_cluster_files(
+                reply["secret"], reply["cert_pem"].encode(), reply["key_pem"].encode()
+            )
+            peers = [m for m in reply["members"] if m != self.settings.raft_addr]
+            self._save_identity({
+                "name": self.settings.name, "cluster_id": reply["cluster_id"],
+                "raft_addr": self.settings.raft_addr, "peers": peers, "created_at": now_rfc3339(),
+            })
+            self._start_raft(peers)
+            await self._start_https()
+        caught_up = await self._wait_until_listed(60.0)
+        if caught_up:
+            await self.require_cluster().propose_ok(Entry(EntryType.NODE_UPDATE, {
+                "name": self.settings.name, "fields": {"status": "active"},
+            }))
+        log.info("joined cluster %s", reply["cluster_id"])
+        return {
+            "cluster_id": reply["cluster_id"], "node": self.settings.name,
+            "members": sorted([*peers, self.settings.raft_addr]), "caught_up": caught_up,
+        }
+
+    async def _wait_until_listed(self, timeout: float) -> bool:
+        cluster = self.require_cluster()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with cluster.store.lock:
+                if nodes.get(cluster.store, self.settings.name) is not None:
+                    return True
+            await cluster.wait_for_revision(cluster.store.revision, 0.5)
+        return False
+
+    # -- admit (on a member) --------------------------------------------------------------
+
+    async def admit(self, token_id: str, secret: str, node: dict[str, Any]) -> dict[str, Any]:
+        cluster = self.require_cluster()
+        record = _validated_node(node)
+        now = now_rfc3339()
+        secret_sha = sha256_hex(secret)
+        with cluster.store.lock:
+            problem = tokens.check_usable(tokens.get(cluster.store, token_id), secret_sha, now)
+            problem = problem or nodes.check_addable(cluster.store, record)
+        if problem:
+            from symphonyd.raft.cluster import raise_for_result
+
+            raise_for_result({"ok": False, "error": {"code": problem[0], "message": problem[1]}})
+        record.update({"id": new_id(), "status": "joining", "created_at": now})
+        async with self._membership_lock:
+            await cluster.propose_ok(Entry(EntryType.NODE_ADD, {
+                "node": record,
+                "token": {"id": token_id, "secret_sha256": secret_sha, "now": now},
+            }))
+            try:
+                await self._change_membership("add", record["raft_addr"], wait=1.0)
+            except SymphonyError:
+                await cluster.propose(Entry(EntryType.NODE_REMOVE, {"name": record["name"]}))
+                raise
+        with open(self.settings.path("tls", "cert.pem")) as f:
+            cert_pem = f.read()
+        with open(self.settings.path("tls", "key.pem")) as f:
+            key_pem = f.read()
+        log.info("admitted node %s at %s", record["name"], record["raft_addr"])
+        return {
+            "cluster_id": self._cluster_id(), "secret": self.secret, "cert_pem": cert_pem,
+            "key_pem": key_pem, "members": sorted(cluster.raft_members() | {record["raft_addr"]}),
+            "node": record,
+        }
+
+    async def _change_membership(self, op: str, raft_addr: str, wait: float) -> str:
+        """Membership change, retried while another change is still committing."""
+        cluster = self.require_cluster()
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                return await cluster.change_membership(op, raft_addr, wait)
+            except Conflict:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    # -- remove / leave --------------------------------------------------------------------
+
+    async def remove_node(self, name: str, *, force: bool, leaving: bool = False) -> dict[str, Any]:
+        cluster = self.require_cluster()
+        with cluster.store.lock:
+            record = nodes.get(cluster.store, name)
+        if record is None:
+            raise NotFound(f"no node named {name!r}")
+        if name == self.settings.name:
+            raise Conflict(f"{name} is this node: run `symphonyd leave` on it instead")
+        raft_addr = record["raft_addr"]
+        status = cluster.status()
+        reachable = status.get("peers", {}).get(raft_addr, {}).get("connected", False)
+        if reachable and not (force or leaving):
+            raise Conflict(
+                f"node {name} is reachable: run `symphonyd leave` on it, or remove it with --force"
+            )
+        if status.get("leader") == raft_addr:
+            raise Conflict(f"node {name} is the leader; it must hand over leadership first")
+        async with self._membership_lock:
+            if raft_addr in cluster.raft_members():
+                state = await self._change_membership("remove", raft_addr, wait=10.0)
+                if state != "committed":
+                    raise Unavailable(f"removal of {name} from Raft did not commit in time")
+            await cluster.propose_ok(Entry(EntryType.NODE_REMOVE, {"name": name}))
+        log.info("removed node %s (%s)", name, raft_addr)
+        return {"removed": name}
+
+    async def leave(self) -> dict[str, Any]:
+        cluster = self.require_cluster()
+        me = self.settings.raft_addr
+        others = cluster.raft_members() - {me}
+        if not others:
+            raise Conflict(
+                "this is the cluster's only member; there is nothing to leave "
+                "(to destroy the cluster, stop symphonyd and delete its data dir)"
+            )
+        if cluster.status().get("role") == "leader":
+            cluster.node.transferLeadership()
+            deadline = time.monotonic() + 10.0
+            while cluster.status().get("leader") in (me, None):
+                if time.monotonic() > deadline:
+                    raise Unavailable("could not hand over leadership; retry")
+                await asyncio.sleep(0.05)
+        with cluster.store.lock:
+            peers = [n for n in nodes.all_nodes(cluster.store) if n["raft_addr"] != me]
+        assert self.secret and self.fingerprint
+        failures = []
+        for peer in peers:
+            client = NodeClient(
+                f"{peer['address']}:{peer['api_port']}", fingerprint=self.fingerprint,
+                token=node_credential(self.secret), timeout=30.0,
+            )
+            try:
+                await client.request("DELETE", f"/v1/nodes/{self.settings.name}?leaving=true")
+                break
+            except Unavailable as exc:
+                failures.append(str(exc))
+        else:
+            raise Unavailable("no member answered the leave request: " + "; ".join(failures))
+        cluster_id = self._cluster_id()
+        async with self._membership_lock:
+            await self._stop_raft()
+            self._wipe_cluster_files()
+            self.identity = None
+            self.secret = self.fingerprint = None
+        log.info("left cluster %s", cluster_id)
+        return {"left": cluster_id, "node": self.settings.name}
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "version": __version__,
+            "node": self.settings.name,
+            "initialized": self.identity is not None,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        if self.cluster is None or self.identity is None:
+            return {**base, "cluster_id": None, "members": [], "has_quorum": False}
+        raft = self.cluster.status()
+        store = self.cluster.store
+        with store.lock:
+            records = nodes.all_nodes(store)
+            info = cluster_table.get(store) or {}
+            revision = store.revision
+        by_addr = {r["raft_addr"]: r for r in records}
+        members = []
+        for addr in sorted(self.cluster.raft_members() | set(by_addr)):
+            record = by_addr.get(addr, {})
+            if addr == self.settings.raft_addr:
+                health = "online"
+            else:
+                connected = raft.get("peers", {}).get(addr, {}).get("connected")
+                health = "online" if connected else "unreachable"
+            members.append({
+                "name": record.get("name", "?"),
+                "raft_addr": addr,
+                "api": f"{record['address']}:{record['api_port']}" if record else None,
+                "role": "leader" if raft.get("leader") == addr else "follower",
+                "health": health,
+                "status": record.get("status", "unknown"),
+                "version": record.get("version"),
+            })
+        leader = by_addr.get(raft.get("leader") or "", {}).get("name")
+        return {
+            **base,
+            "cluster_id": self.identity["cluster_id"],
+            "fingerprint": self.fingerprint or info.get("fingerprint"),
+            "role": raft.get("role"),
+            "leader": leader,
+            "leader_raft_addr": raft.get("leader"),
+            "has_quorum": bool(raft.get("has_quorum")) and raft.get("leader") is not None,
+            "term": raft.get("term"),
+            "commit_index": raft.get("commit_index"),
+            "last_applied": raft.get("last_applied"),
+            "revision": revision,
+            "members": members,
+            "raft": raft,
+        }
+
+    def settings_dict(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+
+def _validated_node(node: Any) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise Invalid("'node' must be an object")
+    name = check_name(node.get("name"), what="node name")
+    address = node.get("address")
+    if not isinstance(address, str) or not address or any(c.isspace() for c in address):
+        raise Invalid("node address is missing or invalid")
+    ports = {}
+    for key in ("api_port", "raft_port"):
+        value = node.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+            raise Invalid(f"node {key} must be a port number")
+        ports[key] = value
+    version = node.get("version")
+    return {
+        "name": name, "address": address, **ports,
+        "raft_addr": f"{address}:{ports['raft_port']}",
+        "version": version if isinstance(version, str) else None,
+    }
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr (journald adds the time): level, component, message."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
+    """`symphonyd run`: load settings, serve until SIGTERM/SIGINT. Returns the exit code."""
+    from symphonyd.config import load_settings
+
+    try:
+        settings = load_settings(config_file, overrides)
+    except SymphonyError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(Daemon(settings).serve_forever())
+    except SymphonyError as exc:
+        log.error("%s", exc.message)
+        return 1
+    return 0

@@ -1,0 +1,200 @@
+"""The asyncio face of the Raft node: propose entries, wait for revisions, change members.
+
+pysyncobj runs its own thread. `await cluster.propose(entry)` hands the encoded entry to
+that thread and wraps its callback into an asyncio future with `call_soon_threadsafe`;
+the result is the FSM's result on *this* node, so a write is readable here as soon as the
+call returns. Store changes cross the same way: `wait_for_revision` wakes when the store
+passes a revision (blocking KV reads, the events stream, agents).
+
+Writes may be proposed on any node: pysyncobj forwards a follower's command to the leader.
+A write that cannot reach a leader fails at once with `NoQuorum` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pysyncobj import FAIL_REASON
+
+from symphonyd.errors import (
+    Conflict,
+    Invalid,
+    NoQuorum,
+    NotFound,
+    SymphonyError,
+    Unauthorized,
+    Unavailable,
+)
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.raft.node import RaftNode
+from symphonyd.state.store import Change, Store
+
+log = logging.getLogger("symphonyd.raft.cluster")
+
+# Failures after which the entry was certainly not appended: safe to try again.
+_RETRYABLE = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
+_FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+
+MAX_IN_FLIGHT = 4096
+RESULT_ERRORS: dict[str, type[SymphonyError]] = {
+    "conflict": Conflict,
+    "not_found": NotFound,
+    "invalid": Invalid,
+    "unauthorized": Unauthorized,
+    "unsupported_entry": Conflict,
+}
+
+
+def raise_for_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Turn a refused entry's result into the matching error."""
+    if result.get("ok", True):
+        return result
+    error = result.get("error") or {}
+    cls = RESULT_ERRORS.get(error.get("code", ""), Conflict)
+    raise cls(error.get("message", "refused"))
+
+
+class Cluster:
+    """A running Raft node seen from asyncio."""
+
+    def __init__(self, node: RaftNode, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.node = node
+        self.store = store
+        self.loop = loop
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._revision_event = asyncio.Event()
+        self._notify_pending = False
+        self._unsubscribe = store.subscribe(self._on_changes)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def propose(self, entry: Entry, timeout: float = 10.0) -> dict[str, Any]:
+        """Commit an entry and return the FSM's result on this node."""
+        deadline = time.monotonic() + timeout
+        data = entry.encode()
+        async with self._in_flight:
+            while True:
+                if not self.has_leader():
+                    raise NoQuorum(self.no_quorum_message())
+                future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
+
+                def done(result: Any, error: int, future: asyncio.Future[Any] = future) -> None:
+                    self.loop.call_soon_threadsafe(_settle, future, result, error)
+
+                self.node.submit(data, done)
+                remaining = deadline - time.monotonic()
+                try:
+                    result, error = await asyncio.wait_for(future, max(remaining, 0.01))
+                except TimeoutError:
+                    raise Unavailable(
+                        f"the write was not confirmed within {timeout:g}s; it may still be "
+                        "applied (check before retrying)"
+                    ) from None
+                if error == FAIL_REASON.SUCCESS:
+                    return dict(result) if isinstance(result, dict) else {"ok": True}
+                if error in _RETRYABLE and time.monotonic() < deadline - 0.05:
+                    await asyncio.sleep(0.05)
+                    continue
+                if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
+                    raise NoQuorum(self.no_quorum_message())
+                if error == FAIL_REASON.QUEUE_FULL:
+                    raise Unavailable("too many writes in flight; retry later")
+                raise Unavailable(
+                    f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
+                    "the leader changed while it was in flight"
+                )
+
+    async def propose_ok(self, entry: Entry, timeout: float = 10.0) -> dict[str, Any]:
+        """Like `propose`, but a refused entry raises the matching error."""
+        return raise_for_result(await self.propose(entry, timeout))
+
+    async def barrier(self, timeout: float = 5.0) -> None:
+        """Wait until this node has applied everything committed before the call."""
+        await self.propose(Entry(EntryType.BARRIER, {}), timeout)
+
+    # -- membership (pysyncobj dynamic membership) -------------------------------------
+
+    async def change_membership(self, op: str, raft_addr: str, wait: float) -> str:
+        """Add or remove a Raft member. Returns "committed", or "pending" when the change
+        was appended but not yet committed within `wait` seconds (adding a member to a
+        one-node cluster commits only once the new member runs)."""
+        future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            self.loop.call_soon_threadsafe(_settle, future, result, error)
+
+        if op == "add":
+            self.node.addNodeToCluster(raft_addr, callback=done)
+        else:
+            self.node.removeNodeFromCluster(raft_addr, callback=done)
+        try:
+            _, error = await asyncio.wait_for(asyncio.shield(future), wait)
+        except TimeoutError:
+            return "pending"
+        if error == FAIL_REASON.SUCCESS:
+            return "committed"
+        if error == FAIL_REASON.REQUEST_DENIED:
+            raise Conflict("another membership change is in progress; retry in a moment")
+        raise Unavailable(f"membership change failed: {_FAIL_NAMES.get(error, error)}")
+
+    def raft_members(self) -> set[str]:
+        return {n.id for n in self.node.otherNodes} | {self.node.selfNode.id}
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.node.status()
+
+    def has_leader(self) -> bool:
+        status = self.node.status()
+        return status.get("leader") is not None and status.get("has_quorum", False)
+
+    def no_quorum_message(self) -> str:
+        status = self.node.status()
+        peers = status.get("peers", {})
+        up = 1 + sum(1 for p in peers.values() if p["connected"])
+        return (
+            f"no quorum: this node reaches {up} of {len(peers) + 1} members "
+            f"and knows no leader; writes cannot commit"
+        )
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        # Raft thread: coalesce wake-ups, one call_soon_threadsafe per burst.
+        if not self._notify_pending:
+            self._notify_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def _wake(self) -> None:
+        self._notify_pending = False
+        event, self._revision_event = self._revision_event, asyncio.Event()
+        event.set()
+
+    async def wait_for_revision(self, after: int, timeout: float) -> bool:
+        """Wait until the store's revision is above `after`; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.store.revision <= after:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = self._revision_event
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return self.store.revision > after
+        return True
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: int) -> None:
+    if not future.done():
+        future.set_result((result, error))

@@ -1,0 +1,269 @@
+"""The durable Raft journal: pysyncobj's log, written to an append-only file and fsynced.
+
+pysyncobj's own FileJournal writes through mmap and never syncs, so an acknowledged entry
+can vanish with the page cache. This journal keeps pysyncobj's interface (a list of
+`(command, idx, term)` plus term, vote and commit index) and adds one promise:
+
+    after `sync()` returns, every entry added before it is on stable storage.
+
+`sync()` is cheap when nothing changed, so the tick loop calls it once per round: all
+entries appended in one round of received messages share one `fdatasync` (see
+`raft/node.py`, which holds acknowledgements back until the sync is done).
+
+File format (`journal.log`): an 8-byte magic, then records of
+`<len:u32><crc32:u32><idx:u64><term:u64><command bytes>`; the crc covers idx, term and the
+command. A torn or corrupt tail (a crash mid-write) is cut off when the file is opened:
+it was never synced, hence never acknowledged. Term and vote (`journal.meta`) are written
+atomically and fsynced before pysyncobj sends the vote that depends on them.
+
+This module does no Raft logic and knows nothing of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import zlib
+from typing import Any
+
+from pysyncobj.journal import Journal
+
+log = logging.getLogger("symphonyd.raft.journal")
+
+MAGIC = b"SYJRNL01"
+_HEAD = struct.Struct("<IIQQ")
+Entry = tuple[bytes, int, int]
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` atomically: temp file, fsync, rename, fsync of the folder."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _record(command: bytes, idx: int, term: int) -> bytes:
+    body = struct.pack("<QQ", idx, term) + command
+    return _HEAD.pack(len(command), zlib.crc32(body), idx, term) + command
+
+
+class DurableJournal(Journal):  # type: ignore[misc]
+    """pysyncobj's Journal interface over an fsynced append-only file."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self.path = os.path.join(directory, "journal.log")
+        self.meta_path = os.path.join(directory, "journal.meta")
+        self._entries: list[Entry] = []
+        self._offsets: list[int] = []
+        self._dirty = False
+        self._lock = threading.Lock()
+        self.sync_count = 0
+        self.synced_entries = 0
+        self._unsynced_adds = 0
+        self._meta: dict[str, Any] = self._load_meta()
+        self._meta_saved = dict(self._meta)
+        self._fd = self._open_and_recover()
+
+    # -- opening --------------------------------------------------------------------------
+
+    def _load_meta(self) -> dict[str, Any]:
+        try:
+            with open(self.meta_path, "rb") as f:
+                meta = json.loads(f.read())
+            return meta if isinstance(meta, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.error("journal meta %s is unreadable; starting from term 0", self.meta_path)
+            return {}
+
+    def _open_and_recover(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        data = b""
+        size = os.fstat(fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        if not data.startswith(MAGIC):
+            if data:
+                raise RuntimeError(f"{self.path} is not a symphonyd journal")
+            os.write(fd, MAGIC)
+            os.fsync(fd)
+            fsync_dir(self.directory)
+            return fd
+        pos = len(MAGIC)
+        while pos + _HEAD.size <= len(data):
+            length, crc, idx, term = _HEAD.unpack_from(data, pos)
+            end = pos + _HEAD.size + length
+            if end > len(data):
+                break
+            command = data[pos + _HEAD.size:end]
+            if zlib.crc32(struct.pack("<QQ", idx, term) + command) != crc:
+                break
+            self._entries.append((command, idx, term))
+            self._offsets.append(pos)
+            pos = end
+        if pos != len(data):
+            log.warning(
+                "journal %s: cut %d bytes of torn or corrupt tail after entry %s",
+                self.path, len(data) - pos, self._entries[-1][1] if self._entries else None,
+            )
+            os.ftruncate(fd, pos)
+            os.fsync(fd)
+        self._end = pos
+        return fd
+
+    _end: int = len(MAGIC)
+
+    # -- durability -------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        """Put every entry added so far on stable storage (no-op when nothing changed)."""
+        if not self._dirty:
+            return
+        os.fdatasync(self._fd)
+        self._dirty = False
+        self.sync_count += 1
+        self.synced_entries += self._unsynced_adds
+        self._unsynced_adds = 0
+
+    # -- pysyncobj's Journal interface ----------------------------------------------------
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        command = bytes(command)
+        record = _record(command, idx, term)
+        os.pwrite(self._fd, record, self._end)
+        self._offsets.append(self._end)
+        self._entries.append((command, idx, term))
+        self._end += len(record)
+        self._dirty = True
+        self._unsynced_adds += 1
+
+    def clear(self) -> None:
+        self._entries = []
+        self._offsets = []
+        self._truncate_file(len(MAGIC))
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+        if entryFrom >= len(self._entries):
+            return
+        end = self._offsets[entryFrom]
+        del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
+        self._truncate_file(end)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
+        """Drop entries before `entryTo` (log compaction after a snapshot): rewrite the file."""
+        keep = self._entries[entryTo:]
+        tmp = self.path + ".compact"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        offsets = []
+        pos = len(MAGIC)
+        chunks = [MAGIC]
+        for command, idx, term in keep:
+            record = _record(command, idx, term)
+            offsets.append(pos)
+            chunks.append(record)
+            pos += len(record)
+        try:
+            os.write(fd, b"".join(chunks))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # The snapshot that makes these entries redundant was just renamed into place:
+        # make that rename durable before the entries it replaces disappear.
+        fsync_dir(self.directory)
+        os.replace(tmp, self.path)
+        fsync_dir(self.directory)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR)
+        self._entries = list(keep)
+        self._offsets = offsets
+        self._end = pos
+        self._dirty = False
+
+    def _truncate_file(self, end: int) -> None:
+        os.ftruncate(self._fd, end)
+        self._end = end
+        self._dirty = True
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            self.sync()
+            self._save_meta(durable=False)
+            os.close(self._fd)
+            self._fd = -1
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+        self._meta["commit_index"] = raftCommitIndex
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        return int(self._meta.get("commit_index", 1))
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+        # Raft: term and vote must be on disk before any message that reflects them is sent.
+        self._meta["term"] = term
+        self._meta["voted_for"] = votedForNodeId
+        self._save_meta(durable=True)
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return int(self._meta.get("term", 0))
+
+    def getVotedForNodeId(self) -> Any:  # noqa: N802
+        return self._meta.get("voted_for")
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        # The commit index is a hint (the leader re-sends it), so it is saved lazily.
+        if self._meta != self._meta_saved:
+            self._save_meta(durable=False)
+
+    def _save_meta(self, *, durable: bool) -> None:
+        data = json.dumps(self._meta).encode()
+        if durable:
+            write_file_durably(self.meta_path, data)
+        else:
+            tmp = self.meta_path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.meta_path)
+        self._meta_saved = dict(self._meta)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        return self._end

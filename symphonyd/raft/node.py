@@ -1,0 +1,297 @@
+"""The pysyncobj node: one `@replicated` method, a durable journal, our own tick loop.
+
+What this module adds to pysyncobj 0.3.17, and why:
+
+* **Exactly one replicated method** (`apply_entry`): pysyncobj numbers replicated methods
+  by sorting their names, so a second one would renumber the first and break old logs.
+* **Durability**: the journal is `DurableJournal` (fsync). Followers hold back their
+  acknowledgements (`next_node_idx` messages) while the journal has unsynced entries; the
+  tick loop syncs once per round of received messages and then releases them, so entries
+  that arrive together share one fsync. The leader syncs before it polls the network,
+  that is before any acknowledgement can make it count its own copy toward a commit.
+* **Speed**: `appendEntriesUseBatch=False` (otherwise every write waits for the 100 ms
+  append timer), our own tick thread (`autoTick=False`) so syncs sit at the right point.
+* **No needless truncation**: pysyncobj's leader lowers `nextIndex` to what a follower
+  acknowledged, even when it has already sent more; it then re-sends entries the follower
+  has, and the follower deletes and re-adds them (with fsync, a rewrite each time). Here
+  a successful acknowledgement never lowers `nextIndex`, and a follower drops the leading
+  entries of an append that it already holds with the same term (Raft truncates only on
+  a conflicting term).
+* **Snapshots** through our serializer (`FSM.snapshot`), never pickle of the object.
+* The Raft port always has a password (pysyncobj's Fernet encryption); messages from a
+  peer without the cluster secret are dropped before anything is unpickled.
+
+It knows the FSM, not the API.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pysyncobj.syncobj as _syncobj_module
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.transport import TCPTransport
+
+from symphonyd.raft.fsm import FSM
+from symphonyd.raft.journal import DurableJournal, write_file_durably
+
+log = logging.getLogger("symphonyd.raft")
+
+RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+Callback = Callable[[Any, int], None]
+
+
+class DurableTransport(TCPTransport):  # type: ignore[misc]
+    """TCP transport that holds acknowledgements until the journal is synced."""
+
+    journal: DurableJournal
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any,  # noqa: N803
+                 *, journal: DurableJournal) -> None:
+        self.journal = journal
+        self._held: list[tuple[Any, Any]] = []
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def send(self, node: Any, message: Any) -> bool:
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "next_node_idx"
+            and (self.journal.dirty or self._held)
+        ):
+            self._held.append((node, message))
+            return True
+        return bool(super().send(node, message))
+
+    def release_held(self) -> None:
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
+
+
+_construct_lock = threading.Lock()
+
+
+class RaftNode(SyncObj):  # type: ignore[misc]
+    """A pysyncobj node whose state is an FSM and whose log is durable."""
+
+    def __init__(
+        self,
+        *,
+        self_addr: str,
+        peers: list[str],
+        raft_dir: str,
+        secret: str,
+        fsm: FSM,
+        bind_addr: str | None = None,
+        tuning: dict[str, Any] | None = None,
+    ) -> None:
+        self.fsm = fsm
+        self.raft_dir = raft_dir
+        os.makedirs(raft_dir, mode=0o700, exist_ok=True)
+        self.journal = DurableJournal(raft_dir)
+        self.snapshot_path = os.path.join(raft_dir, "snapshot")
+        settings: dict[str, Any] = {
+            "raftMinTimeout": 0.4,
+            "raftMaxTimeout": 1.4,
+            "appendEntriesPeriod": 0.1,
+            "connectionTimeout": 3.5,
+            "connectionRetryTime": 1.0,
+            "leaderFallbackTimeout": 4.0,
+            "commandsQueueSize": 20_000,
+            "logCompactionMinEntries": 20_000,
+            "logCompactionMinTime": 600,
+        }
+        settings.update(tuning or {})
+        conf = SyncObjConf(
+            password=secret,
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            dynamicMembershipChange=True,
+            fullDumpFile=self.snapshot_path,
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            bindAddress=bind_addr,
+            useFork=False,
+            onStateChanged=self._on_state_changed,
+            **settings,
+        )
+        transport_class = functools.partial(DurableTransport, journal=self.journal)
+        # pysyncobj builds its journal with a module-level factory; hand it ours.
+        with _construct_lock:
+            original = _syncobj_module.createJournal
+            _syncobj_module.createJournal = lambda _path: self.journal
+            try:
+                super().__init__(self_addr, peers, conf, transportClass=transport_class)
+            finally:
+                _syncobj_module.createJournal = original
+        self.transport: DurableTransport = self._SyncObj__transport
+        self.addOnTickCallback(self._sync_before_poll)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._tick_loop, name="raft", daemon=True)
+        self._status: dict[str, Any] = {}
+        self._status_at = 0.0
+        self.role_listeners: list[Callable[[str], None]] = []
+        self.trimmed_entries = 0
+        self._refresh_status(force=True)
+
+    # -- the one replicated method ----------------------------------------------------------
+
+    @replicated
+    def apply_entry(self, data: bytes) -> Any:
+        return self.fsm.apply(data)
+
+    def submit(self, data: bytes, callback: Callback) -> None:
+        """Propose an encoded entry; `callback(result, fail_reason)` runs on the Raft thread."""
+        self.apply_entry(data, callback=callback)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _tick_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.doTick(0.05)
+                self._sync_and_release()
+                self._refresh_status()
+            except Exception:
+                log.exception("raft tick failed")
+                time.sleep(0.05)
+        try:
+            self._sync_and_release()
+        finally:
+            self._doDestroy()
+
+    def _sync_before_poll(self) -> None:
+        # Runs inside doTick right before the network poll: entries this node appended
+        # as leader are on disk before any acknowledgement is counted.
+        self.journal.sync()
+
+    def _sync_and_release(self) -> None:
+        self.journal.sync()
+        self.transport.release_held()
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        role = RAFT_STATES.get(new, str(new))
+        log.info("raft role: %s -> %s", RAFT_STATES.get(old, old), role)
+        for listener in list(self.role_listeners):
+            try:
+                listener(role)
+            except Exception:
+                log.exception("role listener failed")
+
+    # -- fixes to pysyncobj's append handling -------------------------------------------
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        handle = super()._SyncObj__onMessageReceived
+        if not isinstance(message, dict):
+            return handle(node, message)
+        kind = message.get("type")
+        if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            next_index = self._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            handle(node, message)
+            if before is not None and next_index.get(node, before) < before:
+                next_index[node] = before
+            return None
+        if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
+            message = self._without_entries_already_held(message)
+        return handle(node, message)
+
+    def _without_entries_already_held(self, message: dict[str, Any]) -> dict[str, Any]:
+        journal = self.journal
+        if len(journal) == 0:
+            return message
+        first, last = journal[0][1], journal[-1][1]
+        prev, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        if prev is None or prev < first or prev > last or journal[prev - first][2] != prev_term:
+            return message  # pysyncobj answers "no match" itself
+        entries = list(message.get("entries") or [])
+        skipped = 0
+        for _command, idx, term in entries:
+            if idx > last or journal[idx - first][2] != term:
+                break
+            prev, prev_term = idx, term
+            skipped += 1
+        if skipped == len(entries) and prev < last:
+            # Everything sent is already here and more follows. The tail may be kept only
+            # if it is known to match the leader: an entry of the leader's own term can
+            # only have come from this leader, so the whole prefix up to it matches.
+            if journal[-1][2] != message["term"]:
+                return message
+            prev, prev_term = last, journal[-1][2]
+        if prev == message["prevLogIdx"]:
+            return message
+        self.trimmed_entries += skipped
+        trimmed = dict(message)
+        trimmed["entries"] = entries[skipped:]
+        trimmed["prevLogIdx"], trimmed["prevLogTerm"] = prev, prev_term
+        return trimmed
+
+    # -- snapshots through the FSM --------------------------------------------------------
+
+    def _write_snapshot(self, path: str, data: Any) -> None:
+        last_entry, prev_entry, members = data
+        payload = {
+            "last": [bytes(last_entry[0]), last_entry[1], last_entry[2]],
+            "prev": [bytes(prev_entry[0]), prev_entry[1], prev_entry[2]],
+            "members": sorted(n.id for n in members),
+            "state": self.fsm.snapshot(),
+        }
+        write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
+
+    def _read_snapshot(self, path: str) -> tuple[Any, Any, list[str]]:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())  # it may have just arrived from the leader
+            payload = msgpack.unpackb(f.read(), raw=False)
+        self.fsm.restore(payload["state"])
+        last, prev = payload["last"], payload["prev"]
+        return (bytes(last[0]), last[1], last[2]), (bytes(prev[0]), prev[1], prev[2]), list(
+            payload["members"]
+        )
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _refresh_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < 0.05:
+            return
+        raw = self.getStatus()
+        leader = raw.get("leader")
+        peers = {}
+        for node in self.otherNodes:
+            peers[node.id] = {"connected": self.isNodeConnected(node)}
+        self._status = {
+            "self": raw["self"].id if raw.get("self") is not None else None,
+            "role": RAFT_STATES.get(raw["state"], str(raw["state"])),
+            "leader": leader.id if leader is not None else None,
+            "has_quorum": bool(raw["has_quorum"]),
+            "term": raw["raft_term"],
+            "commit_index": raw["commit_idx"],
+            "last_applied": raw["last_applied"],
+            "log_length": raw["log_len"],
+            "peers": peers,
+            "journal_syncs": self.journal.sync_count,
+            "journal_synced_entries": self.journal.synced_entries,
+            "journal_bytes": self.journal.size_bytes,
+            "trimmed_entries": self.trimmed_entries,
+            "ready": self.isReady(),
+        }
+        self._status_at = now
+
+    def status(self) -> dict[str, Any]:
+        """A recent (at most ~50 ms old) copy of the node's Raft status."""
+        return dict(self._status)

@@ -1,0 +1,202 @@
+"""The store: tables of records, one global revision, change history and watches.
+
+Every record carries `create_revision` and `mod_revision`. All changes made by one log
+entry share one revision. Subscribers are called synchronously, in the thread that
+applies the log, with the list of changes of each entry; they must not block (the
+daemon's bridge hands them to asyncio). A bounded history of recent changes lets the
+events stream resume from a revision.
+
+Threads: the FSM applies under `store.lock`; readers in other threads (the API) take the
+same lock around a read that touches more than one record.
+
+Must not: do I/O, read the clock, or import Raft/API code. `apply` stays deterministic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("symphonyd.state")
+
+Record = dict[str, Any]
+Listener = Callable[[list["Change"]], None]
+
+HISTORY_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record changed by one log entry."""
+
+    revision: int
+    table: str
+    key: str
+    op: str  # "put" or "delete"
+    record: Record | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "table": self.table,
+            "key": self.key,
+            "op": self.op,
+            "record": self.record,
+        }
+
+
+@dataclass
+class Table:
+    """Records of one resource, keyed by id (or key), with an ordered key index."""
+
+    name: str
+    records: dict[str, Record] = field(default_factory=dict)
+    _keys: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> Record | None:
+        return self.records.get(key)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def values(self) -> list[Record]:
+        return [self.records[k] for k in self._keys]
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        start = bisect.bisect_left(self._keys, prefix)
+        for key in self._keys[start:]:
+            if not key.startswith(prefix):
+                break
+            yield key
+
+    def _put(self, key: str, record: Record) -> None:
+        if key not in self.records:
+            bisect.insort(self._keys, key)
+        self.records[key] = record
+
+    def _delete(self, key: str) -> Record | None:
+        record = self.records.pop(key, None)
+        if record is not None:
+            i = bisect.bisect_left(self._keys, key)
+            del self._keys[i]
+        return record
+
+
+class Store:
+    """All tables, the global revision, history and subscribers."""
+
+    TABLES = ("cluster", "nodes", "tokens", "kv")
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self.tables: dict[str, Table] = {name: Table(name) for name in self.TABLES}
+        self.history: deque[Change] = deque(maxlen=HISTORY_LIMIT)
+        self._listeners: list[Listener] = []
+        self._pending: list[Change] = []
+        # Held by the FSM while it applies an entry and by readers in other threads.
+        self.lock = threading.RLock()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def table(self, name: str) -> Table:
+        return self.tables[name]
+
+    def get(self, table: str, key: str) -> Record | None:
+        return self.tables[table].get(key)
+
+    def changes_since(self, revision: int) -> list[Change] | None:
+        """Changes after `revision`, or None when that part of the history is gone."""
+        if revision >= self.revision:
+            return []
+        if not self.history or self.history[0].revision > revision + 1:
+            return None
+        return [c for c in self.history if c.revision > revision]
+
+    # -- writing (only from the FSM) ----------------------------------------------------
+
+    def next_revision(self) -> int:
+        """The revision the changes of the entry being applied will carry."""
+        return self.revision + 1
+
+    def put(self, table: str, key: str, record: Record) -> Record:
+        """Insert or replace a record; fills create_revision/mod_revision."""
+        revision = self.next_revision()
+        old = self.tables[table].get(key)
+        record = dict(record)
+        record["create_revision"] = old["create_revision"] if old else revision
+        record["mod_revision"] = revision
+        self.tables[table]._put(key, record)
+        self._pending.append(Change(revision, table, key, "put", record))
+        return record
+
+    def delete(self, table: str, key: str) -> Record | None:
+        old = self.tables[table]._delete(key)
+        if old is not None:
+            self._pending.append(Change(self.next_revision(), table, key, "delete", old))
+        return old
+
+    def commit(self) -> int:
+        """End the current entry: bump the revision if it changed anything, notify."""
+        if not self._pending:
+            return self.revision
+        changes, self._pending = self._pending, []
+        self.revision = changes[0].revision
+        self.history.extend(changes)
+        for listener in list(self._listeners):
+            try:
+                listener(changes)
+            except Exception:  # a broken subscriber must not stop the log
+                log.exception("store listener failed")
+        return self.revision
+
+    # -- watches -----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Plain data of every table (tagged records), for the FSM's snapshot."""
+        return {
+            "revision": self.revision,
+            "records": [
+                [name, key, record]
+                for name, table in self.tables.items()
+                for key, record in table.records.items()
+            ],
+        }
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Replace everything with a dump; subscribers are told of a reset."""
+        tables = {name: Table(name) for name in self.TABLES}
+        for name, key, record in data["records"]:
+            if name not in tables:
+                tables[name] = Table(name)
+            tables[name]._put(key, record)
+        self.tables = tables
+        self.revision = int(data["revision"])
+        self.history.clear()
+        self._pending = []
+        reset = [Change(self.revision, "*", "", "reset", None)]
+        for listener in list(self._listeners):
+            try:
+                listener(reset)
+            except Exception:
+                log.exception("store listener failed")
+
+
+def failure(code: str, message: str) -> dict[str, Any]:
+    """The result of an entry that was applied but refused (same on every node)."""
+    return {"ok": False, "error": {"code": code, "message": message}}
