@@ -124,8 +124,7 @@ class Client:
         timeout: float | None = None,
     ) -> Any:
         """Send a request; return the decoded JSON (or bytes for non-JSON answers)."""
-        response, data = self._send(method, path, body=body, raw=raw, query=query,
-                                    timeout=timeout)
+        response, data = self._send(method, path, body=body, raw=raw, query=query, timeout=timeout)
         return _decode(response, data)
 
     def _send(
@@ -169,8 +168,9 @@ class Client:
             raise _error(response, data)
         return response, data
 
-    def stream_lines(self, path: str, query: dict[str, Any] | None = None,
-                     timeout: float | None = None) -> Iterator[str]:
+    def stream_lines(
+        self, path: str, query: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Iterator[str]:
         """Yield the lines of a streamed answer (server-sent events)."""
         response, _ = self._send("GET", path, query=query, timeout=timeout, stream=True)
         if response.status >= 400:
@@ -212,8 +212,9 @@ def local_fingerprint(data_dir: str) -> str | None:
 class NodeClient:
     """asyncio client for one member's HTTPS API (node-to-node calls)."""
 
-    def __init__(self, addr: str, *, fingerprint: str, token: str | None = None,
-                 timeout: float = 15.0) -> None:
+    def __init__(
+        self, addr: str, *, fingerprint: str, token: str | None = None, timeout: float = 15.0
+    ) -> None:
         self.host, self.port = parse_addr(addr)
         self.fingerprint = fingerprint
         self.token = token
@@ -228,9 +229,10 @@ class NodeClient:
             raise Invalid("certificate fingerprint is not hex") from None
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                method, url, json=body, headers=headers, ssl=pin
-            ) as response:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(method, url, json=body, headers=headers, ssl=pin) as response,
+            ):
                 data = await response.read()
                 status = response.status
         except aiohttp.ServerFingerprintMismatch:
@@ -238,11 +240,15 @@ class NodeClient:
                 f"{self.host}:{self.port} does not present the cluster's certificate"
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot reach {self.host}:{self.port}: {exc or type(exc).__name__}") from None
+            raise Unavailable(
+                f"cannot reach {self.host}:{self.port}: {exc or type(exc).__name__}"
+            ) from None
         try:
             decoded = json.loads(data) if data else None
         except ValueError:
-            raise Unavailable(f"{self.host}:{self.port} answered non-JSON (HTTP {status})") from None
+            raise Unavailable(
+                f"{self.host}:{self.port} answered non-JSON (HTTP {status})"
+            ) from None
         if status >= 400:
             raise from_dict(decoded or {}, status)
         return decoded

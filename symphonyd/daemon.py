@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -120,10 +122,24 @@ class Daemon:
 
     # -- start / stop ------------------------------------------------------------------
 
+    def _lock_data_dir(self) -> None:
+        """One daemon per data dir: a second one would steal the socket and the journal."""
+        self._lock_fd = os.open(self.settings.path("symphonyd.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise Conflict(
+                f"another symphonyd is already running with data dir {self.settings.data_dir}"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+
     async def start(self) -> None:
         from symphonyd.api.app import make_app
 
         os.makedirs(self.settings.data_dir, mode=0o700, exist_ok=True)
+        self._lock_data_dir()
         self.identity = self._load_identity()
         self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -140,12 +156,16 @@ class Daemon:
             self._start_raft(self.identity.get("peers", []))
             await self._start_https()
         log.info(
-            "symphonyd %s serving %s (%s)", __version__, sock_path,
-            f"member of cluster {self.identity['cluster_id']}" if self.identity
+            "symphonyd %s serving %s (%s)",
+            __version__,
+            sock_path,
+            f"member of cluster {self.identity['cluster_id']}"
+            if self.identity
             else "not initialised: run `symphonyd init` or `symphonyd join TOKEN`",
         )
 
     def _start_raft(self, peers: list[str]) -> None:
+        _check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
         with open(self.settings.path("secret")) as f:
             self.secret = f.read().strip()
         with open(self.settings.path("tls", "cert.pem"), "rb") as f:
@@ -171,7 +191,10 @@ class Daemon:
             self.settings.path("tls", "cert.pem"), self.settings.path("tls", "key.pem")
         )
         self._tcp_site = web.TCPSite(
-            self._runner, self.settings.listen, self.settings.api_port, ssl_context=context,
+            self._runner,
+            self.settings.listen,
+            self.settings.api_port,
+            ssl_context=context,
             reuse_address=True,
         )
         try:
@@ -185,9 +208,9 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         self._tasks = []
-        if self._tcp_site is not None:
-            await self._tcp_site.stop()
-            self._tcp_site = None
+        site, self._tcp_site = self._tcp_site, None
+        if site is not None and self._runner is not None and site in self._runner.sites:
+            await site.stop()
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             cluster.close()
@@ -238,8 +261,12 @@ class Daemon:
     def node_info(self) -> dict[str, Any]:
         s = self.settings
         return {
-            "name": s.name, "address": s.address, "api_port": s.api_port,
-            "raft_port": s.raft_port, "raft_addr": s.raft_addr, "version": __version__,
+            "name": s.name,
+            "address": s.address,
+            "api_port": s.api_port,
+            "raft_port": s.raft_port,
+            "raft_addr": s.raft_addr,
+            "version": __version__,
         }
 
     async def _wait_for_leader(self, timeout: float) -> None:
@@ -255,7 +282,9 @@ class Daemon:
     async def init(self) -> dict[str, Any]:
         async with self._membership_lock:
             if self.identity:
-                raise Conflict(f"this node already belongs to cluster {self.identity['cluster_id']}")
+                raise Conflict(
+                    f"this node already belongs to cluster {self.identity['cluster_id']}"
+                )
             check_name(self.settings.name, what="node name")
             self._wipe_cluster_files()
             cluster_id = new_id()
@@ -267,21 +296,39 @@ class Daemon:
                 cluster = self.require_cluster()
                 now = now_rfc3339()
                 token_id, token_text, secret_sha = new_api_token()
-                info = {"id": cluster_id, "created_at": now, "fingerprint": fingerprint_pem(cert_pem)}
+                info = {
+                    "id": cluster_id,
+                    "created_at": now,
+                    "fingerprint": fingerprint_pem(cert_pem),
+                }
                 me = {**self.node_info(), "id": new_id(), "status": "active", "created_at": now}
                 for entry in (
                     Entry(EntryType.CLUSTER_INIT, {"cluster": info}),
                     Entry(EntryType.NODE_ADD, {"node": me}),
-                    Entry(EntryType.TOKEN_CREATE, {"token": {
-                        "id": token_id, "kind": "admin", "secret_sha256": secret_sha,
-                        "created_at": now, "expires_at": None, "description": "created by init",
-                    }}),
+                    Entry(
+                        EntryType.TOKEN_CREATE,
+                        {
+                            "token": {
+                                "id": token_id,
+                                "kind": "admin",
+                                "secret_sha256": secret_sha,
+                                "created_at": now,
+                                "expires_at": None,
+                                "description": "created by init",
+                            }
+                        },
+                    ),
                 ):
                     await cluster.propose_ok(entry)
-                self._save_identity({
-                    "name": self.settings.name, "cluster_id": cluster_id,
-                    "raft_addr": self.settings.raft_addr, "peers": [], "created_at": now,
-                })
+                self._save_identity(
+                    {
+                        "name": self.settings.name,
+                        "cluster_id": cluster_id,
+                        "raft_addr": self.settings.raft_addr,
+                        "peers": [],
+                        "created_at": now,
+                    }
+                )
                 await self._start_https()
             except BaseException:
                 await self._stop_raft()
@@ -299,8 +346,9 @@ class Daemon:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    async def create_token(self, kind: str, expires_in: float | None,
-                           description: str) -> dict[str, Any]:
+    async def create_token(
+        self, kind: str, expires_in: float | None, description: str
+    ) -> dict[str, Any]:
         cluster = self.require_cluster()
         if kind not in ("join", "admin"):
             raise Invalid("token kind must be 'join' or 'admin'")
@@ -310,8 +358,11 @@ class Daemon:
             expires_at = now_rfc3339(datetime.fromtimestamp(created.timestamp() + expires_in, UTC))
         token_id, text, secret_sha = new_api_token()
         record = {
-            "id": token_id, "kind": kind, "secret_sha256": secret_sha,
-            "created_at": now_rfc3339(created), "expires_at": expires_at,
+            "id": token_id,
+            "kind": kind,
+            "secret_sha256": secret_sha,
+            "created_at": now_rfc3339(created),
+            "expires_at": expires_at,
             "description": description,
         }
         await cluster.propose_ok(Entry(EntryType.TOKEN_CREATE, {"token": record}))
@@ -319,12 +370,17 @@ class Daemon:
             from symphonyd.security import JoinToken
 
             with cluster.store.lock:
-                addresses = [f"{n['address']}:{n['api_port']}" for n in nodes.all_nodes(cluster.store)]
+                addresses = [
+                    f"{n['address']}:{n['api_port']}" for n in nodes.all_nodes(cluster.store)
+                ]
             assert self.fingerprint
             secret = text.partition(".")[2]
             text = JoinToken(
-                cluster_id=self._cluster_id(), addresses=addresses, token_id=token_id,
-                secret=secret, fingerprint=self.fingerprint,
+                cluster_id=self._cluster_id(),
+                addresses=addresses,
+                token_id=token_id,
+                secret=secret,
+                fingerprint=self.fingerprint,
             ).encode()
         return {"id": token_id, "kind": kind, "token": text, "expires_at": expires_at}
 
@@ -337,7 +393,9 @@ class Daemon:
     async def join(self, token_text: str) -> dict[str, Any]:
         async with self._membership_lock:
             if self.identity:
-                raise Conflict(f"this node already belongs to cluster {self.identity['cluster_id']}")
+                raise Conflict(
+                    f"this node already belongs to cluster {self.identity['cluster_id']}"
+                )
             token = decode_join_token(token_text)
             check_name(self.settings.name, what="node name")
             request = {"token_id": token.token_id, "secret": token.secret, "node": self.node_info()}
@@ -359,21 +417,34 @@ class Daemon:
                 reply["secret"], reply["cert_pem"].encode(), reply["key_pem"].encode()
             )
             peers = [m for m in reply["members"] if m != self.settings.raft_addr]
-            self._save_identity({
-                "name": self.settings.name, "cluster_id": reply["cluster_id"],
-                "raft_addr": self.settings.raft_addr, "peers": peers, "created_at": now_rfc3339(),
-            })
+            self._save_identity(
+                {
+                    "name": self.settings.name,
+                    "cluster_id": reply["cluster_id"],
+                    "raft_addr": self.settings.raft_addr,
+                    "peers": peers,
+                    "created_at": now_rfc3339(),
+                }
+            )
             self._start_raft(peers)
             await self._start_https()
         caught_up = await self._wait_until_listed(60.0)
         if caught_up:
-            await self.require_cluster().propose_ok(Entry(EntryType.NODE_UPDATE, {
-                "name": self.settings.name, "fields": {"status": "active"},
-            }))
+            await self.require_cluster().propose_ok(
+                Entry(
+                    EntryType.NODE_UPDATE,
+                    {
+                        "name": self.settings.name,
+                        "fields": {"status": "active"},
+                    },
+                )
+            )
         log.info("joined cluster %s", reply["cluster_id"])
         return {
-            "cluster_id": reply["cluster_id"], "node": self.settings.name,
-            "members": sorted([*peers, self.settings.raft_addr]), "caught_up": caught_up,
+            "cluster_id": reply["cluster_id"],
+            "node": self.settings.name,
+            "members": sorted([*peers, self.settings.raft_addr]),
+            "caught_up": caught_up,
         }
 
     async def _wait_until_listed(self, timeout: float) -> bool:
@@ -388,7 +459,7 @@ class Daemon:
 
     # -- admit (on a member) --------------------------------------------------------------
 
-    async def admit(self, token_id: str, secret: str, node: dict[str, Any]) -> dict[str, Any]:
+    async def admit(self, token_id: str, secret: str, node: Any) -> dict[str, Any]:
         cluster = self.require_cluster()
         record = _validated_node(node)
         now = now_rfc3339()
@@ -402,10 +473,15 @@ class Daemon:
             raise_for_result({"ok": False, "error": {"code": problem[0], "message": problem[1]}})
         record.update({"id": new_id(), "status": "joining", "created_at": now})
         async with self._membership_lock:
-            await cluster.propose_ok(Entry(EntryType.NODE_ADD, {
-                "node": record,
-                "token": {"id": token_id, "secret_sha256": secret_sha, "now": now},
-            }))
+            await cluster.propose_ok(
+                Entry(
+                    EntryType.NODE_ADD,
+                    {
+                        "node": record,
+                        "token": {"id": token_id, "secret_sha256": secret_sha, "now": now},
+                    },
+                )
+            )
             try:
                 await self._change_membership("add", record["raft_addr"], wait=1.0)
             except SymphonyError:
@@ -417,8 +493,11 @@ class Daemon:
             key_pem = f.read()
         log.info("admitted node %s at %s", record["name"], record["raft_addr"])
         return {
-            "cluster_id": self._cluster_id(), "secret": self.secret, "cert_pem": cert_pem,
-            "key_pem": key_pem, "members": sorted(cluster.raft_members() | {record["raft_addr"]}),
+            "cluster_id": self._cluster_id(),
+            "secret": self.secret,
+            "cert_pem": cert_pem,
+            "key_pem": key_pem,
+            "members": sorted(cluster.raft_members() | {record["raft_addr"]}),
             "node": record,
         }
 
@@ -484,8 +563,10 @@ class Daemon:
         failures = []
         for peer in peers:
             client = NodeClient(
-                f"{peer['address']}:{peer['api_port']}", fingerprint=self.fingerprint,
-                token=node_credential(self.secret), timeout=30.0,
+                f"{peer['address']}:{peer['api_port']}",
+                fingerprint=self.fingerprint,
+                token=node_credential(self.secret),
+                timeout=30.0,
             )
             try:
                 await client.request("DELETE", f"/v1/nodes/{self.settings.name}?leaving=true")
@@ -521,32 +602,42 @@ class Daemon:
             info = cluster_table.get(store) or {}
             revision = store.revision
         by_addr = {r["raft_addr"]: r for r in records}
+        peers = raft.get("peers", {})
+        leader_addr = raft.get("leader")
+        if leader_addr not in (None, self.settings.raft_addr) and not peers.get(
+            leader_addr, {}
+        ).get("connected"):
+            leader_addr = None  # pysyncobj remembers a leader it can no longer reach
+        if not raft.get("has_quorum"):
+            leader_addr = None  # a leader cut off from the majority leads nothing
         members = []
         for addr in sorted(self.cluster.raft_members() | set(by_addr)):
             record = by_addr.get(addr, {})
             if addr == self.settings.raft_addr:
                 health = "online"
             else:
-                connected = raft.get("peers", {}).get(addr, {}).get("connected")
+                connected = peers.get(addr, {}).get("connected")
                 health = "online" if connected else "unreachable"
-            members.append({
-                "name": record.get("name", "?"),
-                "raft_addr": addr,
-                "api": f"{record['address']}:{record['api_port']}" if record else None,
-                "role": "leader" if raft.get("leader") == addr else "follower",
-                "health": health,
-                "status": record.get("status", "unknown"),
-                "version": record.get("version"),
-            })
-        leader = by_addr.get(raft.get("leader") or "", {}).get("name")
+            members.append(
+                {
+                    "name": record.get("name", "?"),
+                    "raft_addr": addr,
+                    "api": f"{record['address']}:{record['api_port']}" if record else None,
+                    "role": "leader" if leader_addr == addr else "follower",
+                    "health": health,
+                    "status": record.get("status", "unknown"),
+                    "version": record.get("version"),
+                }
+            )
+        leader = by_addr.get(leader_addr or "", {}).get("name")
         return {
             **base,
             "cluster_id": self.identity["cluster_id"],
             "fingerprint": self.fingerprint or info.get("fingerprint"),
             "role": raft.get("role"),
             "leader": leader,
-            "leader_raft_addr": raft.get("leader"),
-            "has_quorum": bool(raft.get("has_quorum")) and raft.get("leader") is not None,
+            "leader_raft_addr": leader_addr,
+            "has_quorum": bool(raft.get("has_quorum")) and leader_addr is not None,
             "term": raft.get("term"),
             "commit_index": raft.get("commit_index"),
             "last_applied": raft.get("last_applied"),
@@ -557,6 +648,17 @@ class Daemon:
 
     def settings_dict(self) -> dict[str, Any]:
         return asdict(self.settings)
+
+
+def _check_port_free(host: str, port: int, what: str) -> None:
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        raise Unavailable(f"cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
+    finally:
+        probe.close()
 
 
 def _validated_node(node: Any) -> dict[str, Any]:
@@ -574,7 +676,9 @@ def _validated_node(node: Any) -> dict[str, Any]:
         ports[key] = value
     version = node.get("version")
     return {
-        "name": name, "address": address, **ports,
+        "name": name,
+        "address": address,
+        **ports,
         "raft_addr": f"{address}:{ports['raft_port']}",
         "version": version if isinstance(version, str) else None,
     }

@@ -7,7 +7,7 @@
      +-- NotFound                 404 not_found
      +-- Conflict                 409 conflict       state does not allow it (taken, used, stale)
      +-- TooLarge                 413 too_large
-     +-- Gone                     410 gone           history compacted (events since an old revision)
+     +-- Gone                     410 gone           history compacted (old ?since)
      +-- NotInitialized           409 not_initialized  the node is not part of a cluster yet
      +-- NoQuorum                 503 no_quorum      no leader reachable, the write cannot commit
      +-- Unavailable              503 unavailable    a peer or the node itself cannot answer now
@@ -96,8 +96,18 @@ class DriverError(SymphonyError):
 _BY_CODE: dict[str, type[SymphonyError]] = {
     cls.code: cls
     for cls in (
-        SymphonyError, Invalid, Unauthorized, Forbidden, NotFound, Conflict, Gone,
-        TooLarge, NotInitialized, NoQuorum, Unavailable, DriverError,
+        SymphonyError,
+        Invalid,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Gone,
+        TooLarge,
+        NotInitialized,
+        NoQuorum,
+        Unavailable,
+        DriverError,
     )
 }
 

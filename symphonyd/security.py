@@ -83,10 +83,12 @@ def node_credential(cluster_secret: str) -> str:
 def make_certificate(cluster_id: str) -> tuple[bytes, bytes]:
     """A self-signed certificate and key (PEM) for the cluster's HTTPS API."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "symphonyd"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"symphonyd cluster {cluster_id[:12]}"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "symphonyd"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"symphonyd cluster {cluster_id[:12]}"),
+        ]
+    )
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -96,9 +98,7 @@ def make_certificate(cluster_id: str) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("symphonyd")]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("symphonyd")]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
@@ -145,7 +145,7 @@ class JoinToken:
 def decode_join_token(text: Any) -> JoinToken:
     if not isinstance(text, str) or not text.strip().startswith(JOIN_TOKEN_PREFIX):
         raise Invalid("not a symphonyd join token (it starts with 'sy1.')")
-    body = text.strip()[len(JOIN_TOKEN_PREFIX):]
+    body = text.strip()[len(JOIN_TOKEN_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         data = json.loads(raw)

@@ -22,7 +22,8 @@ def all_routes() -> list[Route]:
 
 
 async def _close_streams(app: web.Application) -> None:
-    for response in list(app[events.STREAMS]):
+    streams: set[web.StreamResponse] = app[events.STREAMS]
+    for response in list(streams):
         task = getattr(response, "task", None)
         if task is not None:
             task.cancel()

@@ -12,11 +12,16 @@ from symphonyd.validation import parse_duration
 async def health(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     status = daemon.status()
-    return json_response({
-        "status": "ok", "node": status["node"], "version": status["version"],
-        "initialized": status["initialized"], "has_quorum": status["has_quorum"],
-        "leader": status.get("leader"),
-    })
+    return json_response(
+        {
+            "status": "ok",
+            "node": status["node"],
+            "version": status["version"],
+            "initialized": status["initialized"],
+            "has_quorum": status["has_quorum"],
+            "leader": status.get("leader"),
+        }
+    )
 
 
 async def cluster_status(request: web.Request) -> web.Response:
@@ -62,33 +67,85 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/v1/health", health, "Liveness and quorum of this node", auth="none",
-          uninitialised=True),
-    Route("GET", "/v1/cluster", cluster_status,
-          "Cluster id, this node, leader, members with role and health, Raft term and "
-          "commit index, quorum", uninitialised=True),
-    Route("POST", "/v1/cluster/init", init, "Bootstrap a new one-node cluster on this node; "
-          "returns the admin token (shown once)", auth="local", uninitialised=True,
-          responses={201: "cluster created", 409: "already a member"}),
-    Route("POST", "/v1/cluster/join", join, "Make this node join a cluster with a join token",
-          auth="local", uninitialised=True,
-          body={"type": "object", "required": ["token"],
-                "properties": {"token": {"type": "string"}}},
-          responses={201: "joined", 400: "bad token", 401: "token not valid",
-                     409: "token used/expired or name taken", 503: "no member reachable"}),
-    Route("POST", "/v1/cluster/members", admit, "Admit a new node (called by the joining node "
-          "with its join token)", auth="join",
-          body={"type": "object", "required": ["token_id", "secret", "node"],
-                "properties": {"token_id": {"type": "string"}, "secret": {"type": "string"},
-                               "node": {"type": "object"}}},
-          responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"}),
-    Route("POST", "/v1/cluster/leave", leave, "This node leaves the cluster cleanly",
-          auth="local", responses={200: "left", 409: "only member"}),
-    Route("POST", "/v1/tokens", create_token, "Create a join token (single use, expiring) or "
-          "an admin token",
-          body={"type": "object", "properties": {
-              "kind": {"type": "string", "enum": ["join", "admin"]},
-              "expires": {"type": "string", "description": "e.g. 90s, 15m, 3h, 7d"},
-              "description": {"type": "string"}}},
-          responses={201: "token created (its text is shown only here)"}),
+    Route(
+        "GET",
+        "/v1/health",
+        health,
+        "Liveness and quorum of this node",
+        auth="none",
+        uninitialised=True,
+    ),
+    Route(
+        "GET",
+        "/v1/cluster",
+        cluster_status,
+        "Cluster id, this node, leader, members with role and health, Raft term and "
+        "commit index, quorum",
+        uninitialised=True,
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/init",
+        init,
+        "Bootstrap a new one-node cluster on this node; returns the admin token (shown once)",
+        auth="local",
+        uninitialised=True,
+        responses={201: "cluster created", 409: "already a member"},
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/join",
+        join,
+        "Make this node join a cluster with a join token",
+        auth="local",
+        uninitialised=True,
+        body={"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+        responses={
+            201: "joined",
+            400: "bad token",
+            401: "token not valid",
+            409: "token used/expired or name taken",
+            503: "no member reachable",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/members",
+        admit,
+        "Admit a new node (called by the joining node with its join token)",
+        auth="join",
+        body={
+            "type": "object",
+            "required": ["token_id", "secret", "node"],
+            "properties": {
+                "token_id": {"type": "string"},
+                "secret": {"type": "string"},
+                "node": {"type": "object"},
+            },
+        },
+        responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"},
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/leave",
+        leave,
+        "This node leaves the cluster cleanly",
+        auth="local",
+        responses={200: "left", 409: "only member"},
+    ),
+    Route(
+        "POST",
+        "/v1/tokens",
+        create_token,
+        "Create a join token (single use, expiring) or an admin token",
+        body={
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string", "enum": ["join", "admin"]},
+                "expires": {"type": "string", "description": "e.g. 90s, 15m, 3h, 7d"},
+                "description": {"type": "string"},
+            },
+        },
+        responses={201: "token created (its text is shown only here)"},
+    ),
 ]

@@ -40,10 +40,13 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise Invalid(f"revision {last} is in the future (current: {store.revision})")
         if store.changes_since(last) is None:
             raise Gone(f"changes after revision {last} are no longer kept; re-read the state")
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Symphonyd-Revision": str(store.revision),
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Symphonyd-Revision": str(store.revision),
+        }
+    )
     await response.prepare(request)
     request.app[STREAMS].add(response)
     try:
@@ -67,8 +70,15 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES = [
-    Route("GET", "/v1/events", events, "Server-sent events of every applied change",
-          query={"since": "replay changes after this revision first",
-                 "table": "only changes of this table (kv, nodes, tokens, cluster)"},
-          responses={200: "text/event-stream", 410: "history since that revision is gone"}),
+    Route(
+        "GET",
+        "/v1/events",
+        events,
+        "Server-sent events of every applied change",
+        query={
+            "since": "replay changes after this revision first",
+            "table": "only changes of this table (kv, nodes, tokens, cluster)",
+        },
+        responses={200: "text/event-stream", 410: "history since that revision is gone"},
+    ),
 ]

@@ -117,8 +117,9 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     if not found:
         return web.Response(status=404, headers=headers)
     if flag(request, "raw") and not recurse:
-        return web.Response(body=raw_value, headers=headers,
-                            content_type="application/octet-stream")
+        return web.Response(
+            body=raw_value, headers=headers, content_type="application/octet-stream"
+        )
     return json_response(found, headers=headers)
 
 
@@ -168,15 +169,35 @@ _READ_QUERY = {
 }
 
 ROUTES = [
-    Route("GET", "/v1/kv/{key:.*}", get_key, "Read a key or a prefix (Consul compatible)",
-          query=_READ_QUERY, responses={200: "Consul KV entries", 404: "no such key"}),
-    Route("PUT", "/v1/kv/{key:.*}", put_key, "Write a key; the body is the raw value",
-          query={"cas": "only if ModifyIndex is this (0: only if absent)",
-                 "flags": "opaque 64-bit flags"},
-          raw_body=True, responses={200: "true or false", 413: "value over 512 KiB"}),
-    Route("DELETE", "/v1/kv/{key:.*}", delete_key, "Delete a key or a prefix",
-          query={"recurse": "delete everything under the prefix",
-                 "cas": "only if ModifyIndex is this"},
-          responses={200: "true or false"}),
+    Route(
+        "GET",
+        "/v1/kv/{key:.*}",
+        get_key,
+        "Read a key or a prefix (Consul compatible)",
+        query=_READ_QUERY,
+        responses={200: "Consul KV entries", 404: "no such key"},
+    ),
+    Route(
+        "PUT",
+        "/v1/kv/{key:.*}",
+        put_key,
+        "Write a key; the body is the raw value",
+        query={
+            "cas": "only if ModifyIndex is this (0: only if absent)",
+            "flags": "opaque 64-bit flags",
+        },
+        raw_body=True,
+        responses={200: "true or false", 413: "value over 512 KiB"},
+    ),
+    Route(
+        "DELETE",
+        "/v1/kv/{key:.*}",
+        delete_key,
+        "Delete a key or a prefix",
+        query={
+            "recurse": "delete everything under the prefix",
+            "cas": "only if ModifyIndex is this",
+        },
+        responses={200: "true or false"},
+    ),
 ]
-

@@ -76,8 +76,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise Forbidden("this call is only served on the node's local control socket")
     if not route.uninitialised and daemon.cluster is None:
         raise NotInitialized(
-            "this node is not part of a cluster yet: run `symphonyd init` or "
-            "`symphonyd join TOKEN`"
+            "this node is not part of a cluster yet: run `symphonyd init` or `symphonyd join TOKEN`"
         )
     if not local and route.auth == "token":
         check_token(request)
@@ -103,4 +102,3 @@ def check_token(request: web.Request) -> None:
     if record["kind"] != "admin":
         raise Forbidden("a join token can only be used to join a node")
     request["principal"] = f"token:{record['id']}"
-

@@ -32,16 +32,21 @@ async def show_node(request: web.Request) -> web.Response:
 async def remove_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     leaving = flag(request, "leaving") and request.get("principal") == "node"
-    result = await daemon_of(request).remove_node(name, force=flag(request, "force"),
-                                                  leaving=leaving)
+    result = await daemon_of(request).remove_node(
+        name, force=flag(request, "force"), leaving=leaving
+    )
     return json_response(result)
 
 
 ROUTES = [
     Route("GET", "/v1/nodes", list_nodes, "Members with role, health and status"),
-    Route("GET", "/v1/nodes/{name}", show_node, "One member",
-          responses={404: "no such node"}),
-    Route("DELETE", "/v1/nodes/{name}", remove_node, "Remove a (dead) member",
-          query={"force": "remove even if the node is reachable"},
-          responses={200: "removed", 404: "no such node", 409: "node reachable or self"}),
+    Route("GET", "/v1/nodes/{name}", show_node, "One member", responses={404: "no such node"}),
+    Route(
+        "DELETE",
+        "/v1/nodes/{name}",
+        remove_node,
+        "Remove a (dead) member",
+        query={"force": "remove even if the node is reachable"},
+        responses={200: "removed", 404: "no such node", 409: "node reachable or self"},
+    ),
 ]

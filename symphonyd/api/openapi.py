@@ -25,20 +25,30 @@ def document(routes: list[Route]) -> dict[str, Any]:
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in _PARAM.findall(route.path)
-            ] + [
-                {"name": name, "in": "query", "required": False, "description": text,
-                 "schema": {"type": "string"}}
+            ]
+            + [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": text,
+                    "schema": {"type": "string"},
+                }
                 for name, text in route.query.items()
             ],
             "responses": {
-                str(code): {"description": text} for code, text in
-                {200: "success", **route.responses}.items()
+                str(code): {"description": text}
+                for code, text in {200: "success", **route.responses}.items()
             },
         }
         for code in (400, 401, 403, 404, 409, 503):
-            operation["responses"].setdefault(str(code), {
-                "description": "error", "content": {"application/json": {"schema": ERROR}},
-            })
+            operation["responses"].setdefault(
+                str(code),
+                {
+                    "description": "error",
+                    "content": {"application/json": {"schema": ERROR}},
+                },
+            )
         if route.body is not None:
             operation["requestBody"] = {
                 "required": bool(route.body.get("required")),
@@ -46,8 +56,9 @@ def document(routes: list[Route]) -> dict[str, Any]:
             }
         elif route.raw_body:
             operation["requestBody"] = {
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                     "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
             }
         operation["security"] = [] if route.auth in ("none", "join") else [{"bearer": []}]
         paths.setdefault(path, {})[route.method.lower()] = operation
@@ -57,13 +68,22 @@ def document(routes: list[Route]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                }},
-            }},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                }
+            },
         },
     }
 
@@ -73,6 +93,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/v1/openapi.json", openapi, "This API's OpenAPI 3 description",
-          auth="none", uninitialised=True),
+    Route(
+        "GET",
+        "/v1/openapi.json",
+        openapi,
+        "This API's OpenAPI 3 description",
+        auth="none",
+        uninitialised=True,
+    ),
 ]

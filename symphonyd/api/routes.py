@@ -51,10 +51,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
-        body=json.dumps(jsonable(data)).encode(), status=status,
-        content_type="application/json", headers=headers,
+        body=json.dumps(jsonable(data)).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
     )
 
 

@@ -24,8 +24,14 @@ DEFAULT_DATA_DIR = "/var/lib/symphonyd"
 
 
 class Context:
-    def __init__(self, socket_path: str | None, data_dir: str, addr: str | None,
-                 token: str | None, fingerprint: str | None) -> None:
+    def __init__(
+        self,
+        socket_path: str | None,
+        data_dir: str,
+        addr: str | None,
+        token: str | None,
+        fingerprint: str | None,
+    ) -> None:
         self.data_dir = data_dir
         self.socket_path = socket_path or os.path.join(data_dir, "control.sock")
         self.addr = addr
@@ -35,8 +41,9 @@ class Context:
     def client(self, *, local_only: bool = False, timeout: float = 60.0) -> Client:
         if self.addr and not local_only:
             fingerprint = self.fingerprint or local_fingerprint(self.data_dir)
-            return Client(addr=self.addr, token=self.token, fingerprint=fingerprint,
-                          timeout=timeout)
+            return Client(
+                addr=self.addr, token=self.token, fingerprint=fingerprint, timeout=timeout
+            )
         return Client(socket_path=self.socket_path, timeout=timeout)
 
 
@@ -60,19 +67,40 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the AP
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="symphonyd")
-@click.option("--socket-path", envvar="SYMPHONYD_SOCKET",
-              help="Local control socket (default: <data-dir>/control.sock).")
-@click.option("--data-dir", envvar="SYMPHONYD_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default=True, help="Node data directory.")
-@click.option("--addr", envvar="SYMPHONYD_ADDR",
-              help="Talk to a node's HTTPS API (https://HOST:PORT) instead of the socket.")
+@click.option(
+    "--socket-path",
+    envvar="SYMPHONYD_SOCKET",
+    help="Local control socket (default: <data-dir>/control.sock).",
+)
+@click.option(
+    "--data-dir",
+    envvar="SYMPHONYD_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Node data directory.",
+)
+@click.option(
+    "--addr",
+    envvar="SYMPHONYD_ADDR",
+    help="Talk to a node's HTTPS API (https://HOST:PORT) instead of the socket.",
+)
 @click.option("--manager-addr", help="Alias of --addr as HOST:PORT (the original CLI's flag).")
 @click.option("--token", envvar="SYMPHONYD_TOKEN", help="API token for --addr.")
-@click.option("--fingerprint", envvar="SYMPHONYD_FINGERPRINT",
-              help="SHA-256 of the cluster certificate (default: read from --data-dir).")
+@click.option(
+    "--fingerprint",
+    envvar="SYMPHONYD_FINGERPRINT",
+    help="SHA-256 of the cluster certificate (default: read from --data-dir).",
+)
 @click.pass_context
-def main(ctx: click.Context, socket_path: str | None, data_dir: str, addr: str | None,
-         manager_addr: str | None, token: str | None, fingerprint: str | None) -> None:
+def main(
+    ctx: click.Context,
+    socket_path: str | None,
+    data_dir: str,
+    addr: str | None,
+    manager_addr: str | None,
+    token: str | None,
+    fingerprint: str | None,
+) -> None:
     """symphonyd: the cloud node daemon and its command line."""
     ctx.obj = Context(socket_path, data_dir, addr or manager_addr, token, fingerprint)
 
@@ -86,14 +114,28 @@ def main(ctx: click.Context, socket_path: str | None, data_dir: str, addr: str |
 @click.option("--config", "config_file", help="Settings file [/etc/symphonyd/symphonyd.toml].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_obj
-def run(obj: Context, name: str | None, address: str | None, bind: str | None,
-        api_port: int | None, raft_port: int | None, config_file: str | None,
-        log_level: str | None) -> None:
+def run(
+    obj: Context,
+    name: str | None,
+    address: str | None,
+    bind: str | None,
+    api_port: int | None,
+    raft_port: int | None,
+    config_file: str | None,
+    log_level: str | None,
+) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
     from symphonyd.daemon import run_daemon
 
-    overrides = {"name": name, "address": address, "bind": bind, "api_port": api_port,
-                 "raft_port": raft_port, "log_level": log_level, "data_dir": obj.data_dir}
+    overrides = {
+        "name": name,
+        "address": address,
+        "bind": bind,
+        "api_port": api_port,
+        "raft_port": raft_port,
+        "log_level": log_level,
+        "data_dir": obj.data_dir,
+    }
     sys.exit(run_daemon(config_file, overrides))
 
 
@@ -121,12 +163,15 @@ def init(obj: Context, as_json: bool) -> None:
 def join(obj: Context, token: str, as_json: bool) -> None:
     """Make this node join a cluster with a join TOKEN (over the local socket)."""
     result = obj.client(local_only=True, timeout=120).request(
-        "POST", "/v1/cluster/join", body={"token": token})
+        "POST", "/v1/cluster/join", body={"token": token}
+    )
     if as_json:
         print_json(result)
         return
-    click.echo(f"Joined cluster {result['cluster_id']} as {result['node']} "
-               f"({len(result['members'])} members).")
+    click.echo(
+        f"Joined cluster {result['cluster_id']} as {result['node']} "
+        f"({len(result['members'])} members)."
+    )
     if not result.get("caught_up"):
         click.echo("Warning: not caught up with the cluster yet; see `symphonyd status`.")
 
@@ -143,8 +188,9 @@ def token() -> None:
 @json_option
 @click.pass_obj
 @run_safely
-def token_create(obj: Context, expires: str | None, admin: bool, description: str,
-                 as_json: bool) -> None:
+def token_create(
+    obj: Context, expires: str | None, admin: bool, description: str, as_json: bool
+) -> None:
     """Create a single-use, expiring join token (printed as the last line)."""
     body: dict[str, Any] = {"kind": "admin" if admin else "join", "description": description}
     if expires:
@@ -182,29 +228,43 @@ def status(obj: Context, as_json: bool) -> None:
         print_json(result)
         return
     if not result["initialized"]:
-        click.echo(f"Node {result['node']} (symphonyd {result['version']}) is not part of a "
-                   "cluster: run `symphonyd init` or `symphonyd join TOKEN`.")
+        click.echo(
+            f"Node {result['node']} (symphonyd {result['version']}) is not part of a "
+            "cluster: run `symphonyd init` or `symphonyd join TOKEN`."
+        )
         return
     quorum = "yes" if result["has_quorum"] else "NO QUORUM (writes cannot commit)"
-    print_kv_table([
-        ("Cluster", result["cluster_id"]),
-        ("This node", f"{result['node']} ({result['role']})"),
-        ("Leader", result["leader"] or "none"),
-        ("Quorum", quorum),
-        ("Raft term", result["term"]),
-        ("Commit index", result["commit_index"]),
-        ("Revision", result["revision"]),
-        ("Fingerprint", result.get("fingerprint")),
-        ("Version", result["version"]),
-    ])
+    print_kv_table(
+        [
+            ("Cluster", result["cluster_id"]),
+            ("This node", f"{result['node']} ({result['role']})"),
+            ("Leader", result["leader"] or "none"),
+            ("Quorum", quorum),
+            ("Raft term", result["term"]),
+            ("Commit index", result["commit_index"]),
+            ("Revision", result["revision"]),
+            ("Fingerprint", result.get("fingerprint")),
+            ("Version", result["version"]),
+        ]
+    )
     _print_members(result["members"])
 
 
 def _print_members(members: list[dict[str, Any]]) -> None:
     print_table(
         ["NAME", "ROLE", "HEALTH", "STATUS", "RAFT", "API", "VERSION"],
-        [[m["name"], m["role"], m["health"], m["status"], m["raft_addr"], m["api"] or "-",
-          m.get("version") or "-"] for m in members],
+        [
+            [
+                m["name"],
+                m["role"],
+                m["health"],
+                m["status"],
+                m["raft_addr"],
+                m["api"] or "-",
+                m.get("version") or "-",
+            ]
+            for m in members
+        ],
     )
 
 
@@ -248,8 +308,9 @@ def node_show(obj: Context, name: str, as_json: bool) -> None:
 @run_safely
 def node_remove(obj: Context, name: str, force: bool, as_json: bool) -> None:
     """Remove a dead member from the cluster."""
-    result = obj.client().request("DELETE", f"/v1/nodes/{name}",
-                                  query={"force": "true" if force else None})
+    result = obj.client().request(
+        "DELETE", f"/v1/nodes/{name}", query={"force": "true" if force else None}
+    )
     if as_json:
         print_json(result)
         return
@@ -286,14 +347,19 @@ def kv_get(obj: Context, key: str, as_json: bool) -> None:
 @kv.command("put")
 @click.argument("key")
 @click.argument("value", required=False)
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
-              help="Read the value from a file ('-' for stdin is the VALUE '-').")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the value from a file ('-' for stdin is the VALUE '-').",
+)
 @click.option("--cas", type=int, help="Only if the key's ModifyIndex is this (0: if absent).")
 @click.option("--flags", type=int, help="Opaque 64-bit flags.")
 @click.pass_obj
 @run_safely
-def kv_put(obj: Context, key: str, value: str | None, path: str | None, cas: int | None,
-           flags: int | None) -> None:
+def kv_put(
+    obj: Context, key: str, value: str | None, path: str | None, cas: int | None, flags: int | None
+) -> None:
     """Set KEY to VALUE (or the content of --file, or stdin with VALUE '-')."""
     if path:
         with open(path, "rb") as f:
@@ -302,8 +368,7 @@ def kv_put(obj: Context, key: str, value: str | None, path: str | None, cas: int
         data = sys.stdin.buffer.read()
     else:
         data = value.encode()
-    ok = obj.client().request("PUT", f"/v1/kv/{key}", raw=data,
-                              query={"cas": cas, "flags": flags})
+    ok = obj.client().request("PUT", f"/v1/kv/{key}", raw=data, query={"cas": cas, "flags": flags})
     if not ok:
         raise click.ClickException(f"not written: {key} changed since ModifyIndex {cas}")
     click.echo(f"Wrote {key}.")
@@ -317,8 +382,9 @@ def kv_put(obj: Context, key: str, value: str | None, path: str | None, cas: int
 @run_safely
 def kv_delete(obj: Context, key: str, recurse: bool, cas: int | None) -> None:
     """Delete a key (or a prefix with --recurse)."""
-    ok = obj.client().request("DELETE", f"/v1/kv/{key}",
-                              query={"recurse": "true" if recurse else None, "cas": cas})
+    ok = obj.client().request(
+        "DELETE", f"/v1/kv/{key}", query={"recurse": "true" if recurse else None, "cas": cas}
+    )
     if not ok:
         raise click.ClickException(f"not deleted: {key} changed since ModifyIndex {cas}")
     click.echo(f"Deleted {key}{' (recursively)' if recurse else ''}.")
@@ -344,6 +410,14 @@ def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
         return
     print_table(
         ["KEY", "SIZE", "FLAGS", "CREATE", "MODIFY"],
-        [[e["Key"], len(base64.b64decode(e["Value"] or "")), e["Flags"], e["CreateIndex"],
-          e["ModifyIndex"]] for e in entries],
+        [
+            [
+                e["Key"],
+                len(base64.b64decode(e["Value"] or "")),
+                e["Flags"],
+                e["CreateIndex"],
+                e["ModifyIndex"],
+            ]
+            for e in entries
+        ],
     )

@@ -13,6 +13,7 @@ A write that cannot reach a leader fails at once with `NoQuorum` instead of hang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -167,10 +168,8 @@ class Cluster:
         # Raft thread: coalesce wake-ups, one call_soon_threadsafe per burst.
         if not self._notify_pending:
             self._notify_pending = True
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self.loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # loop closed during shutdown
-                pass
 
     def _wake(self) -> None:
         self._notify_pending = False

@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 
 
 class EntryType(IntEnum):
-    BARRIER = 1          # no change; a consistent read waits for it
+    BARRIER = 1  # no change; a consistent read waits for it
     CLUSTER_INIT = 2
     NODE_ADD = 3
     NODE_UPDATE = 4

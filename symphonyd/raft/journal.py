@@ -54,7 +54,7 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -67,7 +67,7 @@ def _record(command: bytes, idx: int, term: int) -> bytes:
     return _HEAD.pack(len(command), zlib.crc32(body), idx, term) + command
 
 
-class DurableJournal(Journal):  # type: ignore[misc]
+class DurableJournal(Journal):
     """pysyncobj's Journal interface over an fsynced append-only file."""
 
     def __init__(self, directory: str) -> None:
@@ -119,7 +119,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
             end = pos + _HEAD.size + length
             if end > len(data):
                 break
-            command = data[pos + _HEAD.size:end]
+            command = data[pos + _HEAD.size : end]
             if zlib.crc32(struct.pack("<QQ", idx, term) + command) != crc:
                 break
             self._entries.append((command, idx, term))
@@ -128,7 +128,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
         if pos != len(data):
             log.warning(
                 "journal %s: cut %d bytes of torn or corrupt tail after entry %s",
-                self.path, len(data) - pos, self._entries[-1][1] if self._entries else None,
+                self.path,
+                len(data) - pos,
+                self._entries[-1][1] if self._entries else None,
             )
             os.ftruncate(fd, pos)
             os.fsync(fd)
@@ -170,7 +172,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._offsets = []
         self._truncate_file(len(MAGIC))
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         end = self._offsets[entryFrom]
@@ -178,7 +180,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         del self._offsets[entryFrom:]
         self._truncate_file(end)
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
+    def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop entries before `entryTo` (log compaction after a snapshot): rewrite the file."""
         keep = self._entries[entryTo:]
         tmp = self.path + ".compact"
@@ -228,25 +230,25 @@ class DurableJournal(Journal):  # type: ignore[misc]
             os.close(self._fd)
             self._fd = -1
 
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         self._meta["commit_index"] = raftCommitIndex
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return int(self._meta.get("commit_index", 1))
 
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         # Raft: term and vote must be on disk before any message that reflects them is sent.
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
         self._save_meta(durable=True)
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
 
-    def getVotedForNodeId(self) -> Any:  # noqa: N802
+    def getVotedForNodeId(self) -> Any:
         return self._meta.get("voted_for")
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         # The commit index is a hint (the leader re-sends it), so it is saved lazily.
         if self._meta != self._meta_saved:
             self._save_meta(durable=False)

@@ -48,13 +48,14 @@ RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 Callback = Callable[[Any, int], None]
 
 
-class DurableTransport(TCPTransport):  # type: ignore[misc]
+class DurableTransport(TCPTransport):
     """TCP transport that holds acknowledgements until the journal is synced."""
 
     journal: DurableJournal
 
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any,  # noqa: N803
-                 *, journal: DurableJournal) -> None:
+    def __init__(
+        self, syncObj: Any, selfNode: Any, otherNodes: Any, *, journal: DurableJournal
+    ) -> None:
         self.journal = journal
         self._held: list[tuple[Any, Any]] = []
         super().__init__(syncObj, selfNode, otherNodes)
@@ -78,7 +79,7 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
 _construct_lock = threading.Lock()
 
 
-class RaftNode(SyncObj):  # type: ignore[misc]
+class RaftNode(SyncObj):
     """A pysyncobj node whose state is an FSM and whose log is durable."""
 
     def __init__(
@@ -107,6 +108,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             "commandsQueueSize": 20_000,
             "logCompactionMinEntries": 20_000,
             "logCompactionMinTime": 600,
+            "maxBindRetries": 5,
+            "bindRetryTime": 0.2,
         }
         settings.update(tuning or {})
         conf = SyncObjConf(
@@ -195,7 +198,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     # -- fixes to pysyncobj's append handling -------------------------------------------
 
-    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         handle = super()._SyncObj__onMessageReceived
         if not isinstance(message, dict):
             return handle(node, message)
@@ -259,8 +262,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             payload = msgpack.unpackb(f.read(), raw=False)
         self.fsm.restore(payload["state"])
         last, prev = payload["last"], payload["prev"]
-        return (bytes(last[0]), last[1], last[2]), (bytes(prev[0]), prev[1], prev[2]), list(
-            payload["members"]
+        return (
+            (bytes(last[0]), last[1], last[2]),
+            (bytes(prev[0]), prev[1], prev[2]),
+            list(payload["members"]),
         )
 
     # -- status ------------------------------------------------------------------------------

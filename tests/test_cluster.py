@@ -1,0 +1,184 @@
+"""Multi-node behaviour with real `symphonyd run` processes on 127.0.0.1.
+
+Forming, replication, leader loss (kill -9), restarts, durability of acknowledged writes,
+membership changes, and a node without quorum. Every process is stopped by PID in the
+`nodeset` fixture's teardown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from symphonyd.errors import Conflict, NoQuorum, NotFound, SymphonyError
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def kv_get(node: NodeProcess, key: str, consistent: bool = False) -> bytes | None:
+    query = {"raw": "true", **({"consistent": "true"} if consistent else {})}
+    try:
+        value = node.client(timeout=10).request("GET", f"/v1/kv/{key}", query=query)
+    except NotFound:
+        return None
+    return bytes(value)
+
+
+def kv_put(node: NodeProcess, key: str, value: bytes, timeout: float = 10) -> bool:
+    return bool(node.client(timeout=timeout).request("PUT", f"/v1/kv/{key}", raw=value))
+
+
+def test_three_nodes_form_and_replicate(nodeset: NodeSet) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    leader = nodeset.leader()
+    follower = next(n for n in (n1, n2, n3) if n is not leader)
+    # A write through a follower's HTTPS API (forwarded to the leader) ...
+    assert follower.https(nodeset.admin_token).request("PUT", "/v1/kv/app/color", raw=b"blue")
+    # ... is readable on every node.
+    for node in (n1, n2, n3):
+        assert wait_until(lambda n=node: kv_get(n, "app/color") == b"blue", 10, "replication")
+        names = sorted(m["name"] for m in node.status()["members"])
+        assert names == ["n1", "n2", "n3"]
+        assert {m["health"] for m in node.status()["members"]} == {"online"}
+    statuses = [n.status() for n in (n1, n2, n3)]
+    assert len({s["cluster_id"] for s in statuses}) == 1
+    assert sorted(s["role"] for s in statuses) == ["follower", "follower", "leader"]
+
+
+def test_leader_kill9_loses_no_acknowledged_write(nodeset: NodeSet) -> None:
+    nodes = nodeset.form(3)
+    leader = nodeset.leader()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and time.monotonic() < deadline and i < 5000:
+            for node in nodes:
+                if node.proc is None or node.proc.poll() is not None:
+                    continue
+                key = f"acked/{i:05d}"
+                try:
+                    if kv_put(node, key, str(i).encode(), timeout=5):
+                        acknowledged.append(key)
+                        i += 1
+                        break
+                except SymphonyError:
+                    time.sleep(0.02)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_until(lambda: len(acknowledged) >= 50, 20, "writes before the kill")
+        leader.kill()
+        killed_at = len(acknowledged)
+        survivors = [n for n in nodes if n is not leader]
+        new_leader = nodeset.leader(survivors)
+        assert new_leader is not leader
+        wait_until(lambda: len(acknowledged) >= killed_at + 50, 20, "writes after failover")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    leader.start()
+    last = acknowledged[-1]
+    for node in nodes:
+        wait_until(lambda n=node: kv_get(n, last) is not None, 20, f"{node.name} to catch up")
+    # Every acknowledged write is on every node, the restarted old leader included.
+    for node in nodes:
+        entries = node.client().request("GET", "/v1/kv/acked/", query={"keys": "true"})
+        missing = sorted(set(acknowledged) - set(entries))
+        assert not missing, f"{node.name} lost acknowledged writes: {missing[:10]}"
+
+
+def test_kill9_of_every_node_keeps_acknowledged_data(nodeset: NodeSet) -> None:
+    nodes = nodeset.form(3)
+    for i in range(30):
+        assert kv_put(nodes[i % 3], f"durable/{i}", f"value-{i}".encode())
+    for node in nodes:
+        node.kill()
+    for node in nodes:
+        node.start()
+    nodeset.leader()
+    for node in nodes:
+        wait_until(lambda n=node: n.status()["has_quorum"], 15, f"{node.name} to reconnect")
+        for i in (0, 17, 29):
+            assert kv_get(node, f"durable/{i}", consistent=True) == f"value-{i}".encode()
+        status = node.status()
+        assert status["cluster_id"] == nodes[0].status()["cluster_id"]
+        assert len(status["members"]) == 3
+
+
+def test_node_without_quorum_answers_at_once(nodeset: NodeSet) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    n2.kill()
+    n3.kill()
+    wait_until(lambda: not n1.status()["has_quorum"], 15, "n1 to notice it lost quorum")
+    started = time.monotonic()
+    status = n1.status()
+    with pytest.raises(NoQuorum):
+        kv_put(n1, "k", b"v")
+    elapsed = time.monotonic() - started
+    assert status["has_quorum"] is False and status["leader"] is None
+    assert elapsed < 5, f"status and a refused write took {elapsed:.1f}s"
+    result = n1.cli("status")
+    assert result.returncode == 0 and "NO QUORUM" in result.stdout
+
+
+def test_blocking_read_returns_on_change_from_another_node(nodeset: NodeSet) -> None:
+    n1, n2 = nodeset.form(2)
+    kv_put(n1, "watch/me", b"1")
+    index = n2.client().request("GET", "/v1/kv/watch/me", query={"consistent": "true"})[0][
+        "ModifyIndex"
+    ]
+    result: dict[str, object] = {}
+
+    def blocking_read() -> None:
+        started = time.monotonic()
+        result["entries"] = n2.client().request(
+            "GET", "/v1/kv/watch/me", query={"index": index, "wait": "30s"}
+        )
+        result["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=blocking_read)
+    thread.start()
+    time.sleep(0.5)
+    kv_put(n1, "watch/me", b"2")
+    thread.join(timeout=40)
+    entries = result["entries"]
+    assert isinstance(entries, list) and entries[0]["ModifyIndex"] > index
+    assert float(result["elapsed"]) < 25  # type: ignore[arg-type]
+
+
+def test_membership_remove_dead_node_leave_and_used_token(nodeset: NodeSet) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    # A reachable node is not removed by accident.
+    with pytest.raises(Conflict):
+        n1.client().request("DELETE", "/v1/nodes/n3")
+    n3.kill()
+    result = n1.cli("node", "remove", "n3")
+    assert result.returncode == 0, result.stderr
+    for node in (n1, n2):
+        wait_until(lambda n=node: [m["name"] for m in n.status()["members"]] == ["n1", "n2"],
+                   10, "n3 gone from the member list")
+    # n2 leaves cleanly: it becomes an uninitialised node; n1 carries on alone.
+    result = n2.cli("leave")
+    assert result.returncode == 0, result.stderr
+    assert n2.status()["initialized"] is False
+    wait_until(lambda: len(n1.status()["members"]) == 1 and n1.status()["has_quorum"], 15,
+               "n1 alone with quorum")
+    assert kv_put(n1, "after/leave", b"ok")
+    # A join token works once; a second use is refused and changes nothing.
+    token = n1.client().request("POST", "/v1/tokens", body={})["token"]
+    n4 = nodeset.new("n4")
+    assert n4.client(timeout=120).request("POST", "/v1/cluster/join", body={"token": token})
+    n5 = nodeset.new("n5")
+    result = n5.cli("join", token)
+    assert result.returncode != 0
+    assert "already used" in result.stderr and "Traceback" not in result.stderr
+    assert n5.status()["initialized"] is False
+    wait_until(lambda: sorted(m["name"] for m in n1.status()["members"]) == ["n1", "n4"], 15,
+               "n4 listed")
