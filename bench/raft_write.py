@@ -9,7 +9,8 @@ Usage (from the repository root, symphonyd installed editable):
 
 Options: --seq N (sequential writes per run), --seq-time S, --pipe-time S, --pipe-max N,
 --clients N (API concurrency), --inflight N (bare pysyncobj in-flight writes),
---only api,bare,nofsync (subset), --keep (keep the temp dir with the daemons' logs).
+--only api,bare,nofsync (subset), --keep (keep the temp dir with the daemons' logs),
+--quiet-wait S (before each phase, wait up to S s for other work on the machine to stop).
 
 In one run it measures, each on a fresh 3-node cluster on 127.0.0.1 (free ports, a temp
 dir under $TMPDIR):
@@ -189,6 +190,28 @@ def fsync_micro(directory: str, count: int = 200) -> dict[str, float]:
 
 
 # -- per-phase accounting ------------------------------------------------------------------
+
+
+def wait_quiet(pids: dict[str, int], max_s: float, threshold: float = 0.25) -> float:
+    """Wait (at most max_s) until processes that are not ours use under `threshold` cores.
+
+    Returns the last measured foreign load in cores. Other work on a 2-core machine
+    changes the figures more than anything measured here, so every phase starts quiet
+    when it can, and its accounting says how busy the machine was.
+    """
+    deadline = time.monotonic() + max_s
+    other = 0.0
+    while True:
+        t0, b0, s0 = time.monotonic(), machine_busy(), self_cpu()
+        c0 = sum(proc_cpu(p) for p in pids.values())
+        time.sleep(0.5)
+        wall = time.monotonic() - t0
+        ours = sum(proc_cpu(p) for p in pids.values()) - c0 + self_cpu() - s0
+        other = max(0.0, machine_busy() - b0 - ours) / wall
+        if other < threshold or time.monotonic() > deadline:
+            if other >= threshold:
+                print(f"  (machine still busy with other work: {other:.2f} cores)", flush=True)
+            return other
 
 
 def snapshot(pids: dict[str, int], statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -480,10 +503,12 @@ def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[
                    20, "the followers to catch up")
         result: dict[str, Any] = {"leader": leader.name, "pids": pids}
 
+        wait_quiet(pids, args.quiet_wait)
         before = snapshot(pids, statuses())
         result["seq"] = run_coro(api_sequential(url, token, args.seq, args.seq_time, 50))
         result["seq"]["accounting"] = account(before, snapshot(pids, statuses()), leader.name)
 
+        wait_quiet(pids, args.quiet_wait)
         profiler.start("api", {f"leader-{leader.name}": pids[leader.name],
                                f"follower-{members[-1].name}": pids[members[-1].name]},
                        args.pipe_time)
@@ -686,11 +711,13 @@ def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Prof
         print(f"{label}: leader {leader} (pid {pids[leader]})", flush=True)
         result: dict[str, Any] = {"leader": leader, "pids": pids}
 
+        wait_quiet(pids, args.quiet_wait)
         before = snapshot(pids, statuses())
         result["seq"] = ask(li, "seq", args.seq, args.seq_time, 50,
                             timeout=args.seq_time + 60)
         result["seq"]["accounting"] = account(before, snapshot(pids, statuses()), leader)
 
+        wait_quiet(pids, args.quiet_wait)
         profiler.start(label, {f"leader-{leader}": pids[leader],
                                f"follower-{follower}": pids[follower]}, args.pipe_time)
         before = snapshot(pids, statuses())
@@ -836,6 +863,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32, help="concurrent API clients")
     parser.add_argument("--inflight", type=int, default=1000, help="bare in-flight writes")
     parser.add_argument("--only", default="api,bare,nofsync", help="subset to run")
+    parser.add_argument("--quiet-wait", type=float, default=30.0,
+                        help="before each phase wait up to this many s for other work on "
+                             "the machine to stop (0: do not wait)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record leaders into DIR")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

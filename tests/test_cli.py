@@ -1,0 +1,110 @@
+"""The CLI as a user runs it, against a real one-node cluster process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import NodeProcess, NodeSet
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeSet, NodeProcess]]:
+    nodes = NodeSet(tmp_path_factory.mktemp("cli"))
+    try:
+        (node,) = nodes.form(1)
+        yield nodes, node
+    finally:
+        nodes.cleanup()
+
+
+def test_status_human_and_json(single: tuple[NodeSet, NodeProcess]) -> None:
+    _, node = single
+    human = node.cli("status")
+    assert human.returncode == 0, human.stderr
+    assert "Leader" in human.stdout and "n1" in human.stdout and "yes" in human.stdout
+    data = json.loads(node.cli("status", "--json").stdout)
+    assert data["initialized"] is True and data["has_quorum"] is True
+    assert [m["name"] for m in data["members"]] == ["n1"]
+
+
+def test_node_list_and_show(single: tuple[NodeSet, NodeProcess]) -> None:
+    _, node = single
+    listed = json.loads(node.cli("node", "list", "--json").stdout)["nodes"]
+    assert listed[0]["name"] == "n1" and listed[0]["role"] == "leader"
+    shown = node.cli("node", "show", "n1")
+    assert shown.returncode == 0 and node.raft_addr in shown.stdout
+    missing = node.cli("node", "show", "nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "Error: no node named 'nope'"
+
+
+def test_kv_commands(single: tuple[NodeSet, NodeProcess]) -> None:
+    _, node = single
+    assert node.cli("kv", "put", "cli/a", "one").returncode == 0
+    assert node.cli("kv", "put", "cli/b", "-", input=b"from stdin").returncode == 0
+    assert node.cli("kv", "get", "cli/a").stdout == "one"
+    assert node.cli("kv", "get", "cli/b").stdout == "from stdin"
+    listed = json.loads(node.cli("kv", "list", "cli/", "--json").stdout)
+    assert [e["Key"] for e in listed] == ["cli/a", "cli/b"]
+    index = listed[0]["ModifyIndex"]
+    stale = node.cli("kv", "put", "cli/a", "two", "--cas", str(index - 1))
+    assert stale.returncode == 1 and "changed since" in stale.stderr
+    assert node.cli("kv", "put", "cli/a", "two", "--cas", str(index)).returncode == 0
+    assert node.cli("kv", "delete", "cli/", "--recurse").returncode == 0
+    gone = node.cli("kv", "get", "cli/a")
+    assert gone.returncode == 1 and gone.stderr.strip() == "Error: no key 'cli/a'"
+    assert "Traceback" not in gone.stderr
+
+
+def test_remote_access_over_https(single: tuple[NodeSet, NodeProcess]) -> None:
+    nodes, node = single
+    token = nodes.admin_token
+    assert token
+    ok = node.cli("--manager-addr", f"127.0.0.1:{node.api_port}", "--token", token,
+                  "kv", "put", "remote/x", "1")
+    assert ok.returncode == 0, ok.stderr
+    ok = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", token,
+                  "kv", "get", "remote/x")
+    assert ok.stdout == "1"
+    bad = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", "x.y",
+                   "node", "list")
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error: the API token is not valid"
+    wrong_pin = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", token,
+                         "--fingerprint", "00" * 32, "node", "list")
+    assert wrong_pin.returncode == 1 and "fingerprint" in wrong_pin.stderr
+
+
+def test_token_create_prints_token_last(single: tuple[NodeSet, NodeProcess]) -> None:
+    _, node = single
+    result = node.cli("token", "create", "--expires", "10m")
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines()[-1].startswith("sy1.")
+    bad = node.cli("token", "create", "--expires", "soon")
+    assert bad.returncode == 1 and "invalid duration" in bad.stderr
+
+
+def test_second_daemon_on_same_data_dir_is_refused(
+    single: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    _, node = single
+    result = node.cli("run", "--name", "n1", "--address", "127.0.0.1",
+                      "--api-port", str(node.api_port), "--raft-port", str(node.raft_port),
+                      "--config", "/dev/null", timeout=30)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+    assert node.cli("status").returncode == 0  # the first one still serves
+
+
+def test_bad_settings_file_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("api_port = 'x'\nnot_a_setting = 1\n")
+    probe = NodeProcess(tmp_path, "probe")
+    result = probe.cli("run", "--config", str(config), timeout=30)
+    assert result.returncode == 2
+    assert "unknown settings: not_a_setting" in result.stderr
