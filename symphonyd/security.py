@@ -158,6 +158,6 @@ def decode_join_token(text: Any) -> JoinToken:
         )
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise Invalid("join token is damaged (copy it again, whole)") from exc
-    if not token.addresses:
+    if not isinstance(data.get("a"), list) or not token.addresses:
         raise Invalid("join token carries no member address")
     return token

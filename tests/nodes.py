@@ -7,6 +7,7 @@ ports picked free by the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,14 +42,17 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         except (SymphonyError, OSError) as exc:
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 class NodeProcess:
     """One `symphonyd run` process with its own data dir and ports."""
 
-    def __init__(self, base: Path, name: str) -> None:
+    def __init__(self, base: Path, name: str, settings: str = "") -> None:
         self.name = name
+        self.settings = settings  # TOML text of a settings file, if any
         self.data_dir = base / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
@@ -68,11 +72,33 @@ class NodeProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        config = os.devnull
+        if self.settings:
+            config = str(self.data_dir / "symphonyd.toml")
+            Path(config).write_text(self.settings)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "symphonyd", "--data-dir", str(self.data_dir), "run",
-             "--name", self.name, "--address", "127.0.0.1", "--api-port", str(self.api_port),
-             "--raft-port", str(self.raft_port), "--config", os.devnull],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-m",
+                "symphonyd",
+                "--data-dir",
+                str(self.data_dir),
+                "run",
+                "--name",
+                self.name,
+                "--address",
+                "127.0.0.1",
+                "--api-port",
+                str(self.api_port),
+                "--raft-port",
+                str(self.raft_port),
+                "--config",
+                config,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         if wait:
@@ -87,14 +113,21 @@ class NodeProcess:
         return Client(socket_path=self.socket_path, timeout=timeout)
 
     def https(self, token: str | None, timeout: float = 30.0) -> Client:
-        return Client(addr=f"https://127.0.0.1:{self.api_port}", token=token,
-                      fingerprint=local_fingerprint(str(self.data_dir)), timeout=timeout)
+        return Client(
+            addr=f"https://127.0.0.1:{self.api_port}",
+            token=token,
+            fingerprint=local_fingerprint(str(self.data_dir)),
+            timeout=timeout,
+        )
 
-    def cli(self, *args: str, timeout: float = 60.0, input: bytes | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60.0, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "symphonyd", "--data-dir", str(self.data_dir), *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             input=input.decode() if input is not None else None,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -130,13 +163,14 @@ class NodeProcess:
 class NodeSet:
     """The nodes of one test; `form(n)` makes an n-node cluster with init + token + join."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, settings: str = "") -> None:
         self.base = base
+        self.settings = settings
         self.nodes: list[NodeProcess] = []
         self.admin_token: str | None = None
 
     def new(self, name: str, start: bool = True) -> NodeProcess:
-        node = NodeProcess(self.base, name)
+        node = NodeProcess(self.base, name, self.settings)
         self.nodes.append(node)
         if start:
             node.start()
@@ -151,14 +185,18 @@ class NodeSet:
             self.join(node, via=first)
         members = self.nodes[:count]
         for node in members:
-            wait_until(lambda n=node: len(n.status()["members"]) == count
-                       and n.status()["has_quorum"], 20, f"{node.name} to see {count} members")
+            wait_until(
+                lambda n=node: len(n.status()["members"]) == count and n.status()["has_quorum"],
+                20,
+                f"{node.name} to see {count} members",
+            )
         return members
 
     def join(self, node: NodeProcess, via: NodeProcess) -> dict[str, Any]:
         token = via.client().request("POST", "/v1/tokens", body={})["token"]
-        return dict(node.client(timeout=120).request("POST", "/v1/cluster/join",
-                                                     body={"token": token}))
+        return dict(
+            node.client(timeout=120).request("POST", "/v1/cluster/join", body={"token": token})
+        )
 
     def leader(self, among: list[NodeProcess] | None = None) -> NodeProcess:
         def find() -> NodeProcess | None:
@@ -174,7 +212,5 @@ class NodeSet:
 
     def cleanup(self) -> None:
         for node in self.nodes:
-            try:
+            with contextlib.suppress(AssertionError):
                 node.stop(timeout=15)
-            except AssertionError:
-                pass

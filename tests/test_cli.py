@@ -66,17 +66,33 @@ def test_remote_access_over_https(single: tuple[NodeSet, NodeProcess]) -> None:
     nodes, node = single
     token = nodes.admin_token
     assert token
-    ok = node.cli("--manager-addr", f"127.0.0.1:{node.api_port}", "--token", token,
-                  "kv", "put", "remote/x", "1")
+    ok = node.cli(
+        "--manager-addr",
+        f"127.0.0.1:{node.api_port}",
+        "--token",
+        token,
+        "kv",
+        "put",
+        "remote/x",
+        "1",
+    )
     assert ok.returncode == 0, ok.stderr
-    ok = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", token,
-                  "kv", "get", "remote/x")
+    ok = node.cli(
+        "--addr", f"https://127.0.0.1:{node.api_port}", "--token", token, "kv", "get", "remote/x"
+    )
     assert ok.stdout == "1"
-    bad = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", "x.y",
-                   "node", "list")
+    bad = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", "x.y", "node", "list")
     assert bad.returncode == 1 and bad.stderr.strip() == "Error: the API token is not valid"
-    wrong_pin = node.cli("--addr", f"https://127.0.0.1:{node.api_port}", "--token", token,
-                         "--fingerprint", "00" * 32, "node", "list")
+    wrong_pin = node.cli(
+        "--addr",
+        f"https://127.0.0.1:{node.api_port}",
+        "--token",
+        token,
+        "--fingerprint",
+        "00" * 32,
+        "node",
+        "list",
+    )
     assert wrong_pin.returncode == 1 and "fingerprint" in wrong_pin.stderr
 
 
@@ -93,9 +109,20 @@ def test_second_daemon_on_same_data_dir_is_refused(
     single: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:
     _, node = single
-    result = node.cli("run", "--name", "n1", "--address", "127.0.0.1",
-                      "--api-port", str(node.api_port), "--raft-port", str(node.raft_port),
-                      "--config", "/dev/null", timeout=30)
+    result = node.cli(
+        "run",
+        "--name",
+        "n1",
+        "--address",
+        "127.0.0.1",
+        "--api-port",
+        str(node.api_port),
+        "--raft-port",
+        str(node.raft_port),
+        "--config",
+        "/dev/null",
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "already running" in result.stderr
     assert node.cli("status").returncode == 0  # the first one still serves

@@ -162,14 +162,20 @@ def test_membership_remove_dead_node_leave_and_used_token(nodeset: NodeSet) -> N
     result = n1.cli("node", "remove", "n3")
     assert result.returncode == 0, result.stderr
     for node in (n1, n2):
-        wait_until(lambda n=node: [m["name"] for m in n.status()["members"]] == ["n1", "n2"],
-                   10, "n3 gone from the member list")
+        wait_until(
+            lambda n=node: [m["name"] for m in n.status()["members"]] == ["n1", "n2"],
+            10,
+            "n3 gone from the member list",
+        )
     # n2 leaves cleanly: it becomes an uninitialised node; n1 carries on alone.
     result = n2.cli("leave")
     assert result.returncode == 0, result.stderr
     assert n2.status()["initialized"] is False
-    wait_until(lambda: len(n1.status()["members"]) == 1 and n1.status()["has_quorum"], 15,
-               "n1 alone with quorum")
+    wait_until(
+        lambda: len(n1.status()["members"]) == 1 and n1.status()["has_quorum"],
+        15,
+        "n1 alone with quorum",
+    )
     assert kv_put(n1, "after/leave", b"ok")
     # A join token works once; a second use is refused and changes nothing.
     token = n1.client().request("POST", "/v1/tokens", body={})["token"]
@@ -180,5 +186,6 @@ def test_membership_remove_dead_node_leave_and_used_token(nodeset: NodeSet) -> N
     assert result.returncode != 0
     assert "already used" in result.stderr and "Traceback" not in result.stderr
     assert n5.status()["initialized"] is False
-    wait_until(lambda: sorted(m["name"] for m in n1.status()["members"]) == ["n1", "n4"], 15,
-               "n4 listed")
+    wait_until(
+        lambda: sorted(m["name"] for m in n1.status()["members"]) == ["n1", "n4"], 15, "n4 listed"
+    )

@@ -15,7 +15,8 @@ def test_import_contracts_hold() -> None:
     tool = shutil.which("lint-imports")
     if tool is None:
         pytest.fail("lint-imports (import-linter) is not installed: run scripts/bootstrap --test")
-    result = subprocess.run([tool, "--no-cache"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [tool, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" not in result.stdout.lower().replace("0 broken", "")

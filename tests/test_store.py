@@ -147,15 +147,6 @@ def test_changes_since_is_none_when_that_history_is_gone(
     assert [c.revision for c in store.changes_since(4)] == [5]
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: store.py changes_since: the history deque drops single changes, not whole "
-        "revisions, so when it overflows in the middle of a multi-change revision, "
-        "changes_since(oldest_revision - 1) returns that revision with changes missing "
-        "instead of None"
-    ),
-    strict=True,
-)
 def test_changes_since_never_returns_half_a_revision(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "HISTORY_LIMIT", 4)
     store = Store()
@@ -165,7 +156,8 @@ def test_changes_since_never_returns_half_a_revision(monkeypatch: pytest.MonkeyP
     store.commit()
     committed_put(store, "kv", "k5", {})  # revision 3
     committed_put(store, "kv", "k6", {})  # revision 4: pushes out k1 and the k2 change
-    assert [c.key for c in store.history] == ["k3", "k4", "k5", "k6"]
+    # Whole revisions only: revision 2 goes out entirely, never in part.
+    assert [c.key for c in store.history] == ["k5", "k6"]
 
     since_1 = store.changes_since(1)
     # Either the whole of revision 2 (k2, k3, k4) or None ("history gone, resync").
@@ -332,12 +324,13 @@ def test_kv_list_prefix_and_index_of(kv_store: Store) -> None:
         "web/a/2",
     ]
     # the index of a read is the highest mod_revision it covers
-    assert kv.index_of(kv_store, "web/a", recurse=True) == kv.get(kv_store, "web/a.txt")[
-        "mod_revision"
-    ]
-    assert kv.index_of(kv_store, "web/b", recurse=False) == kv.get(kv_store, "web/b")[
-        "mod_revision"
-    ]
+    assert (
+        kv.index_of(kv_store, "web/a", recurse=True)
+        == kv.get(kv_store, "web/a.txt")["mod_revision"]
+    )
+    assert (
+        kv.index_of(kv_store, "web/b", recurse=False) == kv.get(kv_store, "web/b")["mod_revision"]
+    )
     # nothing there: the store's revision
     assert kv.index_of(kv_store, "missing", recurse=False) == kv_store.revision
     assert kv.index_of(kv_store, "missing/", recurse=True) == kv_store.revision

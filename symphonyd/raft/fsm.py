@@ -133,6 +133,7 @@ class FSM:
         except (KeyError, TypeError, ValueError) as exc:
             # A malformed body is refused the same way on every node (it is in the log).
             log.error("refusing malformed entry of type %s: %r", entry.type, exc)
+            self.store.rollback()
             result = failure("invalid", f"malformed entry body: {exc!r}")
         revision = self.store.commit()
         self.applied += 1

@@ -209,6 +209,8 @@ class DurableJournal(Journal):
         self._offsets = offsets
         self._end = pos
         self._dirty = False
+        self.synced_entries += self._unsynced_adds
+        self._unsynced_adds = 0
 
     def _truncate_file(self, end: int) -> None:
         os.ftruncate(self._fd, end)

@@ -95,9 +95,10 @@ class Store:
     def __init__(self) -> None:
         self.revision = 0
         self.tables: dict[str, Table] = {name: Table(name) for name in self.TABLES}
-        self.history: deque[Change] = deque(maxlen=HISTORY_LIMIT)
+        self.history: deque[Change] = deque()
         self._listeners: list[Listener] = []
         self._pending: list[Change] = []
+        self._undo: list[tuple[str, str, Record | None]] = []
         # Held by the FSM while it applies an entry and by readers in other threads.
         self.lock = threading.RLock()
 
@@ -127,6 +128,7 @@ class Store:
         """Insert or replace a record; fills create_revision/mod_revision."""
         revision = self.next_revision()
         old = self.tables[table].get(key)
+        self._undo.append((table, key, old))
         record = dict(record)
         record["create_revision"] = old["create_revision"] if old else revision
         record["mod_revision"] = revision
@@ -137,6 +139,7 @@ class Store:
     def delete(self, table: str, key: str) -> Record | None:
         old = self.tables[table]._delete(key)
         if old is not None:
+            self._undo.append((table, key, old))
             self._pending.append(Change(self.next_revision(), table, key, "delete", old))
         return old
 
@@ -145,14 +148,29 @@ class Store:
         if not self._pending:
             return self.revision
         changes, self._pending = self._pending, []
+        self._undo = []
         self.revision = changes[0].revision
         self.history.extend(changes)
+        while len(self.history) > HISTORY_LIMIT:  # drop whole revisions, never half of one
+            oldest = self.history[0].revision
+            while self.history and self.history[0].revision == oldest:
+                self.history.popleft()
         for listener in list(self._listeners):
             try:
                 listener(changes)
             except Exception:  # a broken subscriber must not stop the log
                 log.exception("store listener failed")
         return self.revision
+
+    def rollback(self) -> None:
+        """Undo the changes of the entry being applied (its apply function failed)."""
+        for table, key, old in reversed(self._undo):
+            if old is None:
+                self.tables[table]._delete(key)
+            else:
+                self.tables[table]._put(key, old)
+        self._undo = []
+        self._pending = []
 
     # -- watches -----------------------------------------------------------------------------
 
@@ -189,6 +207,7 @@ class Store:
         self.revision = int(data["revision"])
         self.history.clear()
         self._pending = []
+        self._undo = []
         reset = [Change(self.revision, "*", "", "reset", None)]
         for listener in list(self._listeners):
             try:
