@@ -23,7 +23,10 @@ KEEPALIVE = 15.0
 
 
 def _format(change: Change) -> bytes:
-    data = json.dumps(jsonable(change.to_dict()))
+    body = change.to_dict()
+    if change.table == "tokens" and body["record"]:
+        body["record"] = {k: v for k, v in body["record"].items() if k != "secret_sha256"}
+    data = json.dumps(jsonable(body))
     return f"id: {change.revision}\nevent: {change.table}.{change.op}\ndata: {data}\n\n".encode()
 
 
@@ -50,18 +53,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     request.app[STREAMS].add(response)
     try:
-        while True:
-            with store.lock:
-                changes = store.changes_since(last)
-            if changes is None:
-                await response.write(b"event: reset\ndata: {}\n\n")
-                break
-            for change in changes:
-                if table is None or change.table == table:
-                    await response.write(_format(change))
-                last = change.revision
-            if not await cluster.wait_for_revision(last, KEEPALIVE):
+        async for change in cluster.watch(last, KEEPALIVE):
+            if change is None:
                 await response.write(b": keep-alive\n\n")
+            elif table is None or change.table == table:
+                await response.write(_format(change))
+    except Gone:
+        await response.write(b"event: reset\ndata: {}\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pysyncobj import FAIL_REASON
 
 from symphonyd.errors import (
     Conflict,
+    Gone,
     Invalid,
     NoQuorum,
     NotFound,
@@ -189,6 +191,22 @@ class Cluster:
             except TimeoutError:
                 return self.store.revision > after
         return True
+
+    async def watch(self, since: int, keepalive: float = 15.0) -> AsyncIterator[Change | None]:
+        """Every change after revision `since`, in order, as it is applied; `None` after
+        `keepalive` seconds without one. Raises `Gone` if that history is no longer kept
+        (the caller re-reads the state and watches from the current revision)."""
+        last = since
+        while True:
+            with self.store.lock:
+                changes = self.store.changes_since(last)
+            if changes is None:
+                raise Gone(f"changes after revision {last} are no longer kept; re-read the state")
+            for change in changes:
+                last = change.revision
+                yield change
+            if not await self.wait_for_revision(last, keepalive):
+                yield None
 
     def close(self) -> None:
         self._unsubscribe()
