@@ -21,23 +21,15 @@ def all_routes() -> list[Route]:
     return [*cluster.ROUTES, *nodes.ROUTES, *kv.ROUTES, *events.ROUTES, *openapi.ROUTES]
 
 
-async def _close_streams(app: web.Application) -> None:
-    streams: set[web.StreamResponse] = app[events.STREAMS]
-    for response in list(streams):
-        task = getattr(response, "task", None)
-        if task is not None:
-            task.cancel()
-
-
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(middlewares=[errors, access], client_max_size=MAX_BODY)
     app[DAEMON] = daemon
     routes = all_routes()
     app[ROUTE] = {}
     app[openapi.ROUTES_KEY] = routes
-    app[events.STREAMS] = set()
+    app[events.LONG_POLLS] = set()
     for route in routes:
         resource = app.router.add_route(route.method, route.path, route.handler)
         app[ROUTE][(route.method, resource.resource.canonical)] = route  # type: ignore[union-attr]
-    app.on_shutdown.append(_close_streams)
+    app.on_shutdown.append(events.cancel_long_polls)
     return app

@@ -14,11 +14,12 @@ import json
 
 from aiohttp import web
 
-from symphonyd.api.routes import Route, daemon_of, jsonable
+from symphonyd.api.routes import Handler, Route, daemon_of, jsonable
 from symphonyd.errors import Gone, Invalid
 from symphonyd.state.store import Change
+from symphonyd.validation import parse_uint
 
-STREAMS: web.AppKey[set[web.StreamResponse]] = web.AppKey("event_streams")
+LONG_POLLS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("long_polls")
 KEEPALIVE = 15.0
 
 
@@ -30,15 +31,38 @@ def _format(change: Change) -> bytes:
     return f"id: {change.revision}\nevent: {change.table}.{change.op}\ndata: {data}\n\n".encode()
 
 
+def long_poll(handler: Handler) -> Handler:
+    """Mark a handler that may wait for minutes: shutdown cancels it instead of waiting."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        polls = request.app[LONG_POLLS]
+        polls.add(task)
+        try:
+            return await handler(request)
+        finally:
+            polls.discard(task)
+
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+async def cancel_long_polls(app: web.Application) -> None:
+    polls: set[asyncio.Task[object]] = app[LONG_POLLS]
+    for task in list(polls):
+        task.cancel()
+
+
+@long_poll
 async def events(request: web.Request) -> web.StreamResponse:
     cluster = daemon_of(request).require_cluster()
     store = cluster.store
     since_text = request.query.get("since") or request.headers.get("Last-Event-ID")
     table = request.query.get("table")
-    if since_text is not None and not since_text.isdigit():
-        raise Invalid(f"'since' must be a revision number, not {since_text!r}")
+    since = parse_uint(since_text, what="since") if since_text is not None else None
     with store.lock:
-        last = int(since_text) if since_text is not None else store.revision
+        last = since if since is not None else store.revision
         if last > store.revision:
             raise Invalid(f"revision {last} is in the future (current: {store.revision})")
         if store.changes_since(last) is None:
@@ -51,7 +75,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    request.app[STREAMS].add(response)
     try:
         async for change in cluster.watch(last, KEEPALIVE):
             if change is None:
@@ -62,8 +85,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.write(b"event: reset\ndata: {}\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
-    finally:
-        request.app[STREAMS].discard(response)
     return response
 
 

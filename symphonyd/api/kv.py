@@ -17,10 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from symphonyd.api.events import long_poll
 from symphonyd.api.routes import Route, daemon_of, flag, json_response
 from symphonyd.errors import Invalid, TooLarge
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.state import kv
+from symphonyd.validation import parse_uint
 
 MAX_VALUE = 512 * 1024
 MAX_KEY = 1024
@@ -44,11 +46,7 @@ def check_key(key: str, *, allow_empty: bool) -> str:
 
 def _uint(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
-    if text is None:
-        return None
-    if not text.isdigit():
-        raise Invalid(f"'{name}' must be a non-negative integer, not {text!r}")
-    return int(text)
+    return None if text is None else parse_uint(text, what=name)
 
 
 def _wait(request: web.Request) -> float:
@@ -82,6 +80,7 @@ def _headers(request: web.Request, index: int) -> dict[str, str]:
     }
 
 
+@long_poll
 async def get_key(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     cluster = daemon.require_cluster()
@@ -130,8 +129,6 @@ async def put_key(request: web.Request) -> web.Response:
         if unsupported in request.query:
             raise Invalid(f"'{unsupported}' (Consul sessions) is not supported by symphonyd")
     flags = _uint(request, "flags") or 0
-    if flags >= 2**64:
-        raise Invalid("'flags' must fit in 64 bits")
     cas = _uint(request, "cas")
     if request.content_length is not None and request.content_length > MAX_VALUE:
         raise TooLarge(f"value exceeds the {MAX_VALUE} byte limit")

@@ -22,7 +22,7 @@ from symphonyd.errors import (
     TooLarge,
     Unauthorized,
 )
-from symphonyd.security import node_credential, secret_matches, split_api_token
+from symphonyd.security import JOIN_TOKEN_PREFIX, node_credential, secret_matches, split_api_token
 from symphonyd.state import tokens
 
 log = logging.getLogger("symphonyd.api")
@@ -91,6 +91,8 @@ def check_token(request: web.Request) -> None:
     if daemon.secret and hmac.compare_digest(text, node_credential(daemon.secret)):
         request["principal"] = "node"
         return
+    if text.startswith(JOIN_TOKEN_PREFIX):
+        raise Forbidden("a join token can only be used to join a node (`symphonyd join`)")
     parts = split_api_token(text)
     cluster = daemon.cluster
     record = None
