@@ -629,6 +629,7 @@ class Daemon:
                     "version": record.get("version"),
                 }
             )
+        members.sort(key=lambda m: (m["name"], m["raft_addr"]))
         leader = by_addr.get(leader_addr or "", {}).get("name")
         return {
             **base,

@@ -33,18 +33,17 @@ def free_port() -> int:
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `check` until it returns a truthy value (bounded in time); return that value."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
             value = check()
             if value:
                 return value
+            last = value
         except (SymphonyError, OSError) as exc:
-            last_error = exc
+            last = exc
         time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
-    )
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class NodeProcess:

@@ -42,7 +42,12 @@ def test_three_nodes_form_and_replicate(nodeset: NodeSet) -> None:
         assert wait_until(lambda n=node: kv_get(n, "app/color") == b"blue", 10, "replication")
         names = sorted(m["name"] for m in node.status()["members"])
         assert names == ["n1", "n2", "n3"]
-        assert {m["health"] for m in node.status()["members"]} == {"online"}
+        # Followers dial each other lazily (retry every second): all online soon.
+        wait_until(
+            lambda n=node: {m["health"] for m in n.status()["members"]} == {"online"},
+            10,
+            f"{node.name} to reach every member",
+        )
     statuses = [n.status() for n in (n1, n2, n3)]
     assert len({s["cluster_id"] for s in statuses}) == 1
     assert sorted(s["role"] for s in statuses) == ["follower", "follower", "leader"]
@@ -163,9 +168,12 @@ def test_membership_remove_dead_node_leave_and_used_token(nodeset: NodeSet) -> N
     assert result.returncode == 0, result.stderr
     for node in (n1, n2):
         wait_until(
-            lambda n=node: [m["name"] for m in n.status()["members"]] == ["n1", "n2"],
+            lambda n=node: (
+                [(m["name"], m["status"]) for m in n.status()["members"]]
+                == [("n1", "active"), ("n2", "active")]
+            ),
             10,
-            "n3 gone from the member list",
+            f"n3 gone from {node.name}'s member list",
         )
     # n2 leaves cleanly: it becomes an uninitialised node; n1 carries on alone.
     result = n2.cli("leave")
