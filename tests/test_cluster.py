@@ -197,3 +197,23 @@ def test_membership_remove_dead_node_leave_and_used_token(nodeset: NodeSet) -> N
     wait_until(
         lambda: sorted(m["name"] for m in n1.status()["members"]) == ["n1", "n4"], 15, "n4 listed"
     )
+
+
+def test_join_under_a_taken_name_is_refused(
+    nodeset: NodeSet, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    (n1,) = nodeset.form(1)
+    other = NodeSet(tmp_path_factory.mktemp("other"))
+    try:
+        twin = other.new("n1")  # same name as the existing member, its own data dir
+        token = n1.client().request("POST", "/v1/tokens", body={})["token"]
+        result = twin.cli("join", token)
+        assert result.returncode == 1
+        assert "already a member" in result.stderr
+        assert twin.status()["initialized"] is False
+        assert [m["name"] for m in n1.status()["members"]] == ["n1"]
+        # The refused join did not use the token up: a node with a free name can use it.
+        fresh = nodeset.new("n2")
+        assert fresh.client(timeout=120).request("POST", "/v1/cluster/join", body={"token": token})
+    finally:
+        other.cleanup()

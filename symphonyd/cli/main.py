@@ -106,6 +106,7 @@ def main(
 
 
 @main.command()
+@click.option("--data-dir", "run_data_dir", help="Node data directory (same as the global option).")
 @click.option("--name", help="Node name (default: the host name).")
 @click.option("--address", help="Address peers use to reach this node.")
 @click.option("--bind", help="Listen address (default: --address).")
@@ -116,6 +117,7 @@ def main(
 @click.pass_obj
 def run(
     obj: Context,
+    run_data_dir: str | None,
     name: str | None,
     address: str | None,
     bind: str | None,
@@ -134,7 +136,7 @@ def run(
         "api_port": api_port,
         "raft_port": raft_port,
         "log_level": log_level,
-        "data_dir": obj.data_dir,
+        "data_dir": run_data_dir or obj.data_dir,
     }
     sys.exit(run_daemon(config_file, overrides))
 
