@@ -551,12 +551,14 @@ class Daemon:
                 "(to destroy the cluster, stop symphonyd and delete its data dir)"
             )
         if cluster.status().get("role") == "leader":
-            cluster.node.transferLeadership()
+            # Denied while no follower is fully caught up: ask again until one is.
             deadline = time.monotonic() + 10.0
             while cluster.status().get("leader") in (me, None):
                 if time.monotonic() > deadline:
                     raise Unavailable("could not hand over leadership; retry")
-                await asyncio.sleep(0.05)
+                if cluster.status().get("role") == "leader":
+                    cluster.node.transfer_leadership()
+                await asyncio.sleep(0.3)
         with cluster.store.lock:
             peers = [n for n in nodes.all_nodes(cluster.store) if n["raft_addr"] != me]
         assert self.secret and self.fingerprint

@@ -144,7 +144,9 @@ class Cluster:
         raise Unavailable(f"membership change failed: {_FAIL_NAMES.get(error, error)}")
 
     def raft_members(self) -> set[str]:
-        return {n.id for n in self.node.otherNodes} | {self.node.selfNode.id}
+        """The Raft configuration as this node last saw it (from the Raft thread)."""
+        status = self.node.status()
+        return set(status.get("peers", {})) | {status["self"]}
 
     # -- status ---------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ It knows the FSM, not the API.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -142,6 +143,7 @@ class RaftNode(SyncObj):
         self._status_at = 0.0
         self.role_listeners: list[Callable[[str], None]] = []
         self.trimmed_entries = 0
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._refresh_status(force=True)
 
     # -- the one replicated method ----------------------------------------------------------
@@ -164,11 +166,20 @@ class RaftNode(SyncObj):
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the Raft thread (pysyncobj's state is not thread-safe)."""
+        self._calls.append(fn)
+
+    def transfer_leadership(self) -> None:
+        self.call_soon(self.transferLeadership)
+
     def _tick_loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 self.doTick(0.05)
                 self._sync_and_release()
+                while self._calls:
+                    self._calls.popleft()()
                 self._refresh_status()
             except Exception:
                 log.exception("raft tick failed")
