@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -70,6 +72,9 @@ class Cluster:
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._revision_event = asyncio.Event()
         self._notify_pending = False
+        # Outcomes of proposals, handed from the Raft thread in batches (one wake-up each).
+        self._outcomes: list[tuple[asyncio.Future[Any], Any, int]] = []
+        self._outcomes_lock = threading.Lock()
         self._unsubscribe = store.subscribe(self._on_changes)
 
     # -- writes ---------------------------------------------------------------------------
@@ -83,11 +88,7 @@ class Cluster:
                 if not self.has_leader():
                     raise NoQuorum(self.no_quorum_message())
                 future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
-
-                def done(result: Any, error: int, future: asyncio.Future[Any] = future) -> None:
-                    self.loop.call_soon_threadsafe(_settle, future, result, error)
-
-                self.node.submit(data, done)
+                self.node.submit(data, functools.partial(self._outcome, future))
                 remaining = deadline - time.monotonic()
                 try:
                     result, error = await asyncio.wait_for(future, max(remaining, 0.01))
@@ -109,6 +110,21 @@ class Cluster:
                     f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
                     "the leader changed while it was in flight"
                 )
+
+    def _outcome(self, future: asyncio.Future[Any], result: Any, error: int) -> None:
+        # Raft thread: queue the outcome; schedule one drain for a whole burst.
+        with self._outcomes_lock:
+            self._outcomes.append((future, result, error))
+            first = len(self._outcomes) == 1
+        if first:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self.loop.call_soon_threadsafe(self._settle_outcomes)
+
+    def _settle_outcomes(self) -> None:
+        with self._outcomes_lock:
+            outcomes, self._outcomes = self._outcomes, []
+        for future, result, error in outcomes:
+            _settle(future, result, error)
 
     async def propose_ok(self, entry: Entry, timeout: float = 10.0) -> dict[str, Any]:
         """Like `propose`, but a refused entry raises the matching error."""
