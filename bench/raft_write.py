@@ -6,11 +6,16 @@ Usage (from the repository root, symphonyd installed editable):
     python bench/raft_write.py --quick    # short run (fewer writes, 2 s windows), ~40 s
     python bench/raft_write.py --profile /tmp/raft-prof   # also py-spy the leaders (slower)
     python bench/raft_write.py --json out.json            # also write the figures as JSON
+    python bench/raft_write.py --node-class scratch/variant.py:MyNode --api-variant
+                                          # measure a prototype change to raft/node.py
 
 Options: --seq N (sequential writes per run), --seq-time S, --pipe-time S, --pipe-max N,
 --clients N (API concurrency), --inflight N (bare pysyncobj in-flight writes),
 --only api,bare,nofsync (subset), --keep (keep the temp dir with the daemons' logs),
---quiet-wait S (before each phase, wait up to S s for other work on the machine to stop).
+--quiet-wait S (before each phase, wait up to S s for other work on the machine to stop),
+--node-class MODULE:CLASS (bare runs use this RaftNode subclass: try a change to
+symphonyd/raft/node.py in a scratch file and measure it before making it; with
+--api-variant the three daemons of the API run use it too).
 
 In one run it measures, each on a fresh 3-node cluster on 127.0.0.1 (free ports, a temp
 dir under $TMPDIR):
@@ -101,6 +106,18 @@ def proc_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread (tid) of a process."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def machine_busy() -> float:
@@ -220,6 +237,8 @@ def snapshot(pids: dict[str, int], statuses: dict[str, dict[str, Any]]) -> dict[
         "busy": machine_busy(),
         "self": self_cpu(),
         "cpu": {name: proc_cpu(pid) for name, pid in pids.items()},
+        "threads": {name: thread_cpu(pid) for name, pid in pids.items()},
+        "pids": dict(pids),
         "raft": statuses,
     }
 
@@ -239,9 +258,16 @@ def account(before: dict[str, Any], after: dict[str, Any], leader: str) -> dict[
         a, b = after["raft"].get(name, {}), before["raft"].get(name, {})
         syncs = a.get("journal_syncs", 0) - b.get("journal_syncs", 0)
         adds = a.get("journal_synced_entries", 0) - b.get("journal_synced_entries", 0)
+        pid = after["pids"][name]
+        tb, ta = before["threads"].get(name, {}), after["threads"].get(name, {})
+        tdelta = {tid: ta[tid] - tb.get(tid, 0.0) for tid in ta}
+        main_cpu = tdelta.pop(pid, 0.0)
+        busiest = max(tdelta.values(), default=0.0)  # the Raft thread, in practice
         nodes[name] = {
             "role": "leader" if name == leader else "follower",
             "cpu_s": cpu,
+            "main_thread_pct": 100 * main_cpu / wall if wall > 0 else None,
+            "busiest_other_thread_pct": 100 * busiest / wall if wall > 0 else None,
             "cpu_pct_of_core": 100 * cpu / wall if wall > 0 else None,
             "fsyncs": syncs,
             "adds": adds,
@@ -266,8 +292,15 @@ def account(before: dict[str, Any], after: dict[str, Any], leader: str) -> dict[
 # -- py-spy ----------------------------------------------------------------------------------
 
 _RULES: list[tuple[str, re.Pattern[str]]] = [
-    ("fsync (journal)", re.compile(r"fdatasync|\bfsync\b|\(symphonyd/raft/journal\.py:\d+\).*sync")),
-    ("Fernet encrypt/decrypt", re.compile(r"fernet\.py|pysyncobj/encryptor\.py|tcp_connection\.py:(146|285|286|290)\)")),
+    # --native only: a thread waiting to take the GIL back, or idle in a wait
+    ("GIL wait", re.compile(r"take_gil|pthread_cond_timedwait")),
+    ("idle (poll/epoll)", re.compile(r"^(poll|__poll|epoll_pwait|epoll_wait|select) \(")),
+    ("idle (lock/queue wait)", re.compile(r"PyThread_acquire_lock_timed")),
+    ("fsync (journal)", re.compile(r"fdatasync|\bfsync\b|DurableJournal\.sync")),
+    (
+        "Fernet encrypt/decrypt",
+        re.compile(r"fernet\.py|pysyncobj/encryptor\.py|tcp_connection\.py:(146|285|286|290)\)"),
+    ),
     ("pickle+zlib (send)", re.compile(r"tcp_connection\.py:144\)")),
     ("unpickle+unzlib (recv)", re.compile(r"tcp_connection\.py:291\)")),
     ("socket send/recv", re.compile(r"tcp_connection\.py")),
@@ -276,7 +309,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ("pysyncobj poll", re.compile(r"pysyncobj/poller\.py|pipe_notifier")),
     ("pysyncobj raft logic", re.compile(r"pysyncobj/|symphonyd/raft/node\.py")),
     ("asyncio bridge (cluster.py)", re.compile(r"symphonyd/raft/cluster\.py")),
-    ("TLS", re.compile(r"ssl\.py|sslproto")),
+    ("TLS", re.compile(r"ssl\.py|sslproto|libssl|\bSSL_|_ssl\.c")),
+    ("zlib (C)", re.compile(r"libz\.so|zlibmodule\.c")),
+    ("pickle (C)", re.compile(r"_pickle\.c")),
     ("our API handlers", re.compile(r"symphonyd/api/")),
     ("aiohttp HTTP", re.compile(r"aiohttp/")),
     ("event loop", re.compile(r"asyncio/|uvloop")),
@@ -313,7 +348,7 @@ def summarise_pyspy(path: Path, rate: int, duration: float) -> dict[str, Any]:
         text = ";".join(frames)
         if "_tick_loop" in text or "_autoTickThread" in text:
             thread = "raft thread"
-        elif "_bootstrap" in text:
+        elif re.search(r"_bootstrap \([^)]*threading\.py", text):
             thread = "other threads"
         else:
             thread = "main thread"
@@ -329,9 +364,7 @@ def summarise_pyspy(path: Path, rate: int, duration: float) -> dict[str, Any]:
         "threads": {
             t: {
                 "active_pct": 100 * sum(c.values()) / possible if possible else None,
-                "categories": {
-                    k: round(100 * v / sum(c.values()), 1) for k, v in c.most_common()
-                },
+                "categories": {k: round(100 * v / sum(c.values()), 1) for k, v in c.most_common()},
             }
             for t, c in per_thread.items()
         },
@@ -344,8 +377,9 @@ def summarise_pyspy(path: Path, rate: int, duration: float) -> dict[str, Any]:
 class Profiler:
     """py-spy record against some PIDs for the length of one phase (all by PID)."""
 
-    def __init__(self, directory: str | None, rate: int = 100) -> None:
+    def __init__(self, directory: str | None, rate: int = 100, native: bool = False) -> None:
         self.directory = Path(directory) if directory else None
+        self.native = native
         self.rate = rate
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path, float]] = []
         self.available = bool(directory) and shutil.which("py-spy") is not None
@@ -361,10 +395,26 @@ class Profiler:
             with contextlib.suppress(FileNotFoundError):
                 out.unlink()
             proc = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--rate", str(self.rate),
-                 "--duration", str(max(1, int(duration))), "--format", "raw",
-                 "--threads", "--nonblocking", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(self.rate),
+                    "--duration",
+                    str(max(1, int(duration))),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--output",
+                    str(out),
+                    # --native needs the target paused for each sample (slower)
+                    *(["--native"] if self.native else ["--nonblocking"]),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
             )
             self.procs.append((f"{label}-{name}", proc, out, max(1, int(duration))))
         time.sleep(0.5)  # let py-spy attach before the phase starts
@@ -394,8 +444,9 @@ class Profiler:
 # -- 1. the API of a real 3-node cluster -------------------------------------------------------
 
 
-async def api_sequential(url: str, token: str, count: int, max_s: float, warmup: int
-                         ) -> dict[str, Any]:
+async def api_sequential(
+    url: str, token: str, count: int, max_s: float, warmup: int
+) -> dict[str, Any]:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -416,11 +467,25 @@ async def api_sequential(url: str, token: str, count: int, max_s: float, warmup:
             lat.append(time.perf_counter() - t0)
             if r.status != 200 or body.strip() != b"true":
                 errors += 1
-    return {**lat_summary(lat), "errors": errors}
+        # The floor under a write: the same connection, requests that touch no Raft.
+        floor: dict[str, Any] = {}
+        for label, path in (("health", "/v1/health"), ("kv_get", "/v1/kv/bench/warm-0")):
+            flat: list[float] = []
+            for _ in range(min(count, 500)):
+                t0 = time.perf_counter()
+                async with session.get(f"{url}{path}") as r:
+                    await r.read()
+                flat.append(time.perf_counter() - t0)
+                if r.status != 200:
+                    errors += 1
+            floor[label] = lat_summary(flat)
+    return {**lat_summary(lat), "errors": errors, "floor": floor}
 
 
-async def api_pipelined(url: str, token: str, clients: int, count: int, max_s: float
-                        ) -> dict[str, Any]:
+async def api_pipelined(
+    urls: list[str], token: str, clients: int, count: int, max_s: float
+) -> dict[str, Any]:
+    """Client w writes to urls[w % len(urls)] (one URL: all to the leader)."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -431,6 +496,7 @@ async def api_pipelined(url: str, token: str, clients: int, count: int, max_s: f
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         # Open every connection (TLS handshakes) before the clock starts.
         async def warm(w: int) -> None:
+            url = urls[w % len(urls)]
             async with session.put(f"{url}/v1/kv/bench/warm-pipe-{w}", data=VALUE) as r:
                 await r.read()
 
@@ -439,6 +505,7 @@ async def api_pipelined(url: str, token: str, clients: int, count: int, max_s: f
 
         async def worker(w: int) -> None:
             nonlocal issued
+            url = urls[w % len(urls)]
             j = 0
             while issued < count and time.monotonic() < deadline:
                 issued += 1
@@ -450,7 +517,7 @@ async def api_pipelined(url: str, token: str, clients: int, count: int, max_s: f
                     if r.status != 200 or body.strip() != b"true":
                         errors[f"http {r.status}"] += 1
                         continue
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors[type(exc).__name__] += 1
                     await asyncio.sleep(0.05)
                     continue
@@ -478,17 +545,85 @@ def run_coro(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
-def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[str, Any]:
-    from tests.nodes import NodeSet, wait_until
+# `python -c LAUNCHER CLASS_SPEC <symphonyd args>`: symphonyd with another RaftNode class.
+LAUNCHER = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+spec = sys.argv.pop(1)
+import symphonyd.daemon
+from bench.raft_write import load_node_class
+symphonyd.daemon.RaftNode = load_node_class(spec)
+sys.argv[0] = "symphonyd"
+from symphonyd.cli.main import main
+main()
+"""
 
-    nodeset = NodeSet(base / "api")
+
+def make_nodeset(base: Path, node_class: str | None) -> Any:
+    """tests/nodes.py's NodeSet; with node_class, its daemons run that RaftNode subclass."""
+    from tests.nodes import START_TIMEOUT, NodeProcess, NodeSet, wait_until
+
+    if not node_class:
+        return NodeSet(base)
+    spec: str = node_class
+
+    class VariantNode(NodeProcess):
+        def start(self, wait: bool = True) -> None:
+            assert self.proc is None or self.proc.poll() is not None, "already running"
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        LAUNCHER,
+                        spec,
+                        "--data-dir",
+                        str(self.data_dir),
+                        "run",
+                        "--name",
+                        self.name,
+                        "--address",
+                        "127.0.0.1",
+                        "--api-port",
+                        str(self.api_port),
+                        "--raft-port",
+                        str(self.raft_port),
+                        "--config",
+                        os.devnull,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            if wait:
+                wait_until(self._answers, START_TIMEOUT, f"{self.name} to serve its socket")
+
+    class VariantNodeSet(NodeSet):
+        def new(self, name: str, start: bool = True) -> NodeProcess:
+            node = VariantNode(self.base, name)
+            self.nodes.append(node)
+            if start:
+                node.start()
+            return node
+
+    return VariantNodeSet(base)
+
+
+def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[str, Any]:
+    from tests.nodes import wait_until
+
+    nodeset = make_nodeset(base / "api", args.node_class if args.api_variant else None)
     try:
         print("api: starting 3 symphonyd processes (init, token, join) ...", flush=True)
         t0 = time.monotonic()
         members = nodeset.form(3)
         leader = nodeset.leader(members)
-        print(f"api: cluster formed in {time.monotonic() - t0:.1f}s; leader {leader.name} "
-              f"(pid {leader.proc.pid if leader.proc else '?'})", flush=True)
+        print(
+            f"api: cluster formed in {time.monotonic() - t0:.1f}s; leader {leader.name} "
+            f"(pid {leader.proc.pid if leader.proc else '?'})",
+            flush=True,
+        )
         assert nodeset.admin_token
         token = nodeset.admin_token
         url = f"https://127.0.0.1:{leader.api_port}"
@@ -499,8 +634,11 @@ def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[
             return {n.name: dict(n.status().get("raft") or {}) for n in members}
 
         # Every node must have caught up with the joins before the clock starts.
-        wait_until(lambda: len({s.get("commit_index") for s in statuses().values()}) == 1,
-                   20, "the followers to catch up")
+        wait_until(
+            lambda: len({s.get("commit_index") for s in statuses().values()}) == 1,
+            20,
+            "the followers to catch up",
+        )
         result: dict[str, Any] = {"leader": leader.name, "pids": pids}
 
         wait_quiet(pids, args.quiet_wait)
@@ -509,18 +647,35 @@ def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[
         result["seq"]["accounting"] = account(before, snapshot(pids, statuses()), leader.name)
 
         wait_quiet(pids, args.quiet_wait)
-        profiler.start("api", {f"leader-{leader.name}": pids[leader.name],
-                               f"follower-{members[-1].name}": pids[members[-1].name]},
-                       args.pipe_time)
+        profiler.start(
+            "api",
+            {
+                f"leader-{leader.name}": pids[leader.name],
+                f"follower-{members[-1].name}": pids[members[-1].name],
+            },
+            args.pipe_time,
+        )
         before = snapshot(pids, statuses())
         result["pipe"] = run_coro(
-            api_pipelined(url, token, args.clients, args.pipe_max, args.pipe_time))
+            api_pipelined([url], token, args.clients, args.pipe_max, args.pipe_time)
+        )
         result["pipe"]["accounting"] = account(before, snapshot(pids, statuses()), leader.name)
+        # The same clients spread over every member (followers forward to the leader), which
+        # takes HTTP and TLS work off the leader's one GIL.
+        wait_quiet(pids, args.quiet_wait)
+        spread = [f"https://127.0.0.1:{n.api_port}" for n in members]
+        before = snapshot(pids, statuses())
+        result["spread"] = run_coro(
+            api_pipelined(spread, token, args.clients, args.pipe_max, args.pipe_time)
+        )
+        result["spread"]["accounting"] = account(before, snapshot(pids, statuses()), leader.name)
         result["profile"] = profiler.finish()
         result["truncation_warnings"] = {
-            n.name: count_lines(n.log_path, "truncating already-applied") for n in members}
+            n.name: count_lines(n.log_path, "truncating already-applied") for n in members
+        }
         result["snapshots_taken"] = {
-            n.name: (n.data_dir / "raft" / "snapshot").exists() for n in members}
+            n.name: (n.data_dir / "raft" / "snapshot").exists() for n in members
+        }
         return result
     finally:
         profiler.kill_all()
@@ -534,14 +689,44 @@ def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[
 # -- 2./3. bare pysyncobj (RaftNode without the daemon) ---------------------------------------
 
 
-def _bare_child(conn: Any, index: int, addrs: list[str], raft_dir: str, secret: str,
-                fsync: bool) -> None:
+def load_node_class(spec: str | None) -> Any:
+    """`module:Class` or `path/file.py:Class` (a RaftNode subclass), or RaftNode itself."""
+    from symphonyd.raft.node import RaftNode
+
+    if not spec:
+        return RaftNode
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location("bench_node_variant", where)
+        assert module_spec and module_spec.loader, f"cannot load {where}"
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    cls = getattr(module, name)
+    if not issubclass(cls, RaftNode):
+        raise TypeError(f"{spec} is not a RaftNode subclass")
+    return cls
+
+
+def _bare_child(
+    conn: Any,
+    index: int,
+    addrs: list[str],
+    raft_dir: str,
+    secret: str,
+    fsync: bool,
+    node_class: str | None = None,
+) -> None:
     """One bare RaftNode process; answers commands from the parent over a pipe."""
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not fsync:
-        os.fdatasync = lambda fd: None  # type: ignore[assignment]
-        os.fsync = lambda fd: None  # type: ignore[assignment]
+        os.fdatasync = lambda fd: None
+        os.fsync = lambda fd: None
     critical = Counter[str]()
 
     class CountCritical(logging.Handler):
@@ -554,23 +739,26 @@ def _bare_child(conn: Any, index: int, addrs: list[str], raft_dir: str, secret: 
 
     from symphonyd.raft.entries import Entry, EntryType
     from symphonyd.raft.fsm import FSM
-    from symphonyd.raft.node import RaftNode
     from symphonyd.state.store import Store
 
-    node = RaftNode(self_addr=addrs[index], peers=[a for i, a in enumerate(addrs) if i != index],
-                    raft_dir=raft_dir, secret=secret, fsm=FSM(Store()))
+    node_cls = load_node_class(node_class)
+    node = node_cls(
+        self_addr=addrs[index],
+        peers=[a for i, a in enumerate(addrs) if i != index],
+        raft_dir=raft_dir,
+        secret=secret,
+        fsm=FSM(Store()),
+    )
     node.start()
 
     def entry(key: str) -> bytes:
-        return Entry(EntryType.KV_PUT, {"key": key, "value": VALUE, "flags": 0,
-                                        "cas": None}).encode()
+        return Entry(
+            EntryType.KV_PUT, {"key": key, "value": VALUE, "flags": 0, "cas": None}
+        ).encode()
 
     def sequential(count: int, max_s: float, warmup: int) -> dict[str, Any]:
-        done = threading.Event()
-        outcome: list[Any] = [None, None]
-
-        def cb(result: Any, error: int) -> None:
-            outcome[0], outcome[1] = result, error
+        def cb(done: threading.Event, outcome: list[Any], result: Any, error: int) -> None:
+            outcome[:] = [result, error]
             done.set()
 
         lat: list[float] = []
@@ -582,9 +770,10 @@ def _bare_child(conn: Any, index: int, addrs: list[str], raft_dir: str, secret: 
             if deadline is not None and time.monotonic() > deadline:
                 break
             data = entry(f"bench/seq-{i}")
-            done.clear()
+            done = threading.Event()  # one per write: a late callback cannot end the next
+            outcome: list[Any] = [None, None]
             t0 = time.perf_counter()
-            node.submit(data, cb)
+            node.submit(data, functools.partial(cb, done, outcome))
             if not done.wait(5.0):
                 errors += 1
                 continue
@@ -662,8 +851,9 @@ def _bare_child(conn: Any, index: int, addrs: list[str], raft_dir: str, secret: 
             conn.send("stopped")
 
 
-def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Profiler,
-               label: str) -> dict[str, Any]:
+def bench_bare(
+    args: argparse.Namespace, base: Path, fsync: bool, profiler: Profiler, label: str
+) -> dict[str, Any]:
     from symphonyd.security import new_secret
     from tests.nodes import free_port
 
@@ -674,13 +864,26 @@ def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Prof
     conns: list[Any] = []
     names = [f"b{i + 1}" for i in range(3)]
     try:
-        print(f"{label}: starting 3 RaftNode processes (fsync {'on' if fsync else 'OFF'}) ...",
-              flush=True)
+        print(
+            f"{label}: starting 3 RaftNode processes (fsync {'on' if fsync else 'OFF'}) ...",
+            flush=True,
+        )
         for i in range(3):
             parent_conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(target=_bare_child, name=f"bare-{names[i]}", daemon=True,
-                               args=(child_conn, i, addrs, str(base / label / names[i]),
-                                     secret, fsync))
+            proc = ctx.Process(
+                target=_bare_child,
+                name=f"bare-{names[i]}",
+                daemon=True,
+                args=(
+                    child_conn,
+                    i,
+                    addrs,
+                    str(base / label / names[i]),
+                    secret,
+                    fsync,
+                    args.node_class,
+                ),
+            )
             proc.start()
             procs.append(proc)
             conns.append(parent_conn)
@@ -698,8 +901,11 @@ def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Prof
         deadline = time.monotonic() + 30
         while leader is None and time.monotonic() < deadline:
             for name, s in statuses().items():
-                if s.get("role") == "leader" and s.get("has_quorum") and all(
-                        p["connected"] for p in s["peers"].values()):
+                if (
+                    s.get("role") == "leader"
+                    and s.get("has_quorum")
+                    and all(p["connected"] for p in s["peers"].values())
+                ):
                     leader = name
             if leader is None:
                 time.sleep(0.2)
@@ -713,24 +919,27 @@ def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Prof
 
         wait_quiet(pids, args.quiet_wait)
         before = snapshot(pids, statuses())
-        result["seq"] = ask(li, "seq", args.seq, args.seq_time, 50,
-                            timeout=args.seq_time + 60)
+        result["seq"] = ask(li, "seq", args.seq, args.seq_time, 50, timeout=args.seq_time + 60)
         result["seq"]["accounting"] = account(before, snapshot(pids, statuses()), leader)
 
         wait_quiet(pids, args.quiet_wait)
-        profiler.start(label, {f"leader-{leader}": pids[leader],
-                               f"follower-{follower}": pids[follower]}, args.pipe_time)
+        profiler.start(
+            label,
+            {f"leader-{leader}": pids[leader], f"follower-{follower}": pids[follower]},
+            args.pipe_time,
+        )
         before = snapshot(pids, statuses())
-        result["pipe"] = ask(li, "pipe", args.pipe_max, args.pipe_time, args.inflight,
-                             timeout=args.pipe_time + 60)
+        result["pipe"] = ask(
+            li, "pipe", args.pipe_max, args.pipe_time, args.inflight, timeout=args.pipe_time + 60
+        )
         final = statuses()
         result["pipe"]["accounting"] = account(before, snapshot(pids, final), leader)
         result["profile"] = profiler.finish()
         result["truncation_warnings"] = {
             n: sum(v for k, v in s.get("critical", {}).items() if "truncat" in k)
-            for n, s in final.items()}
-        result["snapshots_taken"] = {
-            n: (base / label / n / "snapshot").exists() for n in names}
+            for n, s in final.items()
+        }
+        result["snapshots_taken"] = {n: (base / label / n / "snapshot").exists() for n in names}
         return result
     finally:
         profiler.kill_all()
@@ -756,21 +965,31 @@ def bench_bare(args: argparse.Namespace, base: Path, fsync: bool, profiler: Prof
 def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     m = results["machine"]
     print()
-    print(f"machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}, "
-          f"pysyncobj {m['pysyncobj']}, temp fs {m['tmp_fs']}, "
-          f"loadavg at start {' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}")
+    print(
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}, "
+        f"pysyncobj {m['pysyncobj']}, temp fs {m['tmp_fs']}, "
+        f"loadavg at start {' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}"
+    )
     f = results.get("fsync_micro")
     if f:
-        print(f"disk: 100 B append + fdatasync p50 {f['append_fdatasync_p50_us']:.0f} us "
-              f"(p99 {f['append_fdatasync_p99_us']:.0f} us); one fdatasync per 10 appends: "
-              f"{f['per_entry_10_per_sync_us']:.1f} us/entry")
+        print(
+            f"disk: 100 B append + fdatasync p50 {f['append_fdatasync_p50_us']:.0f} us "
+            f"(p99 {f['append_fdatasync_p99_us']:.0f} us); one fdatasync per 10 appends: "
+            f"{f['per_entry_10_per_sync_us']:.1f} us/entry"
+        )
     print()
-    rows = [("api", "API: HTTPS PUT /v1/kv, 3 daemons"),
-            ("bare", "bare RaftNode, fsync (durable)"),
-            ("nofsync", "bare RaftNode, fsync disabled")]
-    header = (f"{'':34} {'seq p50':>8} {'seq p99':>8} {'n':>5} | {'pipe w/s':>9} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'errs':>5} | {'fsync/entry L,F,F':>18} "
-              f"{'adds/entry':>11} {'CPU ms/entry':>12}")
+    bare_name = (args.node_class or "RaftNode").rpartition(":")[2]
+    api_name = f"API ({bare_name})" if args.api_variant and args.node_class else "API"
+    rows = [
+        ("api", f"{api_name}: HTTPS PUT /v1/kv, 3 daemons"),
+        ("bare", f"bare {bare_name}, fsync (durable)"),
+        ("nofsync", f"bare {bare_name}, fsync disabled"),
+    ]
+    header = (
+        f"{'':36} {'seq p50':>8} {'seq p99':>8} {'n':>5} | {'pipe w/s':>9} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'errs':>5} | {'fsync/entry L,F,F':>18} "
+        f"{'adds/entry':>11} {'CPU ms/entry':>12}"
+    )
     print(header)
     print("-" * len(header))
     for key, title in rows:
@@ -783,31 +1002,61 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         fpe = ",".join(fmt(acc["nodes"][n]["fsyncs_per_entry"]) for n in order)
         ape = ",".join(fmt(acc["nodes"][n]["adds_per_entry"], ".1f") for n in order)
         errs = sum(pipe["errors"].values()) if isinstance(pipe["errors"], dict) else 0
-        print(f"{title:34} {fmt(seq['p50_ms']):>8} {fmt(seq['p99_ms']):>8} {seq['n']:>5} | "
-              f"{fmt(pipe['writes_per_s'], ',.0f'):>9} {fmt(pipe['latency']['p50_ms']):>7} "
-              f"{fmt(pipe['latency']['p99_ms']):>7} {errs:>5} | {fpe:>18} {ape:>11} "
-              f"{fmt(acc['cpu_ms_per_entry']):>12}")
+        print(
+            f"{title:36} {fmt(seq['p50_ms']):>8} {fmt(seq['p99_ms']):>8} {seq['n']:>5} | "
+            f"{fmt(pipe['writes_per_s'], ',.0f'):>9} {fmt(pipe['latency']['p50_ms']):>7} "
+            f"{fmt(pipe['latency']['p99_ms']):>7} {errs:>5} | {fpe:>18} {ape:>11} "
+            f"{fmt(acc['cpu_ms_per_entry']):>12}"
+        )
+    print(
+        "(fsync/entry: fsyncs per committed entry, leader first; adds/entry: journal adds per "
+        "committed entry;\n CPU ms/entry: all three nodes plus this process; all three from "
+        "the pipelined phase)"
+    )
+    if results.get("api", {}).get("spread"):
+        sp = results["api"]["spread"]
+        print(
+            f"{'API, clients spread over 3 members':36} {'':>8} {'':>8} {'':>5} | "
+            f"{fmt(sp['writes_per_s'], ',.0f'):>9} {fmt(sp['latency']['p50_ms']):>7} "
+            f"{fmt(sp['latency']['p99_ms']):>7} "
+            f"{sum(sp['errors'].values()) if isinstance(sp['errors'], dict) else 0:>5} |"
+        )
     print()
-    print("CPU during the pipelined phase (% of one core; the machine has "
-          f"{NCPU}):")
-    for key, title in rows:
+    print(f"CPU per phase (% of one core; the machine has {NCPU}); [main thread, Raft thread]:")
+    for key, _title in rows:
         r = results.get(key)
         if not r:
             continue
-        for phase in ("seq", "pipe"):
+        for phase in ("seq", "pipe", "spread"):
+            if phase not in r:
+                continue
             acc = r[phase]["accounting"]
             procs = ", ".join(
-                f"{n} ({v['role'][0].upper()}) {fmt(v['cpu_pct_of_core'], '.0f')}%"
-                for n, v in sorted(acc["nodes"].items(),
-                                   key=lambda kv: kv[1]["role"] != "leader"))
+                f"{n} ({v['role'][0].upper()}) {fmt(v['cpu_pct_of_core'], '.0f')}% "
+                f"[main {fmt(v['main_thread_pct'], '.0f')}, raft "
+                f"{fmt(v['busiest_other_thread_pct'], '.0f')}]"
+                for n, v in sorted(acc["nodes"].items(), key=lambda kv: kv[1]["role"] != "leader")
+            )
             bench_pct = 100 * acc["bench_process_cpu_s"] / acc["wall_s"]
-            print(f"  {key:8} {phase:4}: {procs}, bench process {bench_pct:.0f}%; machine busy "
-                  f"{fmt(acc['machine_busy_cores'])} cores, not ours "
-                  f"{fmt(acc['other_busy_cores'])} cores")
-        print(f"  {key:8} truncation warnings: {r.get('truncation_warnings')}, "
-              f"snapshot taken: {r.get('snapshots_taken')}")
-    print()
+            print(
+                f"  {key:8} {phase:4}: {procs}, bench process {bench_pct:.0f}%; machine busy "
+                f"{fmt(acc['machine_busy_cores'])} cores, not ours "
+                f"{fmt(acc['other_busy_cores'])} cores"
+            )
+        print(
+            f"  {key:8} truncation warnings: {r.get('truncation_warnings')}, "
+            f"snapshot taken: {r.get('snapshots_taken')}"
+        )
     api, bare, nof = results.get("api"), results.get("bare"), results.get("nofsync")
+    if api and api["seq"].get("floor"):
+        fl = api["seq"]["floor"]
+        print(
+            "API floor on the same connection (no Raft): "
+            f"GET /v1/health p50 {fmt(fl['health']['p50_ms'])} ms, "
+            f"GET /v1/kv/<key> p50 {fmt(fl['kv_get']['p50_ms'])} ms "
+            f"(p99 {fmt(fl['kv_get']['p99_ms'])} ms)"
+        )
+    print()
 
     def rate(r: dict[str, Any] | None) -> float | None:
         return r["pipe"]["writes_per_s"] if r else None
@@ -835,9 +1084,12 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         results["targets"] = targets
         for k, ok in targets.items():
             print(f"target {k}: {'met' if ok else 'NOT met'}")
-    profiles = {k: r.get("profile") for k, r in (("api", api), ("bare", bare), ("nofsync", nof))
-                if r and r.get("profile")}
-    for key, prof in profiles.items():
+    profiles = {
+        k: r.get("profile")
+        for k, r in (("api", api), ("bare", bare), ("nofsync", nof))
+        if r and r.get("profile")
+    }
+    for prof in profiles.values():
         for label, p in prof.items():
             print()
             print(f"py-spy {label} ({p.get('samples', 0)} samples, {p.get('file')}):")
@@ -857,16 +1109,39 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=None, help="sequential writes (default 2000)")
     parser.add_argument("--seq-time", type=float, default=None, help="max s of sequential")
     parser.add_argument("--pipe-time", type=float, default=None, help="s of pipelined writes")
-    parser.add_argument("--pipe-max", type=int, default=15000,
-                        help="max pipelined writes (keeps each cluster under pysyncobj's "
-                             "20,000-entry log compaction)")
+    parser.add_argument(
+        "--pipe-max",
+        type=int,
+        default=15000,
+        help="max pipelined writes (keeps each cluster under pysyncobj's "
+        "20,000-entry log compaction)",
+    )
     parser.add_argument("--clients", type=int, default=32, help="concurrent API clients")
     parser.add_argument("--inflight", type=int, default=1000, help="bare in-flight writes")
+    parser.add_argument(
+        "--node-class",
+        metavar="MODULE:CLASS",
+        help="run the bare benchmarks with this RaftNode subclass (module "
+        "or path/file.py), to measure a change before making it",
+    )
+    parser.add_argument(
+        "--api-variant", action="store_true", help="the API cluster's daemons also use --node-class"
+    )
     parser.add_argument("--only", default="api,bare,nofsync", help="subset to run")
-    parser.add_argument("--quiet-wait", type=float, default=30.0,
-                        help="before each phase wait up to this many s for other work on "
-                             "the machine to stop (0: do not wait)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each phase wait up to this many s for other work on "
+        "the machine to stop (0: do not wait)",
+    )
     parser.add_argument("--profile", metavar="DIR", help="py-spy record leaders into DIR")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s")
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native: C frames too (TLS, zlib, crypto)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
@@ -876,9 +1151,11 @@ def main() -> int:
     only = {x.strip() for x in args.only.split(",") if x.strip()}
 
     base = Path(tempfile.mkdtemp(prefix="symphonyd-bench-"))
-    results: dict[str, Any] = {"machine": machine_info(str(base)),
-                               "args": {k: v for k, v in vars(args).items()}}
-    profiler = Profiler(args.profile)
+    results: dict[str, Any] = {
+        "machine": machine_info(str(base)),
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    profiler = Profiler(args.profile, args.profile_rate, args.profile_native)
     if args.profile:
         print("note: py-spy runs on the same cores; figures of a --profile run are lower.")
     try:
