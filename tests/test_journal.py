@@ -312,3 +312,24 @@ def test_write_file_durably_replaces_atomically(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new contents"
     assert not (tmp_path / "file.tmp").exists()
     assert (target.stat().st_mode & 0o777) == 0o600
+
+
+def test_align_with_snapshot_compacts_to_the_snapshot_entries(tmp_path: Path) -> None:
+    """A crash between a new snapshot and the log compaction: the next start compacts the
+    log to the snapshot's entries, keeping everything after them."""
+    journal = DurableJournal(str(tmp_path))
+    entries = [(f"cmd{i}".encode(), i, 1) for i in range(1, 11)]
+    for entry in entries:
+        journal.add(*entry)
+    journal.sync()
+    assert journal.align_with_snapshot(entries[4], entries[5]) is True
+    assert [e[1] for e in journal] == [5, 6, 7, 8, 9, 10]
+    journal._destroy()
+    reopened = DurableJournal(str(tmp_path))
+    assert [e[1] for e in reopened] == [5, 6, 7, 8, 9, 10]
+    # Already aligned, or entries that differ from the snapshot's: left alone.
+    assert reopened.align_with_snapshot(entries[4], entries[5]) is False
+    assert reopened.align_with_snapshot((b"other", 7, 1), entries[7]) is False
+    assert reopened.align_with_snapshot((b"x", 99, 1), (b"y", 100, 1)) is False
+    assert [e[1] for e in reopened] == [5, 6, 7, 8, 9, 10]
+    reopened._destroy()

@@ -182,6 +182,8 @@ class DurableJournal(Journal):
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop entries before `entryTo` (log compaction after a snapshot): rewrite the file."""
+        if entryTo <= 0:
+            return
         keep = self._entries[entryTo:]
         tmp = self.path + ".compact"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -265,6 +267,26 @@ class DurableJournal(Journal):
                 f.write(data)
             os.replace(tmp, self.meta_path)
         self._meta_saved = dict(self._meta)
+
+    def align_with_snapshot(self, prev: Entry, last: Entry) -> bool:
+        """Start the log at a snapshot's last two entries if it holds them.
+
+        pysyncobj compacts the log one tick after it renamed a new snapshot into place; a
+        crash in between leaves a snapshot whose first entries are not the log's first,
+        and pysyncobj's loader then *clears* the log, dropping entries after the snapshot
+        that this node may have acknowledged. Compacting here, before pysyncobj loads,
+        closes that window. Returns True if the log was compacted.
+        """
+        for position, entry in enumerate(self._entries):
+            if entry[1] != prev[1]:
+                continue
+            following = self._entries[position + 1 : position + 2]
+            if position == 0 or entry != prev or following != [last]:
+                return False
+            log.info("journal: compacting to snapshot entry %d left by a crash", prev[1])
+            self.deleteEntriesTo(position)
+            return True
+        return False
 
     # -- introspection ----------------------------------------------------------------------
 

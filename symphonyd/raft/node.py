@@ -106,6 +106,9 @@ class RaftNode(SyncObj):
         os.makedirs(raft_dir, mode=0o700, exist_ok=True)
         self.journal = DurableJournal(raft_dir)
         self.snapshot_path = os.path.join(raft_dir, "snapshot")
+        if os.path.exists(self.snapshot_path):
+            last, prev, _members = self._snapshot_entries(self.snapshot_path)
+            self.journal.align_with_snapshot(prev, last)
         settings: dict[str, Any] = {
             "raftMinTimeout": 0.4,
             "raftMaxTimeout": 1.4,
@@ -310,8 +313,15 @@ class RaftNode(SyncObj):
     def _read_snapshot(self, path: str) -> tuple[Any, Any, list[str]]:
         with open(path, "rb") as f:
             os.fsync(f.fileno())  # it may have just arrived from the leader
+        return self._snapshot_entries(path, restore=True)
+
+    def _snapshot_entries(self, path: str, restore: bool = False) -> tuple[Any, Any, list[str]]:
+        """The snapshot's last and previous log entries and its members; with `restore`,
+        load the FSM from it too."""
+        with open(path, "rb") as f:
             payload = msgpack.unpackb(f.read(), raw=False)
-        self.fsm.restore(payload["state"])
+        if restore:
+            self.fsm.restore(payload["state"])
         last, prev = payload["last"], payload["prev"]
         return (
             (bytes(last[0]), last[1], last[2]),
