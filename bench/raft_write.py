@@ -561,43 +561,16 @@ main()
 
 def make_nodeset(base: Path, node_class: str | None) -> Any:
     """tests/nodes.py's NodeSet; with node_class, its daemons run that RaftNode subclass."""
-    from tests.nodes import START_TIMEOUT, NodeProcess, NodeSet, wait_until
+    from tests.nodes import NodeProcess, NodeSet
 
     if not node_class:
         return NodeSet(base)
     spec: str = node_class
 
     class VariantNode(NodeProcess):
-        def start(self, wait: bool = True) -> None:
-            assert self.proc is None or self.proc.poll() is not None, "already running"
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        LAUNCHER,
-                        spec,
-                        "--data-dir",
-                        str(self.data_dir),
-                        "run",
-                        "--name",
-                        self.name,
-                        "--address",
-                        "127.0.0.1",
-                        "--api-port",
-                        str(self.api_port),
-                        "--raft-port",
-                        str(self.raft_port),
-                        "--config",
-                        os.devnull,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-            if wait:
-                wait_until(self._answers, START_TIMEOUT, f"{self.name} to serve its socket")
+        @property
+        def program(self) -> list[str]:
+            return [sys.executable, "-c", LAUNCHER, spec]
 
     class VariantNodeSet(NodeSet):
         def new(self, name: str, start: bool = True) -> NodeProcess:

@@ -32,7 +32,9 @@ def _insecure_context() -> ssl.SSLContext:
     return context
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the control socket)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -92,7 +94,7 @@ class Client:
                 host, port, timeout=timeout, context=_insecure_context()
             )
         assert self.socket_path
-        return _UnixConnection(self.socket_path, timeout)
+        return UnixHTTPConnection(self.socket_path, timeout)
 
     def _check_peer(self, conn: http.client.HTTPConnection) -> None:
         if not self.addr:

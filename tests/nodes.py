@@ -60,6 +60,11 @@ class NodeProcess:
         self.log_path = self.data_dir / "daemon.log"
 
     @property
+    def program(self) -> list[str]:
+        """How to run symphonyd (a benchmark may run a variant instead)."""
+        return [sys.executable, "-m", "symphonyd"]
+
+    @property
     def socket_path(self) -> str:
         return str(self.data_dir / "control.sock")
 
@@ -77,9 +82,7 @@ class NodeProcess:
             Path(config).write_text(self.settings)
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "symphonyd",
+                *self.program,
                 "--data-dir",
                 str(self.data_dir),
                 "run",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import ssl
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from symphonyd.api.app import all_routes
+from symphonyd.client import UnixHTTPConnection
 from symphonyd.security import JoinToken, decode_join_token
 from tests.nodes import NodeProcess, NodeSet
 
@@ -43,18 +43,6 @@ class Reply:
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 def _unverified() -> ssl.SSLContext:
@@ -101,7 +89,7 @@ def https(
 
 def local(node: NodeProcess, method: str, path: str, body: bytes | None = None) -> Reply:
     """One request over the node's control socket (local root: no token)."""
-    return _send(_UnixHTTPConnection(node.socket_path, 30.0), method, path, body, {})
+    return _send(UnixHTTPConnection(node.socket_path, 30.0), method, path, body, {})
 
 
 def assert_error(reply: Reply, status: int, code: str | None = None) -> dict[str, Any]:
