@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -71,6 +72,7 @@ def secret_matches(secret: str, stored_sha256: str) -> bool:
     return hmac.compare_digest(sha256_hex(secret), stored_sha256)
 
 
+@functools.lru_cache(maxsize=4)
 def node_credential(cluster_secret: str) -> str:
     """The bearer token members use to call each other, derived from the cluster secret."""
     digest = hmac.new(cluster_secret.encode(), b"symphonyd node api", hashlib.sha256)
