@@ -56,6 +56,9 @@ async def leave(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     body = await read_json(request)
+    unknown = sorted(set(body) - {"kind", "expires", "description"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
     kind = body.get("kind", "join")
     expires = body.get("expires", "3h" if kind == "join" else None)
     expires_in = parse_duration(expires).total_seconds() if expires is not None else None
@@ -65,6 +68,18 @@ async def create_token(request: web.Request) -> web.Response:
     result = await daemon_of(request).create_token(kind, expires_in, description)
     return json_response(result, status=201)
 
+
+NODE_SCHEMA = {
+    "type": "object",
+    "required": ["name", "address", "api_port", "raft_port"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+        "address": {"type": "string", "pattern": "^[^\\s]+$"},
+        "api_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "raft_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "version": {"type": "string"},
+    },
+}
 
 ROUTES = [
     Route(
@@ -120,7 +135,7 @@ ROUTES = [
             "properties": {
                 "token_id": {"type": "string"},
                 "secret": {"type": "string"},
-                "node": {"type": "object"},
+                "node": NODE_SCHEMA,
             },
         },
         responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"},
@@ -140,10 +155,15 @@ ROUTES = [
         "Create a join token (single use, expiring) or an admin token",
         body={
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "kind": {"type": "string", "enum": ["join", "admin"]},
-                "expires": {"type": "string", "description": "e.g. 90s, 15m, 3h, 7d"},
-                "description": {"type": "string"},
+                "expires": {
+                    "type": "string",
+                    "pattern": "^0*[1-9][0-9]{0,2}[smhd]$",
+                    "description": "e.g. 90s, 15m, 3h, 7d (at most 3650d)",
+                },
+                "description": {"type": "string", "maxLength": 200},
             },
         },
         responses={201: "token created (its text is shown only here)"},

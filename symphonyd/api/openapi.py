@@ -13,6 +13,27 @@ from symphonyd.api.routes import Route, json_response
 ROUTES_KEY: web.AppKey[list[Route]] = web.AppKey("route_list")
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 ERROR = {"$ref": "#/components/schemas/Error"}
+UINT64 = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
+# Query parameters whose values are checked; the others are flags (present = on).
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "cas": UINT64,
+    "flags": UINT64,
+    "index": UINT64,
+    "since": UINT64,
+    "wait": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,3})?(ms|s|m|h)?$"},
+    "table": {"type": "string"},
+    "separator": {"type": "string"},
+    "token": {"type": "string"},
+}
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "key": {
+        "type": "string",
+        "maxLength": 1024,
+        "pattern": "^[^/\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$",
+    },
+    "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+}
+FLAG = {"type": "string", "enum": ["", "true", "false", "1", "0"]}
 
 
 def document(routes: list[Route]) -> dict[str, Any]:
@@ -23,7 +44,12 @@ def document(routes: list[Route]) -> dict[str, Any]:
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.handler.__name__}",
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": PATH_SCHEMAS.get(name, {"type": "string"}),
+                }
                 for name in _PARAM.findall(route.path)
             ]
             + [
@@ -32,7 +58,7 @@ def document(routes: list[Route]) -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "description": text,
-                    "schema": {"type": "string"},
+                    "schema": QUERY_SCHEMAS.get(name, FLAG),
                 }
                 for name, text in route.query.items()
             ],
