@@ -12,8 +12,10 @@ Data directory (`/var/lib/symphonyd` by default, `SYMPHONYD_DATA_DIR`):
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -30,13 +32,29 @@ def default_data_dir() -> str:
     return os.environ.get("SYMPHONYD_DATA_DIR") or DEFAULT_DATA_DIR
 
 
+def default_address(route_table: str = "/proc/net/route") -> str:
+    """The IPv4 address of the interface that holds the default route (what peers on the
+    host's network most likely reach it by), or 127.0.0.1. Reads the kernel's tables only:
+    no packet is sent."""
+    try:
+        with open(route_table) as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+        interface = next(r[0] for r in rows if len(r) > 1 and r[1] == "00000000")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            request = struct.pack("256s", interface.encode()[:15])
+            answer = fcntl.ioctl(probe.fileno(), 0x8915, request)  # SIOCGIFADDR
+        return socket.inet_ntoa(answer[20:24])
+    except (OSError, StopIteration):
+        return "127.0.0.1"
+
+
 @dataclass
 class Settings:
     """Everything `symphonyd run` needs to know; see docs/configuration.md."""
 
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
     data_dir: str = field(default_factory=default_data_dir)
-    address: str = "127.0.0.1"
+    address: str = field(default_factory=default_address)
     bind: str | None = None  # listen address for API and Raft; default: `address`
     api_port: int = DEFAULT_API_PORT
     raft_port: int = DEFAULT_RAFT_PORT
