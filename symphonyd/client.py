@@ -53,13 +53,16 @@ def parse_addr(addr: str) -> tuple[str, int]:
         parsed = urllib.parse.urlsplit(text)
         if parsed.scheme != "https":
             raise Invalid(f"only https:// addresses are served, not {addr!r}")
-        host, port = parsed.hostname, parsed.port
+        try:
+            host, port = parsed.hostname, parsed.port
+        except ValueError:
+            raise Invalid(f"invalid address {addr!r}: the port must be 1-65535") from None
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
         port = int(port_text) if port_text.isdigit() else None
         if ":" in text and port is None:
             raise Invalid(f"invalid address {addr!r}: expected HOST:PORT")
-    if not host:
+    if not host or (port is not None and not 0 < port < 65536):
         raise Invalid(f"invalid address {addr!r}")
     return host.strip("[]"), port or 15760
 

@@ -398,36 +398,23 @@ class Daemon:
                 )
             token = decode_join_token(token_text)
             check_name(self.settings.name, what="node name")
+            # Fail before the cluster hears of us if this node could not run as a member.
+            _check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
+            _check_port_free(self.settings.listen, self.settings.api_port, "the API")
             request = {"token_id": token.token_id, "secret": token.secret, "node": self.node_info()}
             failures = []
-            reply = None
+            reply = member = None
             for addr in token.addresses:
                 client = NodeClient(addr, fingerprint=token.fingerprint)
                 try:
                     reply = await client.request("POST", "/v1/cluster/members", request)
+                    member = addr
                     break
                 except Unavailable as exc:
                     failures.append(str(exc))
-            if reply is None:
+            if reply is None or member is None:
                 raise Unavailable("no member of the cluster answered: " + "; ".join(failures))
-            if fingerprint_pem(reply["cert_pem"].encode()) != token.fingerprint:
-                raise Conflict("the member sent a certificate that does not match the token")
-            self._wipe_cluster_files()
-            self._write_cluster_files(
-                reply["secret"], reply["cert_pem"].encode(), reply["key_pem"].encode()
-            )
-            peers = [m for m in reply["members"] if m != self.settings.raft_addr]
-            self._save_identity(
-                {
-                    "name": self.settings.name,
-                    "cluster_id": reply["cluster_id"],
-                    "raft_addr": self.settings.raft_addr,
-                    "peers": peers,
-                    "created_at": now_rfc3339(),
-                }
-            )
-            self._start_raft(peers)
-            await self._start_https()
+            await self._become_member(reply, member, token.fingerprint)
         caught_up = await self._wait_until_listed(60.0)
         if caught_up:
             await self.require_cluster().propose_ok(
@@ -443,9 +430,46 @@ class Daemon:
         return {
             "cluster_id": reply["cluster_id"],
             "node": self.settings.name,
-            "members": sorted([*peers, self.settings.raft_addr]),
+            "members": sorted(self.require_cluster().raft_members()),
             "caught_up": caught_up,
         }
+
+    async def _become_member(self, reply: dict[str, Any], member: str, fingerprint: str) -> None:
+        """Second half of a join: start as a member, then ask `member` to add us to Raft.
+
+        The cluster changes its Raft membership only once this node runs, so a join that
+        fails here never leaves the cluster waiting for a node that will not come (in a
+        one-node cluster that would cost its quorum). On failure this node is
+        uninitialised again and asks the member to drop its row.
+        """
+        if fingerprint_pem(reply["cert_pem"].encode()) != fingerprint:
+            raise Conflict("the member sent a certificate that does not match the token")
+        secret = reply["secret"]
+        client = NodeClient(member, fingerprint=fingerprint, token=node_credential(secret))
+        peers = [m for m in reply["members"] if m != self.settings.raft_addr]
+        try:
+            self._wipe_cluster_files()
+            self._write_cluster_files(secret, reply["cert_pem"].encode(), reply["key_pem"].encode())
+            self._start_raft(peers)
+            await self._start_https()
+            await client.request("POST", f"/v1/cluster/members/{self.settings.name}/activate")
+            self._save_identity(
+                {
+                    "name": self.settings.name,
+                    "cluster_id": reply["cluster_id"],
+                    "raft_addr": self.settings.raft_addr,
+                    "peers": peers,
+                    "created_at": now_rfc3339(),
+                }
+            )
+        except BaseException:
+            await self._stop_raft()
+            self._wipe_cluster_files()
+            self.identity = None
+            self.secret = self.fingerprint = None
+            with contextlib.suppress(SymphonyError):
+                await client.request("DELETE", f"/v1/nodes/{self.settings.name}?leaving=true")
+            raise
 
     async def _wait_until_listed(self, timeout: float) -> bool:
         cluster = self.require_cluster()
@@ -454,7 +478,8 @@ class Daemon:
             with cluster.store.lock:
                 if nodes.get(cluster.store, self.settings.name) is not None:
                     return True
-            await cluster.wait_for_revision(cluster.store.revision, 0.5)
+                seen = cluster.store.revision
+            await cluster.wait_for_revision(seen, 0.5)
         return False
 
     # -- admit (on a member) --------------------------------------------------------------
@@ -482,11 +507,6 @@ class Daemon:
                     },
                 )
             )
-            try:
-                await self._change_membership("add", record["raft_addr"], wait=1.0)
-            except SymphonyError:
-                await cluster.propose(Entry(EntryType.NODE_REMOVE, {"name": record["name"]}))
-                raise
         with open(self.settings.path("tls", "cert.pem")) as f:
             cert_pem = f.read()
         with open(self.settings.path("tls", "key.pem")) as f:
@@ -500,6 +520,24 @@ class Daemon:
             "members": sorted(cluster.raft_members() | {record["raft_addr"]}),
             "node": record,
         }
+
+    async def activate(self, name: str) -> dict[str, Any]:
+        """Add a joining node to the Raft membership, now that it runs (see `join`).
+
+        Holds the membership lock until the change commits, so this node never starts a
+        second change on top of an uncommitted one."""
+        cluster = self.require_cluster()
+        with cluster.store.lock:
+            record = nodes.get(cluster.store, name)
+        if record is None:
+            raise NotFound(f"no node named {name!r} is joining")
+        async with self._membership_lock:
+            if record["raft_addr"] not in cluster.raft_members():
+                state = await self._change_membership("add", record["raft_addr"], wait=20.0)
+                if state != "committed":
+                    raise Unavailable(f"adding {name} to Raft did not commit in time")
+        log.info("node %s (%s) is a Raft member", name, record["raft_addr"])
+        return {"node": name, "members": sorted(cluster.raft_members() | {record["raft_addr"]})}
 
     async def _change_membership(self, op: str, raft_addr: str, wait: float) -> str:
         """Membership change, retried while another change is still committing."""

@@ -769,3 +769,57 @@ def test_sigterm_with_a_blocking_query_stops_promptly(nodeset: NodeSet) -> None:
     time.sleep(0.3)  # let the server start waiting
     assert node.stop(timeout=3) == 0  # raises AssertionError (after a SIGKILL) if it hangs
     reader.join(10)
+
+
+def test_an_expired_admin_token_is_refused(api: Api) -> None:
+    created = https(
+        api.node,
+        "POST",
+        "/v1/tokens",
+        token=api.token,
+        body=json.dumps({"kind": "admin", "expires": "1s"}).encode(),
+    )
+    assert created.status == 201
+    short_lived = created.json()["token"]
+    assert https(api.node, "GET", "/v1/nodes", token=short_lived).status == 200
+    time.sleep(1.5)
+    error = assert_error(https(api.node, "GET", "/v1/nodes", token=short_lived), 401)
+    assert "expired" in error["message"]
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+def test_a_token_that_is_not_ascii_is_401_not_500(api: Api, where: str) -> None:
+    if where == "query":
+        reply = https(api.node, "GET", "/v1/kv/x?token=%C3%A9")
+    else:
+        reply = https(
+            api.node, "GET", "/v1/kv/x", headers={"X-Consul-Token": "é".encode().decode("latin-1")}
+        )
+    assert_error(reply, 401)
+
+
+def test_a_blocking_prefix_read_wakes_on_a_delete(api: Api) -> None:
+    """Consul keeps tombstones so that deleting a key raises its prefix's index; so do we."""
+    assert api.kv_put("tomb/a", b"1").status == 200
+    assert api.kv_put("tomb/b", b"2").status == 200
+    first = https(api.node, "GET", "/v1/kv/tomb/?recurse", token=api.token)
+    index = int(first.headers["X-Consul-Index"])
+
+    def delete_later() -> None:
+        time.sleep(0.5)
+        https(api.node, "DELETE", "/v1/kv/tomb/a", token=api.token)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(delete_later)
+        started = time.monotonic()
+        reply = https(
+            api.node,
+            "GET",
+            f"/v1/kv/tomb/?recurse&index={index}&wait=20s",
+            token=api.token,
+            timeout=30,
+        )
+        elapsed = time.monotonic() - started
+    assert reply.status == 200 and [e["Key"] for e in reply.json()] == ["tomb/b"]
+    assert int(reply.headers["X-Consul-Index"]) > index
+    assert elapsed < 15, f"the delete did not wake the blocking read ({elapsed:.1f}s)"

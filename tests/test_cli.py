@@ -135,3 +135,15 @@ def test_bad_settings_file_is_reported(tmp_path: Path) -> None:
     result = probe.cli("run", "--config", str(config), timeout=30)
     assert result.returncode == 2
     assert "unknown settings: not_a_setting" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["p%2Fq", "x?cas=0", "sp ace", "hash#tag"])
+def test_kv_keys_with_url_characters_are_kept_as_typed(
+    single: tuple[NodeSet, NodeProcess], key: str
+) -> None:
+    _, node = single
+    assert node.cli("kv", "put", key, "v").returncode == 0
+    assert node.cli("kv", "get", key).stdout == "v"
+    listed = json.loads(node.cli("kv", "list", "--json").stdout)
+    assert key in [e["Key"] for e in listed]
+    assert node.cli("kv", "delete", key).returncode == 0

@@ -217,3 +217,34 @@ def test_join_under_a_taken_name_is_refused(
         assert fresh.client(timeout=120).request("POST", "/v1/cluster/join", body={"token": token})
     finally:
         other.cleanup()
+
+
+def test_a_join_that_fails_leaves_the_cluster_as_it_was(nodeset: NodeSet) -> None:
+    """The joining node cannot listen on its Raft port: the join fails before the cluster
+    changes its Raft membership, so a one-node cluster keeps its quorum."""
+    import socket
+
+    (n1,) = nodeset.form(1)
+    n2 = nodeset.new("n2")
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", n2.raft_port))
+    blocker.listen()
+    try:
+        token = n1.client().request("POST", "/v1/tokens", body={})["token"]
+        result = n2.cli("join", token)
+        assert result.returncode == 1 and "Raft" in result.stderr
+    finally:
+        blocker.close()
+    assert n2.status()["initialized"] is False
+    status = n1.status()
+    assert status["has_quorum"] and [m["name"] for m in status["members"]] == ["n1"]
+    assert kv_put(n1, "still/writable", b"yes")
+    # With the port free, a fresh token joins it.
+    token = n1.client().request("POST", "/v1/tokens", body={})["token"]
+    assert n2.cli("join", token).returncode == 0
+    wait_until(
+        lambda: len(n1.status()["members"]) == 2 and n1.status()["has_quorum"],
+        15,
+        "n2 to be a member",
+    )

@@ -528,7 +528,9 @@ class KVModel:
 
     def delete(self, key: str, cas: int | None) -> bool:
         current = self.keys.get(key)
-        if cas is not None and (current is None or current[2] != cas):
+        if current is None:
+            return True  # Consul: deleting a missing key succeeds, cas or not
+        if cas is not None and current[2] != cas:
             return False
         if current is not None:
             self.revision += 1

@@ -51,3 +51,40 @@ def test_compacted_log_restarts_and_ships_to_a_new_node(tmp_path: Path) -> None:
             assert node.client().request("GET", "/v1/kv/snap/149", query={"raw": "1"}) == b"149"
     finally:
         nodes.cleanup()
+
+
+def test_a_node_restarted_from_a_snapshot_is_not_its_own_peer(tmp_path: Path) -> None:
+    """After loading a snapshot, the Raft configuration holds the members once each: a
+    one-node cluster keeps its quorum, and three nodes survive the loss of one."""
+    single = NodeSet(tmp_path / "one", settings=COMPACT_OFTEN)
+    try:
+        (alone,) = single.form(1)
+        for i in range(60):
+            alone.client().request("PUT", f"/v1/kv/s/{i}", raw=b"x")
+        wait_until((alone.data_dir / "raft" / "snapshot").exists, 20, "a snapshot")
+        alone.kill()
+        alone.start()
+        wait_until(lambda: alone.status()["has_quorum"], 15, "quorum of the lone node")
+        assert list(alone.status()["raft"]["peers"]) == []
+        assert alone.client().request("PUT", "/v1/kv/after", raw=b"ok")
+    finally:
+        single.cleanup()
+
+    trio = NodeSet(tmp_path / "three", settings=COMPACT_OFTEN)
+    try:
+        nodes = trio.form(3)
+        for i in range(60):
+            nodes[0].client().request("PUT", f"/v1/kv/t/{i}", raw=b"x")
+        for node in nodes:
+            wait_until((node.data_dir / "raft" / "snapshot").exists, 20, "snapshots")
+        for node in nodes:
+            node.kill()
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            wait_until(lambda n=node: len(n.status()["raft"]["peers"]) == 2, 15, "two peers")
+        nodes[2].kill()
+        survivor = trio.leader(nodes[:2])
+        assert survivor.client().request("PUT", "/v1/kv/after", raw=b"ok")
+    finally:
+        trio.cleanup()

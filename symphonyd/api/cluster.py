@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
-from symphonyd.errors import Invalid
+from symphonyd.errors import Forbidden, Invalid
 from symphonyd.validation import parse_duration
 
 
@@ -48,6 +48,12 @@ async def admit(request: web.Request) -> web.Response:
         raise Invalid("'token_id' and 'secret' of the join token are required")
     reply = await daemon_of(request).admit(token_id, secret, body.get("node"))
     return json_response(reply, status=201)
+
+
+async def activate(request: web.Request) -> web.Response:
+    if request.get("principal") != "node":
+        raise Forbidden("only a joining node's daemon activates its membership")
+    return json_response(await daemon_of(request).activate(request.match_info["name"]))
 
 
 async def leave(request: web.Request) -> web.Response:
@@ -139,6 +145,13 @@ ROUTES = [
             },
         },
         responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"},
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/members/{name}/activate",
+        activate,
+        "Add an admitted node to the Raft membership once it runs (called by that node)",
+        responses={200: "a Raft member", 403: "not a member's daemon", 404: "not admitted"},
     ),
     Route(
         "POST",

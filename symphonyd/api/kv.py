@@ -98,10 +98,11 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         while True:
             with store.lock:
                 current = kv.index_of(store, key, recurse)
+                seen = store.revision  # read together: a change after this wakes us
             remaining = deadline - time.monotonic()
             if current > index or remaining <= 0:
                 break
-            await cluster.wait_for_revision(store.revision, remaining)
+            await cluster.wait_for_revision(seen, remaining)
     with store.lock:
         current = kv.index_of(store, key, recurse)
         if flag(request, "keys"):

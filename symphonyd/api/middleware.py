@@ -22,7 +22,13 @@ from symphonyd.errors import (
     TooLarge,
     Unauthorized,
 )
-from symphonyd.security import JOIN_TOKEN_PREFIX, node_credential, secret_matches, split_api_token
+from symphonyd.security import (
+    JOIN_TOKEN_PREFIX,
+    node_credential,
+    now_rfc3339,
+    secret_matches,
+    split_api_token,
+)
 from symphonyd.state import tokens
 
 log = logging.getLogger("symphonyd.api")
@@ -88,6 +94,8 @@ def check_token(request: web.Request) -> None:
     text = bearer(request)
     if not text:
         raise Unauthorized("an API token is required (Authorization: Bearer TOKEN)")
+    if not text.isascii() or not text.isprintable():
+        raise Unauthorized("the API token is not valid")
     if daemon.secret and hmac.compare_digest(text, node_credential(daemon.secret)):
         request["principal"] = "node"
         return
@@ -103,4 +111,6 @@ def check_token(request: web.Request) -> None:
         raise Unauthorized("the API token is not valid")
     if record["kind"] != "admin":
         raise Forbidden("a join token can only be used to join a node")
+    if record.get("expires_at") and record["expires_at"] <= now_rfc3339():
+        raise Unauthorized(f"the API token expired at {record['expires_at']}")
     request["principal"] = f"token:{record['id']}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from symphonyd import __version__
 from symphonyd.cli.output import print_json, print_kv_table, print_table
@@ -37,6 +39,7 @@ class Context:
         self.addr = addr
         self.token = token
         self.fingerprint = fingerprint
+        self.explicit_data_dir: str | None = data_dir
 
     def client(self, *, local_only: bool = False, timeout: float = 60.0) -> Client:
         if self.addr and not local_only:
@@ -60,6 +63,11 @@ def run_safely(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def kv_path(key: str) -> str:
+    """The API path of a key: characters like '%', '?', '#' or spaces stay in the key."""
+    return "/v1/kv/" + urllib.parse.quote(key, safe="/")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
@@ -103,6 +111,9 @@ def main(
 ) -> None:
     """symphonyd: the cloud node daemon and its command line."""
     ctx.obj = Context(socket_path, data_dir, addr or manager_addr, token, fingerprint)
+    # `run` lets a settings file choose the data dir unless a flag or the environment did.
+    source = ctx.get_parameter_source("data_dir")
+    ctx.obj.explicit_data_dir = None if source == ParameterSource.DEFAULT else data_dir
 
 
 @main.command()
@@ -136,7 +147,7 @@ def run(
         "api_port": api_port,
         "raft_port": raft_port,
         "log_level": log_level,
-        "data_dir": run_data_dir or obj.data_dir,
+        "data_dir": run_data_dir or obj.explicit_data_dir,
     }
     sys.exit(run_daemon(config_file, overrides))
 
@@ -336,9 +347,9 @@ def kv_get(obj: Context, key: str, as_json: bool) -> None:
     client = obj.client()
     try:
         if as_json:
-            print_json(client.request("GET", f"/v1/kv/{key}"))
+            print_json(client.request("GET", kv_path(key)))
             return
-        value = client.request("GET", f"/v1/kv/{key}", query={"raw": "true"})
+        value = client.request("GET", kv_path(key), query={"raw": "true"})
     except NotFound:
         raise NotFound(f"no key {key!r}") from None
     sys.stdout.buffer.write(value if isinstance(value, bytes) else json.dumps(value).encode())
@@ -370,7 +381,7 @@ def kv_put(
         data = sys.stdin.buffer.read()
     else:
         data = value.encode()
-    ok = obj.client().request("PUT", f"/v1/kv/{key}", raw=data, query={"cas": cas, "flags": flags})
+    ok = obj.client().request("PUT", kv_path(key), raw=data, query={"cas": cas, "flags": flags})
     if not ok:
         raise click.ClickException(f"not written: {key} changed since ModifyIndex {cas}")
     click.echo(f"Wrote {key}.")
@@ -385,7 +396,7 @@ def kv_put(
 def kv_delete(obj: Context, key: str, recurse: bool, cas: int | None) -> None:
     """Delete a key (or a prefix with --recurse)."""
     ok = obj.client().request(
-        "DELETE", f"/v1/kv/{key}", query={"recurse": "true" if recurse else None, "cas": cas}
+        "DELETE", kv_path(key), query={"recurse": "true" if recurse else None, "cas": cas}
     )
     if not ok:
         raise click.ClickException(f"not deleted: {key} changed since ModifyIndex {cas}")
@@ -404,7 +415,7 @@ def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
     from symphonyd.errors import NotFound
 
     try:
-        entries = obj.client().request("GET", f"/v1/kv/{prefix}", query={"recurse": "true"})
+        entries = obj.client().request("GET", kv_path(prefix), query={"recurse": "true"})
     except NotFound:
         entries = []
     if as_json:

@@ -23,8 +23,8 @@ What this module adds to pysyncobj 0.3.17, and why:
   entries of an append that it already holds with the same term (Raft truncates only on
   a conflicting term).
 * **Snapshots** through our serializer (`FSM.snapshot`), never pickle of the object.
-* The Raft port always has a password (pysyncobj's Fernet encryption); messages from a
-  peer without the cluster secret are dropped before anything is unpickled.
+* The Raft port always has a password (AES-GCM, `raft/wire.py`); messages from a peer
+  without the cluster secret are dropped before anything is unpickled.
 
 It knows the FSM, not the API.
 """
@@ -44,6 +44,7 @@ from typing import Any
 import msgpack
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
 from symphonyd.raft.fsm import FSM
@@ -310,10 +311,13 @@ class RaftNode(SyncObj):
         }
         write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
 
-    def _read_snapshot(self, path: str) -> tuple[Any, Any, list[str]]:
+    def _read_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         with open(path, "rb") as f:
             os.fsync(f.fileno())  # it may have just arrived from the leader
-        return self._snapshot_entries(path, restore=True)
+        last, prev, members = self._snapshot_entries(path, restore=True)
+        # pysyncobj filters its own node out with `node != selfNode`, which only works on
+        # Node objects: a plain address would make this node its own peer.
+        return last, prev, [TCPNode(address) for address in members]
 
     def _snapshot_entries(self, path: str, restore: bool = False) -> tuple[Any, Any, list[str]]:
         """The snapshot's last and previous log entries and its members; with `restore`,

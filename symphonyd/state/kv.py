@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from symphonyd.state.store import Record, Store
+from symphonyd.state.store import Record, Store, Table
 
 TABLE = "kv"
 
@@ -36,13 +36,48 @@ def keys(store: Store, prefix: str, separator: str | None) -> list[str]:
     return out
 
 
+TOMBSTONES = "kv_tombstones"
+MAX_TOMBSTONES = 50_000
+
+
+def _tombstones(store: Store) -> Table:
+    table = store.indexes.get(TOMBSTONES)
+    if table is None:
+        table = store.indexes[TOMBSTONES] = Table(TOMBSTONES)
+    return table
+
+
+def _bury(store: Store, key: str) -> None:
+    """Remember when a key was deleted, so a blocking read on its prefix sees the delete
+    (Consul's tombstones). Old tombstones are dropped past MAX_TOMBSTONES: the floor then
+    rises to the newest dropped, which only wakes watchers early, never late."""
+    table = _tombstones(store)
+    table._put(key, {"revision": store.next_revision()})
+    if len(table) > MAX_TOMBSTONES:
+        ordered = sorted(table.records.items(), key=lambda item: item[1]["revision"])
+        for old_key, record in ordered[: len(ordered) // 2]:
+            table._delete(old_key)
+            store.index_floor = max(store.index_floor, record["revision"])
+
+
 def index_of(store: Store, prefix: str, recurse: bool) -> int:
-    """The X-Consul-Index of a read: the highest mod_revision it covers (or the store's)."""
+    """The X-Consul-Index of a read: the revision of the last change it covers, deletions
+    included (or, for a key that never existed, the store's revision)."""
+    tombstones = _tombstones(store)
     if recurse:
-        records = list_prefix(store, prefix)
-        return max((r["mod_revision"] for r in records), default=0) or store.revision
+        live = max((r["mod_revision"] for r in list_prefix(store, prefix)), default=0)
+        buried = max(
+            (tombstones.records[k]["revision"] for k in tombstones.keys_with_prefix(prefix)),
+            default=0,
+        )
+        return max(live, buried, store.index_floor) or store.revision
     record = get(store, prefix)
-    return record["mod_revision"] if record else store.revision
+    if record:
+        return int(record["mod_revision"])
+    buried_key = tombstones.get(prefix)
+    if buried_key:
+        return max(int(buried_key["revision"]), store.index_floor)
+    return store.revision
 
 
 def put(store: Store, key: str, value: bytes, flags: int, cas: int | None) -> dict[str, Any]:
@@ -53,6 +88,7 @@ def put(store: Store, key: str, value: bytes, flags: int, cas: int | None) -> di
         if cas != 0 and (old is None or old["mod_revision"] != cas):
             return {"ok": False}
     record = store.put(TABLE, key, {"key": key, "value": value, "flags": flags, "lock_index": 0})
+    _tombstones(store)._delete(key)
     return {"ok": True, "modify_index": record["mod_revision"]}
 
 
@@ -60,9 +96,13 @@ def delete(store: Store, key: str, recurse: bool, cas: int | None) -> dict[str, 
     if recurse:
         for k in list(store.table(TABLE).keys_with_prefix(key)):
             store.delete(TABLE, k)
+            _bury(store, k)
         return {"ok": True}
     old = get(store, key)
-    if cas is not None and (old is None or old["mod_revision"] != cas):
+    if old is None:
+        return {"ok": True}  # Consul: deleting a missing key succeeds, with or without cas
+    if cas is not None and old["mod_revision"] != cas:
         return {"ok": False}
     store.delete(TABLE, key)
+    _bury(store, key)
     return {"ok": True}

@@ -101,6 +101,10 @@ class Store:
         self._undo: list[tuple[str, str, Record | None]] = []
         # Held by the FSM while it applies an entry and by readers in other threads.
         self.lock = threading.RLock()
+        # Derived data kept by table modules (not replicated, not in snapshots): it
+        # starts empty on every node at `index_floor`, the revision it covers from.
+        self.indexes: dict[str, Any] = {}
+        self.index_floor = 0
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -205,6 +209,8 @@ class Store:
             tables[name]._put(key, record)
         self.tables = tables
         self.revision = int(data["revision"])
+        self.indexes = {}
+        self.index_floor = self.revision
         self.history.clear()
         self._pending = []
         self._undo = []
