@@ -107,6 +107,11 @@ def test_entry_type_codes_are_never_reused() -> None:
         "TOKEN_DELETE": 8,
         "KV_PUT": 20,
         "KV_DELETE": 21,
+        "IMAGE_CREATE": 30,
+        "IMAGE_UPDATE": 31,
+        "IMAGE_DELETE": 32,
+        "IMAGE_ADD_HOLDER": 33,
+        "IMAGE_REMOVE_HOLDER": 34,
     }
 
 
@@ -308,6 +313,71 @@ def check_kv_delete(fsm: FSM, before: dict[str, Any]) -> None:
     assert fsm.store.revision == 8
 
 
+def image_entry(kind: EntryType, body: dict[str, Any]) -> bytes:
+    return Entry(kind, body).encode()
+
+
+IMAGE = {
+    "id": "img1",
+    "name": "Ubuntu 20.04",
+    "description": "focal",
+    "status": "importing",
+    "status_message": "",
+    "progress": 0,
+    "fingerprint": None,
+    "size": None,
+    "virtual_size": None,
+    "format": None,
+    "node": "n1",
+    "holders": [],
+    "created_at": "2026-01-01T00:00:00.000000Z",
+    "updated_at": "2026-01-01T00:00:00.000000Z",
+}
+
+
+def check_image_create(fsm: FSM, before: dict[str, Any]) -> None:
+    result = fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": IMAGE}))
+    assert result["ok"] is True and result["image"]["create_revision"] == 7
+    again = fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": {**IMAGE, "id": "img2"}}))
+    assert again["ok"] is False and "already exists" in again["error"]["message"]
+    assert fsm.store.get("images", "img2") is None and fsm.store.revision == 7
+
+
+def check_image_update(fsm: FSM, before: dict[str, Any]) -> None:
+    fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": IMAGE}))
+    fields = {"status": "ready", "fingerprint": "ab" * 32, "size": 10, "format": "raw"}
+    assert fsm.apply(image_entry(EntryType.IMAGE_UPDATE, {"id": "img1", "fields": fields}))["ok"]
+    record = fsm.store.get("images", "img1")
+    assert record is not None and record["status"] == "ready" and record["mod_revision"] == 8
+    missing = fsm.apply(image_entry(EntryType.IMAGE_UPDATE, {"id": "nope", "fields": fields}))
+    assert missing["error"]["code"] == "not_found"
+
+
+def check_image_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": IMAGE}))
+    assert fsm.apply(image_entry(EntryType.IMAGE_DELETE, {"id": "img1"}))["ok"] is True
+    assert fsm.store.get("images", "img1") is None
+    assert fsm.apply(image_entry(EntryType.IMAGE_DELETE, {"id": "img1"}))["ok"] is False
+
+
+def check_image_add_holder(fsm: FSM, before: dict[str, Any]) -> None:
+    fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": IMAGE}))
+    body = {"id": "img1", "node": "n2", "now": "2026-01-02T00:00:00.000000Z"}
+    fsm.apply(image_entry(EntryType.IMAGE_ADD_HOLDER, body))
+    fsm.apply(image_entry(EntryType.IMAGE_ADD_HOLDER, {**body, "node": "n1"}))
+    fsm.apply(image_entry(EntryType.IMAGE_ADD_HOLDER, body))  # twice: no duplicate
+    record = fsm.store.get("images", "img1")
+    assert record is not None and record["holders"] == ["n1", "n2"]
+
+
+def check_image_remove_holder(fsm: FSM, before: dict[str, Any]) -> None:
+    fsm.apply(image_entry(EntryType.IMAGE_CREATE, {"image": {**IMAGE, "holders": ["n1", "n2"]}}))
+    body = {"id": "img1", "node": "n1", "now": "2026-01-02T00:00:00.000000Z"}
+    assert fsm.apply(image_entry(EntryType.IMAGE_REMOVE_HOLDER, body))["ok"] is True
+    record = fsm.store.get("images", "img1")
+    assert record is not None and record["holders"] == ["n2"]
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -319,6 +389,11 @@ CHECKS = {
     EntryType.TOKEN_DELETE: check_token_delete,
     EntryType.KV_PUT: check_kv_put,
     EntryType.KV_DELETE: check_kv_delete,
+    EntryType.IMAGE_CREATE: check_image_create,
+    EntryType.IMAGE_UPDATE: check_image_update,
+    EntryType.IMAGE_DELETE: check_image_delete,
+    EntryType.IMAGE_ADD_HOLDER: check_image_add_holder,
+    EntryType.IMAGE_REMOVE_HOLDER: check_image_remove_holder,
 }
 
 

@@ -33,6 +33,11 @@ class EntryType(IntEnum):
     TOKEN_DELETE = 8
     KV_PUT = 20
     KV_DELETE = 21
+    IMAGE_CREATE = 30
+    IMAGE_UPDATE = 31
+    IMAGE_DELETE = 32
+    IMAGE_ADD_HOLDER = 33
+    IMAGE_REMOVE_HOLDER = 34
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, decode
-from symphonyd.state import cluster, kv, nodes, tokens
+from symphonyd.state import cluster, images, kv, nodes, tokens
 from symphonyd.state.store import Store, failure
 
 log = logging.getLogger("symphonyd.raft.fsm")
@@ -82,6 +82,26 @@ def apply_kv_delete(store: Store, body: dict[str, Any]) -> Result:
     return kv.delete(store, body["key"], body.get("recurse", False), body.get("cas"))
 
 
+def apply_image_create(store: Store, body: dict[str, Any]) -> Result:
+    return images.create(store, body["image"])
+
+
+def apply_image_update(store: Store, body: dict[str, Any]) -> Result:
+    return images.update(store, body["id"], body["fields"])
+
+
+def apply_image_delete(store: Store, body: dict[str, Any]) -> Result:
+    return images.delete(store, body["id"])
+
+
+def apply_image_add_holder(store: Store, body: dict[str, Any]) -> Result:
+    return images.add_holder(store, body["id"], body["node"], body["now"])
+
+
+def apply_image_remove_holder(store: Store, body: dict[str, Any]) -> Result:
+    return images.remove_holder(store, body["id"], body["node"], body["now"])
+
+
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
@@ -93,6 +113,11 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.TOKEN_DELETE: apply_token_delete,
     EntryType.KV_PUT: apply_kv_put,
     EntryType.KV_DELETE: apply_kv_delete,
+    EntryType.IMAGE_CREATE: apply_image_create,
+    EntryType.IMAGE_UPDATE: apply_image_update,
+    EntryType.IMAGE_DELETE: apply_image_delete,
+    EntryType.IMAGE_ADD_HOLDER: apply_image_add_holder,
+    EntryType.IMAGE_REMOVE_HOLDER: apply_image_remove_holder,
 }
 
 
