@@ -17,7 +17,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 
@@ -94,7 +94,7 @@ class Client:
         if self.addr:
             host, port = self.addr
             return http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=_insecure_context()
+                host, port, timeout=timeout, context=_insecure_context(), blocksize=1 << 20
             )
         assert self.socket_path
         return UnixHTTPConnection(self.socket_path, timeout)
@@ -124,7 +124,7 @@ class Client:
         path: str,
         *,
         body: Any = None,
-        raw: bytes | None = None,
+        raw: bytes | BinaryIO | None = None,
         query: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
@@ -138,7 +138,7 @@ class Client:
         path: str,
         *,
         body: Any = None,
-        raw: bytes | None = None,
+        raw: bytes | BinaryIO | None = None,
         query: dict[str, Any] | None = None,
         timeout: float | None = None,
         stream: bool = False,
@@ -147,7 +147,11 @@ class Client:
             items = {k: v for k, v in query.items() if v is not None}
             path = f"{path}?{urllib.parse.urlencode(items)}"
         headers = {"Accept": "application/json"}
-        payload: bytes | None = raw
+        payload: bytes | BinaryIO | None = raw
+        if raw is not None and not isinstance(raw, bytes):
+            # A file: streamed in blocks with its length, never read whole into memory.
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(os.fstat(raw.fileno()).st_size - raw.tell())
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"

@@ -31,6 +31,7 @@ from aiohttp import web
 from symphonyd import __version__
 from symphonyd.client import NodeClient
 from symphonyd.config import Settings
+from symphonyd.durable import write_file_durably
 from symphonyd.errors import (
     Conflict,
     Invalid,
@@ -39,10 +40,12 @@ from symphonyd.errors import (
     SymphonyError,
     Unavailable,
 )
+from symphonyd.image import copier
+from symphonyd.image.files import ImageFiles
+from symphonyd.image.service import ImageService
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.raft.fsm import FSM
-from symphonyd.raft.journal import write_file_durably
 from symphonyd.raft.node import RaftNode
 from symphonyd.security import (
     decode_join_token,
@@ -70,6 +73,7 @@ class Daemon:
         self.settings = settings
         self.identity: dict[str, Any] | None = None
         self.cluster: Cluster | None = None
+        self.images: ImageService | None = None
         self.secret: str | None = None
         self.fingerprint: str | None = None
         self.started_at = time.time()
@@ -182,7 +186,11 @@ class Daemon:
         )
         node.start()
         self.cluster = Cluster(node, store, asyncio.get_running_loop())
+        self.images = ImageService(
+            self.cluster, ImageFiles(self.settings.data_dir), self.settings.name
+        )
         self._tasks.append(asyncio.create_task(self._remember_members()))
+        self._tasks.append(asyncio.create_task(self.images.run_agent()))
 
     async def _start_https(self) -> None:
         assert self._runner is not None
@@ -211,6 +219,13 @@ class Daemon:
         site, self._tcp_site = self._tcp_site, None
         if site is not None and self._runner is not None and site in self._runner.sites:
             await site.stop()
+        if self.images is not None:
+            for task in list(self.images.running.values()):
+                task.cancel()
+            for task in list(self.images.running.values()):
+                with contextlib.suppress(BaseException):
+                    await task
+            self.images = None
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             cluster.close()
@@ -257,6 +272,11 @@ class Daemon:
                 "or `symphonyd join TOKEN`"
             )
         return self.cluster
+
+    def require_images(self) -> ImageService:
+        self.require_cluster()
+        assert self.images is not None
+        return self.images
 
     def node_info(self) -> dict[str, Any]:
         s = self.settings
@@ -629,6 +649,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "version": __version__,
+            "image_copier": copier.describe(),
             "node": self.settings.name,
             "initialized": self.identity is not None,
             "uptime_s": round(time.time() - self.started_at, 1),

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pysyncobj.journal import Journal
 
-from symphonyd.raft.journal import MAGIC, DurableJournal, write_file_durably
+from symphonyd.durable import write_file_durably
+from symphonyd.raft.journal import MAGIC, DurableJournal
 
 Entry = tuple[bytes, int, int]
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from symphonyd.api import cluster, events, kv, nodes, openapi
+from symphonyd.api import cluster, events, images, kv, nodes, openapi
 from symphonyd.api.middleware import ROUTE, access, errors
 from symphonyd.api.routes import DAEMON, Route
 
@@ -18,7 +18,14 @@ MAX_BODY = 1024 * 1024
 
 
 def all_routes() -> list[Route]:
-    return [*cluster.ROUTES, *nodes.ROUTES, *kv.ROUTES, *events.ROUTES, *openapi.ROUTES]
+    return [
+        *cluster.ROUTES,
+        *nodes.ROUTES,
+        *kv.ROUTES,
+        *images.ROUTES,
+        *events.ROUTES,
+        *openapi.ROUTES,
+    ]
 
 
 def make_app(daemon: Daemon) -> web.Application:

@@ -24,6 +24,14 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "table": {"type": "string"},
     "separator": {"type": "string"},
     "token": {"type": "string"},
+    "name": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    },
+    "description": {"type": "string", "maxLength": 2000, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+    "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
 }
 PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "key": {
@@ -32,6 +40,7 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": "^[^/\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$",
     },
     "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+    "ref": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 FLAG = {"type": "string", "enum": ["", "true", "false", "1", "0"]}
 

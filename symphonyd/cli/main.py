@@ -257,10 +257,17 @@ def status(obj: Context, as_json: bool) -> None:
             ("Commit index", result["commit_index"]),
             ("Revision", result["revision"]),
             ("Fingerprint", result.get("fingerprint")),
+            ("Image copier", _copier_line(result.get("image_copier") or {})),
             ("Version", result["version"]),
         ]
     )
     _print_members(result["members"])
+
+
+def _copier_line(info: dict[str, Any]) -> str:
+    if info.get("implementation") == "native":
+        return f"native ({info.get('sha256')})"
+    return f"pure Python fallback ({info.get('reason') or 'native module not loaded'})"
 
 
 def _print_members(members: list[dict[str, Any]]) -> None:
@@ -434,3 +441,8 @@ def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
             for e in entries
         ],
     )
+
+
+from symphonyd.cli import images as _images  # noqa: E402 (registers `image` on main)
+
+_images.register(main, Context, run_safely, json_option)

@@ -31,35 +31,13 @@ from typing import Any
 
 from pysyncobj.journal import Journal
 
+from symphonyd.durable import fsync_dir, write_file_durably
+
 log = logging.getLogger("symphonyd.raft.journal")
 
 MAGIC = b"SYJRNL01"
 _HEAD = struct.Struct("<IIQQ")
 Entry = tuple[bytes, int, int]
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename or a new file in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` atomically: temp file, fsync, rename, fsync of the folder."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _record(command: bytes, idx: int, term: int) -> bytes:

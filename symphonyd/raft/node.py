@@ -47,8 +47,9 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
+from symphonyd.durable import write_file_durably
 from symphonyd.raft.fsm import FSM
-from symphonyd.raft.journal import DurableJournal, write_file_durably
+from symphonyd.raft.journal import DurableJournal
 from symphonyd.raft.wire import AeadEncryptor
 
 log = logging.getLogger("symphonyd.raft")

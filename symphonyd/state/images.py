@@ -68,8 +68,10 @@ def add_holder(store: Store, image_id: str, node: str, now: str) -> dict[str, An
     if node in old["holders"]:
         return {"ok": True, "image": old}
     holders = sorted([*old["holders"], node])
-    return {"ok": True, "image": store.put(TABLE, image_id, {**old, "holders": holders,
-                                                              "updated_at": now})}
+    return {
+        "ok": True,
+        "image": store.put(TABLE, image_id, {**old, "holders": holders, "updated_at": now}),
+    }
 
 
 def remove_holder(store: Store, image_id: str, node: str, now: str) -> dict[str, Any]:
@@ -77,8 +79,10 @@ def remove_holder(store: Store, image_id: str, node: str, now: str) -> dict[str,
     if old is None:
         return failure("not_found", f"no image {image_id}")
     holders = [h for h in old["holders"] if h != node]
-    return {"ok": True, "image": store.put(TABLE, image_id, {**old, "holders": holders,
-                                                              "updated_at": now})}
+    return {
+        "ok": True,
+        "image": store.put(TABLE, image_id, {**old, "holders": holders, "updated_at": now}),
+    }
 
 
 def delete(store: Store, image_id: str) -> dict[str, Any]:

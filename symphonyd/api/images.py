@@ -1,0 +1,124 @@
+"""Image endpoints: import (upload or, on the control socket, a file read in place), list,
+show, delete, and the content with Range support (a broken transfer resumes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.errors import Forbidden, Invalid, NotFound
+from symphonyd.image.service import ImageService, check_sha256
+
+CHUNK = 1024 * 1024
+
+
+def service_of(request: web.Request) -> ImageService:
+    return daemon_of(request).require_images()
+
+
+async def create_image(request: web.Request) -> web.Response:
+    service = service_of(request)
+    if request.content_type == "application/json":
+        # A file of this host, read in place by the daemon: only for local root.
+        if not request["local"]:
+            raise Forbidden("importing a file by path is only served on the control socket")
+        body = await read_json(request)
+        path = body.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise Invalid("'path' must be an absolute path")
+        record = await service.import_path(
+            path,
+            body.get("name"),
+            body.get("description", ""),
+            check_sha256(body.get("sha256")),
+        )
+        return json_response(record, status=202)
+    query = request.query
+    expected = check_sha256(query.get("sha256"))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            yield chunk
+
+    record = await service.import_stream(
+        chunks(),
+        request.content_length,
+        query.get("name", ""),
+        query.get("description", ""),
+        expected,
+    )
+    return json_response(record, status=201)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    return json_response({"images": service_of(request).list()})
+
+
+async def show_image(request: web.Request) -> web.Response:
+    return json_response(service_of(request).resolve(request.match_info["ref"]))
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    return json_response(await service_of(request).delete(request.match_info["ref"]))
+
+
+async def image_content(request: web.Request) -> web.StreamResponse:
+    service = service_of(request)
+    record = service.resolve(request.match_info["ref"])
+    fingerprint = record.get("fingerprint")
+    if record["status"] != "ready" or not fingerprint:
+        raise NotFound(f"image {record['id']} is {record['status']}, it has no content yet")
+    if not service.files.has(fingerprint):
+        holders = ", ".join(record["holders"]) or "none"
+        raise NotFound(f"this node holds no copy of image {record['id']} (holders: {holders})")
+    return web.FileResponse(
+        service.files.path(fingerprint),
+        headers={"Content-Type": "application/octet-stream", "X-Image-SHA256": fingerprint},
+    )
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/images",
+        create_image,
+        "Import an image: the raw file as the body (name, description, sha256 in the "
+        "query), or on the control socket a JSON {path, name, description, sha256}",
+        query={
+            "name": "image name (required)",
+            "description": "free text",
+            "sha256": "expected checksum: a mismatch is refused and nothing kept",
+        },
+        raw_body=True,
+        responses={
+            201: "imported (upload)",
+            202: "importing (file read in place)",
+            400: "bad input, empty, checksum mismatch",
+            409: "name taken",
+        },
+    ),
+    Route("GET", "/v1/images", list_images, "All images"),
+    Route(
+        "GET",
+        "/v1/images/{ref}",
+        show_image,
+        "One image by id, id prefix or name",
+        responses={404: "no such image", 409: "ambiguous"},
+    ),
+    Route(
+        "DELETE",
+        "/v1/images/{ref}",
+        delete_image,
+        "Delete an image",
+        responses={200: "deleted", 404: "no such image"},
+    ),
+    Route(
+        "GET",
+        "/v1/images/{ref}/content",
+        image_content,
+        "The image file (Range requests resume a transfer)",
+        responses={200: "the file", 206: "part of it", 404: "no copy here"},
+    ),
+]

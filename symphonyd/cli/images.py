@@ -1,0 +1,241 @@
+"""`symphonyd image new|list|show|rm`, keeping the original CLI's argument order:
+`image new DESCRIPTION NAME FILE`."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.client import Client
+from symphonyd.errors import DriverError, Invalid
+
+IMAGE_FIELDS = [
+    "id",
+    "name",
+    "description",
+    "status",
+    "status_message",
+    "format",
+    "size",
+    "virtual_size",
+    "fingerprint",
+    "holders",
+    "node",
+    "created_at",
+]
+
+
+def human_size(value: Any) -> str:
+    if not isinstance(value, int):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)
+
+
+def print_image(record: dict[str, Any]) -> None:
+    print_kv_table([(key, record.get(key)) for key in IMAGE_FIELDS])
+
+
+class _Counting(io.RawIOBase):
+    """A file wrapper that advances a progress bar as http.client reads it."""
+
+    def __init__(self, f: io.BufferedReader, progress: Progress | None, task: Any) -> None:
+        self.f, self.progress, self.task = f, progress, task
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=len(data))
+        return data
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def import_image(
+    client: Client,
+    *,
+    local: bool,
+    description: str,
+    name: str,
+    path: str,
+    sha256: str | None,
+    wait: bool,
+    show_progress: bool,
+) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise Invalid(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise Invalid(f"{path} is not a regular file")
+    size = os.path.getsize(path)
+    if local:
+        record = client.request(
+            "POST",
+            "/v1/images",
+            body={
+                "path": os.path.abspath(path),
+                "name": name,
+                "description": description,
+                "sha256": sha256,
+            },
+        )
+        return wait_for_import(client, record, size, show_progress) if wait else record
+    with _progress(show_progress) as progress, open(path, "rb") as f:
+        task = progress.add_task("uploading", total=size)
+        body = _Counting(f, progress, task)
+        query = {"name": name, "description": description, "sha256": sha256}
+        return dict(
+            client.request(
+                "POST",
+                "/v1/images",
+                raw=body,  # type: ignore[arg-type]
+                query=query,
+                timeout=3600,
+            )
+        )
+
+
+def wait_for_import(
+    client: Client, record: dict[str, Any], size: int, show_progress: bool
+) -> dict[str, Any]:
+    """Follow an import until it is ready or failed (no news for 10 minutes: give up)."""
+    last_change, last_progress = time.monotonic(), -1
+    with _progress(show_progress) as progress:
+        task = progress.add_task("importing", total=size)
+        while record["status"] == "importing":
+            if record.get("progress", 0) != last_progress:
+                last_progress, last_change = record.get("progress", 0), time.monotonic()
+                progress.update(task, completed=last_progress)
+            if time.monotonic() - last_change > 600:
+                raise DriverError(f"image {record['id']} made no progress for 10 minutes")
+            time.sleep(0.2)
+            record = client.request("GET", f"/v1/images/{record['id']}")
+    if record["status"] == "failed":
+        raise DriverError(f"import of {record['name']!r} failed: {record['status_message']}")
+    return record
+
+
+def register(main: click.Group, context_class: Any, run_safely: Any, json_option: Any) -> None:
+    @main.group()
+    def image() -> None:
+        """Cloud images: content-addressed, verified by SHA-256."""
+
+    @image.command("new")
+    @click.argument("description")
+    @click.argument("name")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--sha256", help="Expected SHA-256: a mismatch is refused, nothing kept.")
+    @click.option("--no-wait", is_flag=True, help="Return once the import has started.")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def image_new(
+        obj: Any,
+        description: str,
+        name: str,
+        file: str,
+        sha256: str | None,
+        no_wait: bool,
+        as_json: bool,
+    ) -> None:
+        """Import FILE as image NAME (on the local socket the node reads it in place)."""
+        client = obj.client(timeout=120)
+        record = import_image(
+            client,
+            local=not obj.addr,
+            description=description,
+            name=name,
+            path=file,
+            sha256=sha256,
+            wait=not no_wait,
+            show_progress=click.get_text_stream("stderr").isatty() and not as_json,
+        )
+        if as_json:
+            print_json(record)
+        else:
+            print_image(record)
+
+    @image.command("list")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def image_list(obj: Any, as_json: bool) -> None:
+        """All images."""
+        result = obj.client().request("GET", "/v1/images")
+        if as_json:
+            print_json(result)
+            return
+        print_table(
+            ["ID", "NAME", "STATUS", "FORMAT", "SIZE", "HOLDERS", "FINGERPRINT"],
+            [
+                [
+                    r["id"][:12],
+                    r["name"],
+                    r["status"],
+                    r["format"],
+                    human_size(r["size"]),
+                    ",".join(r["holders"]) or "-",
+                    (r["fingerprint"] or "-")[:16],
+                ]
+                for r in result["images"]
+            ],
+        )
+
+    @image.command("show")
+    @click.argument("image_ref", metavar="IMAGE")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def image_show(obj: Any, image_ref: str, as_json: bool) -> None:
+        """One image, by id, unique id prefix or name."""
+        import urllib.parse
+
+        record = obj.client().request("GET", "/v1/images/" + urllib.parse.quote(image_ref, safe=""))
+        if as_json:
+            print_json(record)
+        else:
+            print_image(record)
+
+    @image.command("rm")
+    @click.argument("image_ref", metavar="IMAGE")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def image_rm(obj: Any, image_ref: str, as_json: bool) -> None:
+        """Delete an image (by id, unique id prefix or name)."""
+        import urllib.parse
+
+        result = obj.client().request(
+            "DELETE", "/v1/images/" + urllib.parse.quote(image_ref, safe="")
+        )
+        if as_json:
+            print_json(result)
+        else:
+            click.echo(f"Deleted image {result['name']} ({result['deleted']}).")

@@ -1,0 +1,337 @@
+"""The image service of a node: imports (a local file read in place, or a streamed upload),
+deletion, and the level-triggered clean-up of files nobody refers to any more.
+
+Every import is first a record (`importing`, with progress), then `ready` with its
+fingerprint, size, format and this node as a holder, or `failed` with the reason; its file
+appears under `images/sha256/` only once the checksum is known. A checksum mismatch keeps
+nothing, not even the record. What happens here goes through the log (`Cluster.propose`);
+the file work runs in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
+from symphonyd.image import copier, formats
+from symphonyd.image.copier import CopyError, CopyResult, StreamCopier
+from symphonyd.image.files import HEX64, ImageFiles
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.security import new_id, now_rfc3339
+from symphonyd.state import images
+
+log = logging.getLogger("symphonyd.image")
+
+MAX_NAME = 255
+MAX_DESCRIPTION = 2000
+WRITE_BATCH = 4 * 1024 * 1024
+PROGRESS_INTERVAL = 1.0  # seconds between progress entries in the log
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text(value: object, what: str, limit: int, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise Invalid(f"{what} is required")
+    if _CONTROL.search(value):
+        raise Invalid(f"{what} must not contain control characters")
+    if len(value) > limit:
+        raise Invalid(f"{what} is longer than {limit} characters")
+    return value
+
+
+def check_sha256(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not HEX64.match(value.lower()):
+        raise Invalid("--sha256 must be 64 hexadecimal characters")
+    return value.lower()
+
+
+class ImageService:
+    def __init__(self, cluster: Cluster, files: ImageFiles, node: str) -> None:
+        self.cluster = cluster
+        self.files = files
+        self.node = node
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        # Fingerprints published but not yet recorded, and ids of imports writing a temp
+        # file: the clean-up must leave both alone.
+        self.publishing: set[str] = set()
+        self.importing: set[str] = set()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        with self.cluster.store.lock:
+            found = images.find(self.cluster.store, ref)
+        if not found:
+            raise NotFound(f"no image {ref!r}")
+        if len(found) > 1:
+            ids = ", ".join(r["id"][:12] for r in found)
+            raise Conflict(f"{ref!r} matches several images ({ids}); use the id")
+        return dict(found[0])
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [dict(r) for r in images.all_images(self.cluster.store)]
+
+    # -- importing -------------------------------------------------------------------------
+
+    async def _create(self, name: str, description: str) -> dict[str, Any]:
+        now = now_rfc3339()
+        record = {
+            "id": new_id(),
+            "name": name,
+            "description": description,
+            "status": "importing",
+            "status_message": "",
+            "progress": 0,
+            "fingerprint": None,
+            "size": None,
+            "virtual_size": None,
+            "format": None,
+            "node": self.node,
+            "holders": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = await self.cluster.propose_ok(Entry(EntryType.IMAGE_CREATE, {"image": record}))
+        return dict(result["image"])
+
+    async def _update(self, image_id: str, **fields: Any) -> dict[str, Any]:
+        fields["updated_at"] = now_rfc3339()
+        entry = Entry(EntryType.IMAGE_UPDATE, {"id": image_id, "fields": fields})
+        result = await self.cluster.propose_ok(entry)
+        return dict(result["image"])
+
+    async def import_path(
+        self, path: str, name: object, description: object, expected: str | None
+    ) -> dict[str, Any]:
+        """Start importing a file of this host, read in place; returns the record at once."""
+        name_text = check_text(name, "name", MAX_NAME)
+        description_text = check_text(description, "description", MAX_DESCRIPTION, required=False)
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Invalid(f"no such file: {path}") from None
+        except OSError as exc:
+            raise Invalid(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise Invalid(f"{path} is not a regular file")
+            if st.st_size == 0:
+                raise Invalid(f"{path} is empty: an image needs content")
+            record = await self._create(name_text, description_text)
+        except BaseException:
+            os.close(src)
+            raise
+        image_id = record["id"]
+        task = asyncio.create_task(self._copy_file(image_id, src, expected))
+        self.running[image_id] = task
+
+        def forget(_task: asyncio.Task[Any]) -> None:
+            self.running.pop(image_id, None)
+
+        task.add_done_callback(forget)
+        return record
+
+    async def _copy_file(self, image_id: str, src: int, expected: str | None) -> None:
+        reporter = _ProgressReporter(self, image_id)
+        dst = -1
+        self.importing.add(image_id)
+        try:
+            dst = self.files.open_temp(image_id)
+            result = await asyncio.to_thread(copier.copy_and_hash, src, dst, reporter.threadsafe)
+            await self._finish(image_id, dst, result, expected)
+        except BaseException as exc:
+            # The caller already has the record: it stays, `failed`, with the reason.
+            await self._fail(image_id, exc, keep_record=True)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.importing.discard(image_id)
+            reporter.stop()
+            os.close(src)
+            if dst >= 0:
+                os.close(dst)
+
+    async def import_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        length: int | None,
+        name: object,
+        description: object,
+        expected: str | None,
+    ) -> dict[str, Any]:
+        """Import an upload as it arrives; returns the final record."""
+        name_text = check_text(name, "name", MAX_NAME)
+        description_text = check_text(description, "description", MAX_DESCRIPTION, required=False)
+        if length == 0:
+            raise Invalid("the upload is empty: an image needs content")
+        record = await self._create(name_text, description_text)
+        image_id = record["id"]
+        reporter = _ProgressReporter(self, image_id)
+        dst = -1
+        self.importing.add(image_id)
+        try:
+            dst = self.files.open_temp(image_id)
+            stream = StreamCopier(dst)
+            received = 0
+            batch = bytearray()
+            async for chunk in chunks:
+                batch += chunk
+                received += len(chunk)
+                if len(batch) >= WRITE_BATCH:
+                    await asyncio.to_thread(stream.write, bytes(batch))
+                    batch.clear()
+                    reporter.report(received)
+            if batch:
+                await asyncio.to_thread(stream.write, bytes(batch))
+            if length is not None and received != length:
+                raise Invalid(f"upload interrupted: {received} of {length} bytes arrived")
+            result = await asyncio.to_thread(stream.finish)
+            return await self._finish(image_id, dst, result, expected)
+        except BaseException as exc:
+            await self._fail(image_id, exc)
+            raise
+        finally:
+            self.importing.discard(image_id)
+            reporter.stop()
+            if dst >= 0:
+                os.close(dst)
+
+    async def _finish(
+        self, image_id: str, fd: int, result: CopyResult, expected: str | None
+    ) -> dict[str, Any]:
+        if result.size == 0:
+            raise _Discard("the file is empty: an image needs content")
+        if expected and result.sha256 != expected:
+            raise _Discard(
+                f"checksum mismatch: expected {expected}, got {result.sha256}; nothing was kept"
+            )
+        found = await asyncio.to_thread(formats.detect, fd, result.size)
+        note = "" if found.recognised else "not a recognised disk image format: accepted as raw"
+        self.publishing.add(result.sha256)
+        try:
+            await asyncio.to_thread(self.files.publish, image_id, fd, result.sha256)
+            record = await self._update(
+                image_id,
+                status="ready",
+                status_message=note,
+                fingerprint=result.sha256,
+                size=result.size,
+                virtual_size=found.virtual_size,
+                format=found.format,
+                progress=result.size,
+                holders=[self.node],
+            )
+        finally:
+            self.publishing.discard(result.sha256)
+        log.info(
+            "image %s ready: %s (%s, %d bytes)", image_id, result.sha256, found.format, result.size
+        )
+        return record
+
+    async def _fail(self, image_id: str, exc: BaseException, keep_record: bool = False) -> None:
+        self.files.discard_temp(image_id)
+        with contextlib.suppress(SymphonyError):
+            if isinstance(exc, _Discard) and not keep_record:
+                await self.cluster.propose(Entry(EntryType.IMAGE_DELETE, {"id": image_id}))
+                return
+            reason = _reason(exc)
+            log.warning("image %s failed: %s", image_id, reason)
+            await self._update(image_id, status="failed", status_message=reason)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    async def delete(self, ref: str) -> dict[str, Any]:
+        record = self.resolve(ref)
+        task = self.running.get(record["id"])
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self.cluster.propose_ok(Entry(EntryType.IMAGE_DELETE, {"id": record["id"]}))
+        await self.collect_garbage()
+        return {"deleted": record["id"], "name": record["name"]}
+
+    async def collect_garbage(self) -> None:
+        """Remove local files no image refers to, and temp files of dead imports."""
+        with self.cluster.store.lock:
+            wanted = images.referenced_fingerprints(self.cluster.store) | self.publishing
+        for fingerprint in await asyncio.to_thread(self.files.fingerprints):
+            if fingerprint not in wanted and await asyncio.to_thread(
+                self.files.remove, fingerprint
+            ):
+                log.info("removed image file %s (no image refers to it)", fingerprint)
+        await asyncio.to_thread(self.files.clean_temp, set(self.importing))
+
+    async def run_agent(self) -> None:
+        """Level-triggered: after start and after every change, converge local files."""
+        while True:
+            with contextlib.suppress(SymphonyError, OSError):
+                await self.collect_garbage()
+            seen = self.cluster.store.revision
+            await self.cluster.wait_for_revision(seen, 30.0)
+
+
+class _Discard(Invalid):
+    """An import refused in a way that keeps nothing (empty, checksum mismatch)."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CopyError) and exc.errno == 28:
+        return f"the disk filled up during the import ({exc.message}); nothing was kept"
+    if isinstance(exc, SymphonyError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return "the import was interrupted (the node stopped or the image was deleted)"
+    return f"upload interrupted: {exc or type(exc).__name__}"
+
+
+class _ProgressReporter:
+    """Records an import's progress in the log, at most once per PROGRESS_INTERVAL."""
+
+    def __init__(self, service: ImageService, image_id: str) -> None:
+        self.service = service
+        self.image_id = image_id
+        self.loop = asyncio.get_running_loop()
+        self.last = 0.0
+        self.pending: asyncio.Task[Any] | None = None
+
+    def threadsafe(self, done: int) -> None:
+        self.loop.call_soon_threadsafe(self.report, done)
+
+    def report(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL or (self.pending and not self.pending.done()):
+            return
+        self.last = now
+        self.pending = asyncio.create_task(self._send(done))
+
+    async def _send(self, done: int) -> None:
+        with contextlib.suppress(SymphonyError):
+            await self.service.cluster.propose(
+                Entry(
+                    EntryType.IMAGE_UPDATE,
+                    {
+                        "id": self.image_id,
+                        "fields": {"progress": done},
+                    },
+                )
+            )
+
+    def stop(self) -> None:
+        if self.pending and not self.pending.done():
+            self.pending.cancel()

@@ -1,0 +1,274 @@
+"""Image import, listing, content and deletion against a real node, through the CLI and
+the HTTP API: in-place imports on the control socket, streamed uploads over HTTPS, and
+every kind of bad input the issue names."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from symphonyd.errors import Conflict, Invalid, NotFound
+from symphonyd.image import formats
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+pytestmark = pytest.mark.cluster
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeSet, NodeProcess]]:
+    nodes = NodeSet(tmp_path_factory.mktemp("images"))
+    try:
+        (first,) = nodes.form(1)
+        yield nodes, first
+    finally:
+        nodes.cleanup()
+
+
+def random_file(path: Path, size: int, seed: int = 1) -> str:
+    data = random.Random(seed).randbytes(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def images_on_disk(n: NodeProcess) -> list[str]:
+    return sorted(os.listdir(n.data_dir / "images" / "sha256"))
+
+
+def temp_files(n: NodeProcess) -> list[str]:
+    return sorted(os.listdir(n.data_dir / "images" / "tmp"))
+
+
+def cli_json(n: NodeProcess, *args: str) -> Any:
+    result = n.cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_import_in_place_lists_shows_and_serves_content(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    nodes, n = node
+    path = tmp_path / "focal.img"
+    digest = random_file(path, 3 * MiB + 17)
+    record = cli_json(
+        n, "image", "new", "Ubuntu Server 20.04 LTS (Focal Fossa)", "Ubuntu 20.04", str(path)
+    )
+    assert record["status"] == "ready" and record["fingerprint"] == digest
+    assert record["size"] == 3 * MiB + 17 and record["format"] == "raw"
+    assert "accepted as raw" in record["status_message"]
+    assert record["holders"] == ["n1"]
+    assert digest in images_on_disk(n) and temp_files(n) == []
+    listed = cli_json(n, "image", "list")["images"]
+    assert [r["name"] for r in listed] == ["Ubuntu 20.04"]
+    for ref in (record["id"], record["id"][:8], "Ubuntu 20.04"):
+        assert cli_json(n, "image", "show", ref)["id"] == record["id"]
+    # content, whole and by range
+    client = n.https(nodes.admin_token)
+    whole = client.request("GET", f"/v1/images/{record['id']}/content")
+    assert hashlib.sha256(whole).hexdigest() == digest
+    part = _get(
+        n, nodes.admin_token, f"/v1/images/{record['id']}/content", {"Range": "bytes=100-199"}
+    )
+    assert part[0] == 206 and part[1] == path.read_bytes()[100:200]
+    assert cli_json(n, "image", "rm", "Ubuntu 20.04")["deleted"] == record["id"]
+    wait_until(lambda: images_on_disk(n) == [], 10, "the file to be removed")
+
+
+def test_upload_over_https_and_same_content_stored_once(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    nodes, n = node
+    path = tmp_path / "disk.raw"
+    digest = random_file(path, 2 * MiB, seed=2)
+    remote = ["--addr", f"https://127.0.0.1:{n.api_port}", "--token", str(nodes.admin_token)]
+    first = cli_json(n, *remote, "image", "new", "first", "up-1", str(path))
+    second = cli_json(n, "image", "new", "second", "up-2", str(path), "--sha256", digest)
+    assert first["fingerprint"] == second["fingerprint"] == digest
+    assert images_on_disk(n) == [digest]  # stored once
+    cli_json(n, "image", "rm", "up-1")
+    assert images_on_disk(n) == [digest]  # still used by up-2
+    cli_json(n, "image", "rm", "up-2")
+    wait_until(lambda: images_on_disk(n) == [], 10, "the shared file to go")
+
+
+def test_checksum_mismatch_keeps_nothing(node: tuple[NodeSet, NodeProcess], tmp_path: Path) -> None:
+    _, n = node
+    path = tmp_path / "x.img"
+    random_file(path, MiB, seed=3)
+    for transport in (
+        [],
+        ["--manager-addr", f"127.0.0.1:{n.api_port}", "--token", str(node[0].admin_token)],
+    ):
+        result = n.cli(*transport, "image", "new", "d", "mismatch", str(path), "--sha256", "0" * 64)
+        assert result.returncode == 1 and "checksum mismatch" in result.stderr
+        assert "Traceback" not in result.stderr
+        left = [r for r in cli_json(n, "image", "list")["images"] if r["name"] == "mismatch"]
+        if transport:  # an upload is refused whole: not even a record
+            assert left == []
+        else:  # an import read in place had returned its record: it stays, failed
+            assert [(r["status"], r["fingerprint"]) for r in left] == [("failed", None)]
+            assert "nothing was kept" in left[0]["status_message"]
+            cli_json(n, "image", "rm", left[0]["id"])
+        assert images_on_disk(n) == [] and temp_files(n) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["desc", "missing", "/nonexistent/file.img"], "no such file"),
+        (["desc\x01", "ctl", "FILE"], "control characters"),
+        (["desc", "name\x1b[31m", "FILE"], "control characters"),
+        (["desc", "empty", "EMPTY"], "empty"),
+        (["desc", "bad-sum", "FILE", "--sha256", "xyz"], "64 hexadecimal"),
+    ],
+)
+def test_bad_input_is_refused_clearly(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path, args: list[str], message: str
+) -> None:
+    _, n = node
+    (tmp_path / "f").write_bytes(b"data")
+    (tmp_path / "e").write_bytes(b"")
+    args = [
+        str(tmp_path / "f") if a == "FILE" else str(tmp_path / "e") if a == "EMPTY" else a
+        for a in args
+    ]
+    before = cli_json(n, "image", "list")["images"]
+    result = n.cli("image", "new", *args)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert cli_json(n, "image", "list")["images"] == before
+
+
+def test_duplicate_name_is_a_conflict(node: tuple[NodeSet, NodeProcess], tmp_path: Path) -> None:
+    _, n = node
+    path = tmp_path / "a.img"
+    random_file(path, 4096, seed=4)
+    cli_json(n, "image", "new", "d", "taken", str(path))
+    with pytest.raises(Conflict, match="already exists"):
+        n.client().request("POST", "/v1/images", body={"path": str(path), "name": "taken"})
+    cli_json(n, "image", "rm", "taken")
+
+
+def test_path_import_is_only_for_the_local_socket(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    nodes, n = node
+    status, body = _post_json(
+        n, nodes.admin_token, "/v1/images", {"path": "/etc/passwd", "name": "steal"}
+    )
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+def test_an_interrupted_upload_fails_and_leaves_no_file(node: tuple[NodeSet, NodeProcess]) -> None:
+    nodes, n = node
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", n.api_port), timeout=10)
+    conn = context.wrap_socket(raw)
+    head = (
+        f"POST /v1/images?name=cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        f"{nodes.admin_token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {64 * MiB}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + os.urandom(5 * MiB))
+    time.sleep(0.5)
+    conn.close()
+
+    def failed() -> dict[str, Any] | None:
+        for record in n.client().request("GET", "/v1/images")["images"]:
+            if record["name"] == "cut" and record["status"] == "failed":
+                return dict(record)
+        return None
+
+    record = wait_until(failed, 15, "the interrupted upload to be marked failed")
+    assert "interrupted" in record["status_message"]
+    assert temp_files(n) == []
+    n.client().request("DELETE", f"/v1/images/{record['id']}")
+
+
+def test_unknown_image_is_404(node: tuple[NodeSet, NodeProcess]) -> None:
+    _, n = node
+    with pytest.raises(NotFound):
+        n.client().request("GET", "/v1/images/no-such-image")
+    with pytest.raises(NotFound):
+        n.client().request("DELETE", "/v1/images/no-such-image")
+    with pytest.raises(Invalid):
+        n.client().request("POST", "/v1/images", body={"path": "relative.img", "name": "r"})
+
+
+def test_status_says_which_copier_is_in_use(node: tuple[NodeSet, NodeProcess]) -> None:
+    _, n = node
+    status = n.status()
+    assert status["image_copier"]["implementation"] in ("native", "python")
+    assert "Image copier" in n.cli("status").stdout
+
+
+def test_formats_are_told_from_the_header(tmp_path: Path) -> None:
+    qcow2 = tmp_path / "q"
+    qcow2.write_bytes(b"QFI\xfb" + struct.pack(">I", 3) + bytes(16) + struct.pack(">Q", 10 << 30))
+    iso = tmp_path / "iso"
+    iso.write_bytes(bytes(32769) + b"CD001" + bytes(100))
+    mbr = tmp_path / "mbr"
+    mbr.write_bytes(bytes(510) + b"\x55\xaa" + bytes(512))
+    text = tmp_path / "notes.qcow2"  # the name says qcow2; the content does not
+    text.write_bytes(b"hello world\n")
+    expected = {
+        qcow2: ("qcow2", 10 << 30, True),
+        iso: ("iso", 32874, True),
+        mbr: ("raw", 1024, True),
+        text: ("raw", 12, False),
+    }
+    for path, (fmt, virtual, recognised) in expected.items():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            found = formats.detect(fd, path.stat().st_size)
+        finally:
+            os.close(fd)
+        assert (found.format, found.virtual_size, found.recognised) == (fmt, virtual, recognised)
+
+
+def _get(
+    n: NodeProcess, token: str | None, path: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", n.api_port, timeout=10, context=ssl._create_unverified_context()
+    )
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}", **headers})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _post_json(
+    n: NodeProcess, token: str | None, path: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", n.api_port, timeout=10, context=ssl._create_unverified_context()
+    )
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
