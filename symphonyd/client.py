@@ -16,7 +16,7 @@ import os
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -261,3 +261,47 @@ class NodeClient:
         if status >= 400:
             raise from_dict(decoded or {}, status)
         return decoded
+
+
+class TransferInterrupted(Unavailable):
+    """A download broke off; `received` bytes arrived (resume from there)."""
+
+    def __init__(self, message: str, received: int) -> None:
+        super().__init__(message, received=received)
+        self.received = received
+
+
+async def download(
+    client: NodeClient, path: str, offset: int, write: Callable[[bytes], Awaitable[None]]
+) -> int:
+    """GET `path` from byte `offset` on (a Range request), handing each chunk to `write`.
+    Returns the bytes received; a broken transfer raises TransferInterrupted."""
+    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    url = f"https://{client.host}:{client.port}{path}"
+    pin = aiohttp.Fingerprint(bytes.fromhex(client.fingerprint))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.timeout, sock_read=60)
+    received = 0
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, headers=headers, ssl=pin) as response,
+        ):
+            if response.status >= 400:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = {}
+                raise from_dict(body or {}, response.status)
+            if offset and response.status != 206:
+                raise Unavailable(f"{client.host}:{client.port} ignored the Range request")
+            async for chunk in response.content.iter_chunked(1024 * 1024):
+                await write(chunk)
+                received += len(chunk)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise TransferInterrupted(
+            f"transfer from {client.host}:{client.port} broke off: {exc or type(exc).__name__}",
+            received,
+        ) from None
+    return received

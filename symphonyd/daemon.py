@@ -187,7 +187,11 @@ class Daemon:
         node.start()
         self.cluster = Cluster(node, store, asyncio.get_running_loop())
         self.images = ImageService(
-            self.cluster, ImageFiles(self.settings.data_dir), self.settings.name
+            self.cluster,
+            ImageFiles(self.settings.data_dir),
+            self.settings.name,
+            fingerprint=self.fingerprint,
+            credential=node_credential(self.secret),
         )
         self._tasks.append(asyncio.create_task(self._remember_members()))
         self._tasks.append(asyncio.create_task(self.images.run_agent()))

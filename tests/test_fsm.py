@@ -105,6 +105,7 @@ def test_entry_type_codes_are_never_reused() -> None:
         "TOKEN_CREATE": 6,
         "TOKEN_USE": 7,
         "TOKEN_DELETE": 8,
+        "CLUSTER_CONFIG": 9,
         "KV_PUT": 20,
         "KV_DELETE": 21,
         "IMAGE_CREATE": 30,
@@ -378,9 +379,19 @@ def check_image_remove_holder(fsm: FSM, before: dict[str, Any]) -> None:
     assert record is not None and record["holders"] == ["n2"]
 
 
+def check_cluster_config(fsm: FSM, before: dict[str, Any]) -> None:
+    body = {"key": "images.min_replicas", "value": 3}
+    assert fsm.apply(Entry(EntryType.CLUSTER_CONFIG, body).encode())["ok"] is True
+    record = fsm.store.get("cluster", "cluster")
+    assert record is not None and record["config"] == {"images.min_replicas": 3}
+    unknown = fsm.apply(Entry(EntryType.CLUSTER_CONFIG, {"key": "nope", "value": 1}).encode())
+    assert unknown["ok"] is False and unknown["error"]["code"] == "invalid"
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
+    EntryType.CLUSTER_CONFIG: check_cluster_config,
     EntryType.NODE_ADD: check_node_add,
     EntryType.NODE_UPDATE: check_node_update,
     EntryType.NODE_REMOVE: check_node_remove,

@@ -46,7 +46,9 @@ def test_compacted_log_restarts_and_ships_to_a_new_node(tmp_path: Path) -> None:
             node.start()
         for node in (n1, n2, n3):
             wait_until(lambda n=node: n.status()["has_quorum"], 20, "quorum after restart")
-            keys = node.client().request("GET", "/v1/kv/snap/", query={"keys": "1", "consistent": "1"})
+            keys = node.client().request(
+                "GET", "/v1/kv/snap/", query={"keys": "1", "consistent": "1"}
+            )
             assert len(keys) == 150
             assert node.client().request("GET", "/v1/kv/snap/149", query={"raw": "1"}) == b"149"
     finally:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
-from symphonyd.errors import Forbidden, Invalid
+from symphonyd.errors import Forbidden, Invalid, NotFound
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.state import cluster as cluster_table
 from symphonyd.validation import parse_duration
 
 
@@ -48,6 +50,30 @@ async def admit(request: web.Request) -> web.Response:
         raise Invalid("'token_id' and 'secret' of the join token are required")
     reply = await daemon_of(request).admit(token_id, secret, body.get("node"))
     return json_response(reply, status=201)
+
+
+async def get_config(request: web.Request) -> web.Response:
+    store = daemon_of(request).require_cluster().store
+    with store.lock:
+        return json_response({"config": cluster_table.config(store)})
+
+
+async def set_config(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    body = await read_json(request)
+    if key not in cluster_table.SETTINGS:
+        known = ", ".join(sorted(cluster_table.SETTINGS))
+        raise NotFound(f"unknown setting {key!r} (known: {known})")
+    low, high, _default = cluster_table.SETTINGS[key]
+    value = body.get("value")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Invalid(f"{key} must be an integer from {low} to {high}")
+    cluster = daemon_of(request).require_cluster()
+    await cluster.propose_ok(Entry(EntryType.CLUSTER_CONFIG, {"key": key, "value": value}))
+    with cluster.store.lock:
+        return json_response({"config": cluster_table.config(cluster.store)})
 
 
 async def activate(request: web.Request) -> web.Response:
@@ -145,6 +171,19 @@ ROUTES = [
             },
         },
         responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"},
+    ),
+    Route("GET", "/v1/cluster/config", get_config, "Cluster-wide settings and their values"),
+    Route(
+        "PUT",
+        "/v1/cluster/config/{key}",
+        set_config,
+        "Change a cluster-wide setting (images.min_replicas)",
+        body={
+            "type": "object",
+            "required": ["value"],
+            "properties": {"value": {"type": "integer"}},
+        },
+        responses={200: "the settings", 400: "bad value", 404: "unknown setting"},
     ),
     Route(
         "POST",

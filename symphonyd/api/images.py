@@ -53,7 +53,7 @@ async def create_image(request: web.Request) -> web.Response:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    return json_response({"images": service_of(request).list()})
+    return json_response({"images": service_of(request).records()})
 
 
 async def show_image(request: web.Request) -> web.Response:
@@ -62,6 +62,15 @@ async def show_image(request: web.Request) -> web.Response:
 
 async def delete_image(request: web.Request) -> web.Response:
     return json_response(await service_of(request).delete(request.match_info["ref"]))
+
+
+async def fetch_image(request: web.Request) -> web.Response:
+    return json_response(await service_of(request).ensure_local(request.match_info["ref"]))
+
+
+async def verify_image(request: web.Request) -> web.Response:
+    checked = await service_of(request).verify_local(request.match_info["ref"])
+    return json_response({"node": daemon_of(request).settings.name, "checked": checked})
 
 
 async def image_content(request: web.Request) -> web.StreamResponse:
@@ -113,6 +122,20 @@ ROUTES = [
         delete_image,
         "Delete an image",
         responses={200: "deleted", 404: "no such image"},
+    ),
+    Route(
+        "POST",
+        "/v1/images/{ref}/fetch",
+        fetch_image,
+        "Make the node that serves this request hold a verified copy (fetched from holders)",
+        responses={200: "held here", 409: "not ready", 503: "no holder reachable"},
+    ),
+    Route(
+        "POST",
+        "/v1/images/{ref}/verify",
+        verify_image,
+        "Check this node's copy against its checksum (a corrupted copy is removed, then fetched)",
+        responses={200: "what was checked"},
     ),
     Route(
         "GET",

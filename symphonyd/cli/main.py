@@ -443,6 +443,40 @@ def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
     )
 
 
+@main.group("config")
+def config_group() -> None:
+    """Cluster-wide settings (images.min_replicas)."""
+
+
+@config_group.command("get")
+@click.argument("key", required=False)
+@json_option
+@click.pass_obj
+@run_safely
+def config_get(obj: Context, key: str | None, as_json: bool) -> None:
+    """Show the settings (or one)."""
+    settings = obj.client().request("GET", "/v1/cluster/config")["config"]
+    if key is not None:
+        if key not in settings:
+            raise click.ClickException(f"unknown setting {key!r}")
+        settings = {key: settings[key]}
+    if as_json:
+        print_json(settings)
+    else:
+        print_kv_table(sorted(settings.items()))
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_obj
+@run_safely
+def config_set(obj: Context, key: str, value: str) -> None:
+    """Change a setting for the whole cluster."""
+    result = obj.client().request("PUT", f"/v1/cluster/config/{key}", body={"value": value})
+    click.echo(f"{key} = {result['config'][key]}")
+
+
 from symphonyd.cli import images as _images  # noqa: E402 (registers `image` on main)
 
 _images.register(main, Context, run_safely, json_option)

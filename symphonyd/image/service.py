@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -20,14 +21,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
+from symphonyd.client import NodeClient, TransferInterrupted, download
+from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
 from symphonyd.image.copier import CopyError, CopyResult, StreamCopier
 from symphonyd.image.files import HEX64, ImageFiles
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import new_id, now_rfc3339
-from symphonyd.state import images
+from symphonyd.state import cluster as cluster_table
+from symphonyd.state import images, nodes
 
 log = logging.getLogger("symphonyd.image")
 
@@ -59,10 +62,15 @@ def check_sha256(value: object) -> str | None:
 
 
 class ImageService:
-    def __init__(self, cluster: Cluster, files: ImageFiles, node: str) -> None:
+    def __init__(
+        self, cluster: Cluster, files: ImageFiles, node: str, *, fingerprint: str, credential: str
+    ) -> None:
         self.cluster = cluster
         self.files = files
         self.node = node
+        self.fingerprint = fingerprint  # the cluster certificate's, to pin peers
+        self.credential = credential  # bearer token for calls to other members
+        self.fetching: dict[str, asyncio.Task[Any]] = {}
         self.running: dict[str, asyncio.Task[Any]] = {}
         # Fingerprints published but not yet recorded, and ids of imports writing a temp
         # file: the clean-up must leave both alone.
@@ -81,7 +89,7 @@ class ImageService:
             raise Conflict(f"{ref!r} matches several images ({ids}); use the id")
         return dict(found[0])
 
-    def list(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         with self.cluster.store.lock:
             return [dict(r) for r in images.all_images(self.cluster.store)]
 
@@ -111,7 +119,7 @@ class ImageService:
     async def _update(self, image_id: str, **fields: Any) -> dict[str, Any]:
         fields["updated_at"] = now_rfc3339()
         entry = Entry(EntryType.IMAGE_UPDATE, {"id": image_id, "fields": fields})
-        result = await self.cluster.propose_ok(entry)
+        result = await self.cluster.propose_ok(entry, idempotent=True)
         return dict(result["image"])
 
     async def import_path(
@@ -277,13 +285,189 @@ class ImageService:
                 log.info("removed image file %s (no image refers to it)", fingerprint)
         await asyncio.to_thread(self.files.clean_temp, set(self.importing))
 
-    async def run_agent(self) -> None:
-        """Level-triggered: after start and after every change, converge local files."""
+    # -- replication ---------------------------------------------------------------------
+
+    def placement(self, image: dict[str, Any]) -> list[str]:
+        """The nodes that should hold an image: `images.min_replicas` of the members, chosen
+        by rendezvous hashing on the image id, so every node computes the same set and a
+        member leaving moves only its own share."""
+        store = self.cluster.store
+        with store.lock:
+            wanted = cluster_table.config(store)["images.min_replicas"]
+            members = [n["name"] for n in nodes.all_nodes(store) if n["status"] == "active"]
+        ranked = sorted(
+            members,
+            key=lambda name: hashlib.sha256(f"{image['id']}/{name}".encode()).hexdigest(),
+        )
+        return ranked[: min(wanted, len(ranked))]
+
+    async def ensure_local(self, ref: str) -> dict[str, Any]:
+        """Make sure this node holds a verified copy of an image, fetching it if need be."""
+        record = self.resolve(ref)
+        if record["status"] != "ready" or not record["fingerprint"]:
+            raise Conflict(f"image {record['id']} is {record['status']}, not ready")
+        if self.files.has(record["fingerprint"]):
+            if self.node not in record["holders"]:
+                return await self._add_holder(record["id"])
+            return record
+        task = self.fetching.get(record["id"])
+        if task is None:
+            task = asyncio.create_task(self._fetch(record))
+            self.fetching[record["id"]] = task
+            task.add_done_callback(lambda _t: self.fetching.pop(record["id"], None))
+        await asyncio.shield(task)
+        return self.resolve(record["id"])
+
+    async def _add_holder(self, image_id: str) -> dict[str, Any]:
+        entry = Entry(
+            EntryType.IMAGE_ADD_HOLDER, {"id": image_id, "node": self.node, "now": now_rfc3339()}
+        )
+        return dict((await self.cluster.propose_ok(entry, idempotent=True))["image"])
+
+    async def _remove_holder(self, image_id: str) -> None:
+        entry = Entry(
+            EntryType.IMAGE_REMOVE_HOLDER, {"id": image_id, "node": self.node, "now": now_rfc3339()}
+        )
+        await self.cluster.propose_ok(entry, idempotent=True)
+
+    async def _fetch(self, record: dict[str, Any]) -> None:
+        """Copy an image from its holders: verify the SHA-256 while writing, resume a broken
+        transfer with a Range request, move on to another holder when one fails."""
+        image_id, fingerprint = record["id"], record["fingerprint"]
+        sources = self._sources(record)
+        if not sources:
+            raise Unavailable(f"no reachable node holds image {image_id}")
+        self.importing.add(image_id)
+        self.files.discard_temp(image_id)
+        dst = self.files.open_temp(image_id)
+        try:
+            stream = StreamCopier(dst)
+            received, failures = 0, []
+
+            async def write(chunk: bytes) -> None:
+                await asyncio.to_thread(stream.write, chunk)
+
+            for attempt in range(FETCH_ATTEMPTS):
+                client = sources[attempt % len(sources)]
+                try:
+                    received += await download(
+                        client, f"/v1/images/{image_id}/content", received, write
+                    )
+                    break
+                except TransferInterrupted as exc:
+                    received += exc.received
+                    failures.append(exc.message)
+                except SymphonyError as exc:
+                    failures.append(f"{client.host}:{client.port}: {exc.message}")
+                await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
+            else:
+                raise Unavailable(f"could not fetch image {image_id}: " + "; ".join(failures))
+            result = await asyncio.to_thread(stream.finish)
+            if result.sha256 != fingerprint or result.size != record["size"]:
+                raise Unavailable(
+                    f"fetched copy of image {image_id} does not match its checksum "
+                    f"(got {result.sha256}); discarded"
+                )
+            self.publishing.add(fingerprint)
+            try:
+                await asyncio.to_thread(self.files.publish, image_id, dst, fingerprint)
+                await self._add_holder(image_id)
+            finally:
+                self.publishing.discard(fingerprint)
+            log.info("image %s fetched (%d bytes) and verified", image_id, result.size)
+        finally:
+            os.close(dst)
+            self.files.discard_temp(image_id)
+            self.importing.discard(image_id)
+
+    def _sources(self, record: dict[str, Any]) -> list[NodeClient]:
+        """Clients for the other holders, the ones this node is connected to first."""
+        store = self.cluster.store
+        status = self.cluster.status()
+        peers = status.get("peers", {})
+        with store.lock:
+            members = {n["name"]: n for n in nodes.all_nodes(store)}
+        found = []
+        for name in record["holders"]:
+            member = members.get(name)
+            if member is None or name == self.node:
+                continue
+            connected = peers.get(member["raft_addr"], {}).get("connected", False)
+            found.append((not connected, name, member))
+        return [
+            NodeClient(
+                f"{m['address']}:{m['api_port']}",
+                fingerprint=self.fingerprint,
+                token=self.credential,
+                timeout=10.0,
+            )
+            for _, _, m in sorted(found)
+        ]
+
+    async def verify_local(self, ref: str | None = None) -> list[dict[str, Any]]:
+        """Read local copies back; a copy whose checksum does not match its name is removed
+        (and this node stops being a holder), to be fetched again. Returns what it found."""
+        checked = []
+        for record in self.records() if ref is None else [self.resolve(ref)]:
+            fingerprint = record.get("fingerprint")
+            if record["status"] != "ready" or not fingerprint:
+                continue
+            if not self.files.has(fingerprint):
+                if self.node in record["holders"]:  # claimed, but the file is gone
+                    checked.append(
+                        {"id": record["id"], "fingerprint": fingerprint, "intact": False}
+                    )
+                    await self._remove_holder(record["id"])
+                continue
+            intact = await asyncio.to_thread(self.files.verify, fingerprint)
+            checked.append({"id": record["id"], "fingerprint": fingerprint, "intact": intact})
+            if not intact:
+                log.error("image %s: local copy is corrupted; removing it", record["id"])
+                await asyncio.to_thread(self.files.remove, fingerprint)
+                for image in self.records():
+                    if image.get("fingerprint") == fingerprint and self.node in image["holders"]:
+                        await self._remove_holder(image["id"])
+        return checked
+
+    async def replicate(self) -> None:
+        """Fetch the images this node should hold; drop holder claims without a file."""
+        for record in self.records():
+            fingerprint = record.get("fingerprint")
+            if record["status"] != "ready" or not fingerprint:
+                continue
+            local = self.files.has(fingerprint)
+            if self.node in record["holders"] and not local:
+                await self._remove_holder(record["id"])
+            elif self.node in self.placement(record) and record["id"] not in self.fetching:
+                if local and self.node in record["holders"]:
+                    continue
+                task = asyncio.create_task(self.ensure_local(record["id"]))
+                task.add_done_callback(_log_failure)
+
+    async def run_agent(self, scrub_every: float = 6 * 3600) -> None:
+        """Level-triggered: after start and after every change, converge local files with
+        the images (clean up, fetch what this node should hold); check local copies
+        against their checksums at start and every `scrub_every` seconds."""
+        next_scrub = time.monotonic()
         while True:
             with contextlib.suppress(SymphonyError, OSError):
                 await self.collect_garbage()
+            with contextlib.suppress(SymphonyError, OSError):
+                await self.replicate()
+            if time.monotonic() >= next_scrub:
+                with contextlib.suppress(SymphonyError, OSError):
+                    await self.verify_local()
+                next_scrub = time.monotonic() + scrub_every
             seen = self.cluster.store.revision
             await self.cluster.wait_for_revision(seen, 30.0)
+
+
+FETCH_ATTEMPTS = 6
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("image replication: %s", task.exception())
 
 
 class _Discard(Invalid):

@@ -41,6 +41,7 @@ log = logging.getLogger("symphonyd.raft.cluster")
 
 # Failures after which the entry was certainly not appended: safe to try again.
 _RETRYABLE = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
+_UNKNOWN_OUTCOME = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
 _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 MAX_IN_FLIGHT = 4096
@@ -79,8 +80,13 @@ class Cluster:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def propose(self, entry: Entry, timeout: float = 10.0) -> dict[str, Any]:
-        """Commit an entry and return the FSM's result on this node."""
+    async def propose(
+        self, entry: Entry, timeout: float = 10.0, *, idempotent: bool = False
+    ) -> dict[str, Any]:
+        """Commit an entry and return the FSM's result on this node.
+
+        An entry whose outcome is unknown (the leader changed while it was in flight) is
+        proposed again only if `idempotent`: applying it twice must do no harm."""
         deadline = time.monotonic() + timeout
         data = entry.encode()
         async with self._in_flight:
@@ -99,7 +105,8 @@ class Cluster:
                     ) from None
                 if error == FAIL_REASON.SUCCESS:
                     return dict(result) if isinstance(result, dict) else {"ok": True}
-                if error in _RETRYABLE and time.monotonic() < deadline - 0.05:
+                retry = error in _RETRYABLE or (idempotent and error in _UNKNOWN_OUTCOME)
+                if retry and time.monotonic() < deadline - 0.05:
                     await asyncio.sleep(0.05)
                     continue
                 if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
@@ -126,13 +133,15 @@ class Cluster:
         for future, result, error in outcomes:
             _settle(future, result, error)
 
-    async def propose_ok(self, entry: Entry, timeout: float = 10.0) -> dict[str, Any]:
+    async def propose_ok(
+        self, entry: Entry, timeout: float = 10.0, *, idempotent: bool = False
+    ) -> dict[str, Any]:
         """Like `propose`, but a refused entry raises the matching error."""
-        return raise_for_result(await self.propose(entry, timeout))
+        return raise_for_result(await self.propose(entry, timeout, idempotent=idempotent))
 
     async def barrier(self, timeout: float = 5.0) -> None:
         """Wait until this node has applied everything committed before the call."""
-        await self.propose(Entry(EntryType.BARRIER, {}), timeout)
+        await self.propose(Entry(EntryType.BARRIER, {}), timeout, idempotent=True)
 
     # -- membership (pysyncobj dynamic membership) -------------------------------------
 

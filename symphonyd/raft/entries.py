@@ -31,6 +31,7 @@ class EntryType(IntEnum):
     TOKEN_CREATE = 6
     TOKEN_USE = 7
     TOKEN_DELETE = 8
+    CLUSTER_CONFIG = 9
     KV_PUT = 20
     KV_DELETE = 21
     IMAGE_CREATE = 30

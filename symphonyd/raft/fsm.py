@@ -41,6 +41,10 @@ def apply_cluster_init(store: Store, body: dict[str, Any]) -> Result:
     return cluster.init(store, body["cluster"])
 
 
+def apply_cluster_config(store: Store, body: dict[str, Any]) -> Result:
+    return cluster.set_config(store, body["key"], body["value"])
+
+
 def apply_node_add(store: Store, body: dict[str, Any]) -> Result:
     """Add a member; with a `token`, only if that join token is usable (both or neither)."""
     token = body.get("token")
@@ -105,6 +109,7 @@ def apply_image_remove_holder(store: Store, body: dict[str, Any]) -> Result:
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
+    EntryType.CLUSTER_CONFIG: apply_cluster_config,
     EntryType.NODE_ADD: apply_node_add,
     EntryType.NODE_UPDATE: apply_node_update,
     EntryType.NODE_REMOVE: apply_node_remove,

@@ -1,5 +1,6 @@
-"""The cluster table: one record, `cluster`, made by `init`: id, name, created_at, the API
-certificate's fingerprint. Its presence means the store belongs to an initialised cluster.
+"""The cluster table: one record, `cluster`, made by `init`: id, created_at, the API
+certificate's fingerprint, and `config`, the cluster-wide settings. Its presence means the
+store belongs to an initialised cluster.
 """
 
 from __future__ import annotations
@@ -20,3 +21,25 @@ def init(store: Store, info: dict[str, Any]) -> dict[str, Any]:
     if get(store) is not None:
         return failure("conflict", "the cluster is already initialised")
     return {"ok": True, "cluster": store.put(TABLE, KEY, info)}
+
+
+# Cluster-wide settings: name -> (minimum, maximum, default). Integers for now.
+SETTINGS: dict[str, tuple[int, int, int]] = {
+    "images.min_replicas": (1, 100, 2),
+}
+
+
+def config(store: Store) -> dict[str, Any]:
+    """Every setting with its value (the default where none was set)."""
+    stored = (get(store) or {}).get("config", {})
+    return {name: stored.get(name, spec[2]) for name, spec in SETTINGS.items()}
+
+
+def set_config(store: Store, key: str, value: Any) -> dict[str, Any]:
+    record = get(store)
+    if record is None:
+        return failure("not_found", "the cluster is not initialised")
+    if key not in SETTINGS:
+        return failure("invalid", f"unknown setting {key!r}")
+    merged = {**record.get("config", {}), key: value}
+    return {"ok": True, "config": store.put(TABLE, KEY, {**record, "config": merged})["config"]}
