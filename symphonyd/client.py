@@ -19,8 +19,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, BinaryIO
 
-import aiohttp
-
 from symphonyd.errors import Invalid, NotFound, SymphonyError, Unavailable, from_dict
 
 
@@ -230,6 +228,7 @@ class NodeClient:
         self.timeout = timeout
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
+        import aiohttp  # here, not at the top: the CLI starts faster without it
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         url = f"https://{self.host}:{self.port}{path}"
         try:
@@ -276,6 +275,7 @@ async def download(
 ) -> int:
     """GET `path` from byte `offset` on (a Range request), handing each chunk to `write`.
     Returns the bytes received; a broken transfer raises TransferInterrupted."""
+    import aiohttp
     headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     if offset:
         headers["Range"] = f"bytes={offset}-"
