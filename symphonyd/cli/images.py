@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import os
 import time
 from typing import Any
@@ -176,7 +177,7 @@ def register(main: click.Group, context_class: Any, run_safely: Any, json_option
             path=file,
             sha256=sha256,
             wait=not no_wait,
-            show_progress=click.get_text_stream("stderr").isatty() and not as_json,
+            show_progress=sys.stderr.isatty() and not as_json,
         )
         if as_json:
             print_json(record)
