@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import io
-import sys
 import os
+import sys
 import time
 from typing import Any
 
