@@ -4,6 +4,7 @@ copy detected by reading it back and fetched again."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from pathlib import Path
@@ -78,3 +79,97 @@ def test_images_are_replicated_fetched_and_repaired(nodeset: NodeSet, tmp_path: 
     fetched = n2.client(timeout=120).request("POST", f"/v1/images/{image_id}/fetch")
     assert "n2" in fetched["holders"]
     assert hashlib.sha256(local_copy(n2, digest).read_bytes()).hexdigest() == digest
+
+
+class _CuttingProxy:
+    """A TCP proxy on 127.0.0.1 that forwards to `port` and, on its first connection, hangs
+    up after `cut_after` bytes from the server (a transfer broken half way)."""
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.cut_after = cut_after
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            limit = self.cut_after if self.connections == 1 else None
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+
+            def pump(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+                sent = 0
+                try:
+                    while chunk := src.recv(65536):
+                        if limit is not None and sent + len(chunk) > limit:
+                            dst.sendall(chunk[: limit - sent])
+                            break
+                        dst.sendall(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    pass
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+            threading.Thread(target=pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, limit), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_broken_transfer_resumes_where_it_stopped(nodeset: NodeSet, tmp_path: Path) -> None:
+    import asyncio
+
+    from symphonyd.client import NodeClient, TransferInterrupted, download
+
+    (n1,) = nodeset.form(1)
+    data = random.Random(9).randbytes(6 * MiB + 123)
+    path = tmp_path / "img"
+    path.write_bytes(data)
+    assert n1.cli("image", "new", "d", "resume", str(path)).returncode == 0
+    image_id = image(n1, "resume")["id"]
+    proxy = _CuttingProxy(n1.api_port, cut_after=2 * MiB)
+    try:
+        client = NodeClient(
+            f"127.0.0.1:{proxy.port}",
+            fingerprint=n1.status()["fingerprint"],
+            token=nodeset.admin_token,
+        )
+        received = bytearray()
+
+        async def sink(chunk: bytes) -> None:
+            received.extend(chunk)
+
+        async def fetch() -> int:
+            try:
+                return await download(client, f"/v1/images/{image_id}/content", 0, sink)
+            except TransferInterrupted as exc:
+                assert 0 < exc.received < len(data)
+                assert exc.received == len(received)
+                # resume from where it stopped, with a Range request
+                return exc.received + await download(
+                    client, f"/v1/images/{image_id}/content", exc.received, sink
+                )
+
+        total = asyncio.run(fetch())
+    finally:
+        proxy.close()
+    assert proxy.connections == 2, "the first transfer should have been cut"
+    assert total == len(data) and bytes(received) == data

@@ -272,3 +272,37 @@ def _post_json(
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+@pytest.mark.privileged
+def test_a_disk_that_fills_up_fails_the_import_and_leaves_nothing(tmp_path: Path) -> None:
+    """The node's data dir is a 48 MiB tmpfs; an 80 MiB import fills it."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (tests run as root): {mounted.stderr}")
+    nodes = NodeSet(small)
+    try:
+        (n,) = nodes.form(1)
+        big = tmp_path / "big.img"
+        random_file(big, 80 * MiB, seed=5)
+        result = n.cli("image", "new", "too big", "big", str(big))
+        assert result.returncode == 1 and "disk filled up" in result.stderr
+        record = n.client().request("GET", "/v1/images/big")
+        assert record["status"] == "failed" and "nothing was kept" in record["status_message"]
+        assert images_on_disk(n) == [] and temp_files(n) == []
+        # The node and its other data are fine: a small image still imports.
+        n.client().request("DELETE", "/v1/images/big")
+        little = tmp_path / "little.img"
+        random_file(little, MiB, seed=6)
+        assert n.cli("image", "new", "ok", "little", str(little)).returncode == 0
+    finally:
+        nodes.cleanup()
+        subprocess.run(["umount", str(small)], check=False)
