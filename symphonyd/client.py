@@ -229,6 +229,7 @@ class NodeClient:
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         import aiohttp  # here, not at the top: the CLI starts faster without it
+
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         url = f"https://{self.host}:{self.port}{path}"
         try:
@@ -276,6 +277,7 @@ async def download(
     """GET `path` from byte `offset` on (a Range request), handing each chunk to `write`.
     Returns the bytes received; a broken transfer raises TransferInterrupted."""
     import aiohttp
+
     headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     if offset:
         headers["Range"] = f"bytes={offset}-"

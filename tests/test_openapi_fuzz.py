@@ -31,11 +31,13 @@ def test_no_server_error_for_any_generated_request(tmp_path: Path) -> None:
         context.verify_mode = ssl.CERT_NONE
         with urllib.request.urlopen(f"{url}/v1/openapi.json", context=context, timeout=10) as r:
             spec = json.load(r)
-        # A blocking read waits up to `wait` (5 min when absent): keep the fuzzer's short.
-        for parameter in spec["paths"]["/v1/kv/{key}"]["get"]["parameters"]:
-            if parameter["name"] == "wait":
-                parameter["required"] = True
-                parameter["schema"] = {"type": "string", "enum": ["0s", "200ms", "1s"]}
+        # A blocking read waits up to `wait` (minutes when absent): keep the fuzzer's short.
+        for operations in spec["paths"].values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "wait":
+                        parameter["required"] = True
+                        parameter["schema"] = {"type": "string", "enum": ["0s", "200ms", "1s"]}
         spec_path = tmp_path / "openapi.json"
         spec_path.write_text(json.dumps(spec))
         result = subprocess.run(

@@ -3,13 +3,17 @@ show, delete, and the content with Range support (a broken transfer resumes)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from symphonyd.api.events import long_poll
+from symphonyd.api.kv import parse_seconds
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.image.service import ImageService, check_sha256
+from symphonyd.validation import parse_uint
 
 CHUNK = 1024 * 1024
 
@@ -56,8 +60,23 @@ async def list_images(request: web.Request) -> web.Response:
     return json_response({"images": service_of(request).records()})
 
 
+@long_poll
 async def show_image(request: web.Request) -> web.Response:
-    return json_response(service_of(request).resolve(request.match_info["ref"]))
+    """With `?index=N`, wait (up to `wait`, default 30 s) until the record changes past
+    revision N: how the CLI follows an import without polling."""
+    service = service_of(request)
+    record = service.resolve(request.match_info["ref"])
+    index_text = request.query.get("index")
+    if index_text is not None:
+        index = parse_uint(index_text, what="index")
+        deadline = time.monotonic() + min(parse_seconds(request.query.get("wait", "30s")), 600)
+        store = service.cluster.store
+        while record["mod_revision"] <= index and (remaining := deadline - time.monotonic()) > 0:
+            with store.lock:
+                seen = store.revision
+            await service.cluster.wait_for_revision(seen, remaining)
+            record = service.resolve(record["id"])
+    return json_response(record)
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -114,6 +133,10 @@ ROUTES = [
         "/v1/images/{ref}",
         show_image,
         "One image by id, id prefix or name",
+        query={
+            "index": "wait until the record changes past this revision",
+            "wait": "longest wait with index (default 30s)",
+        },
         responses={404: "no such image", 409: "ambiguous"},
     ),
     Route(

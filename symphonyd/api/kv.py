@@ -51,8 +51,11 @@ def _uint(request: web.Request, name: str) -> int | None:
 
 def _wait(request: web.Request) -> float:
     text = request.query.get("wait")
-    if text is None:
-        return DEFAULT_WAIT
+    return DEFAULT_WAIT if text is None else parse_seconds(text)
+
+
+def parse_seconds(text: str) -> float:
+    """A Consul-style wait: '10s', '500ms', '5m' (at most MAX_WAIT)."""
     match = _WAIT_RE.match(text.strip())
     if not match:
         raise Invalid(f"'wait' must be a duration like 10s, 500ms or 5m, not {text!r}")

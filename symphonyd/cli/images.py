@@ -127,7 +127,7 @@ def wait_for_import(
     client: Client, record: dict[str, Any], size: int, show_progress: bool
 ) -> dict[str, Any]:
     """Follow an import until it is ready or failed (no news for 10 minutes: give up)."""
-    last_change, last_progress, polls = time.monotonic(), -1, 0
+    last_change, last_progress = time.monotonic(), -1
     with _progress(show_progress) as progress:
         task = progress.add_task("importing", total=size)
         while record["status"] == "importing":
@@ -136,9 +136,12 @@ def wait_for_import(
                 progress.update(task, completed=last_progress)
             if time.monotonic() - last_change > 600:
                 raise DriverError(f"image {record['id']} made no progress for 10 minutes")
-            time.sleep(min(0.02 + 0.02 * polls, 0.2))
-            polls += 1
-            record = client.request("GET", f"/v1/images/{record['id']}")
+            # A blocking read: answers as soon as the record changes (progress, ready).
+            record = client.request(
+                "GET",
+                f"/v1/images/{record['id']}",
+                query={"index": record["mod_revision"], "wait": "10s"},
+            )
     if record["status"] == "failed":
         raise DriverError(f"import of {record['name']!r} failed: {record['status_message']}")
     return record
