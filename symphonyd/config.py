@@ -59,6 +59,7 @@ class Settings:
     api_port: int = DEFAULT_API_PORT
     raft_port: int = DEFAULT_RAFT_PORT
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json"
     raft: dict[str, Any] = field(default_factory=dict)  # pysyncobj tuning (SyncObjConf names)
 
     @property
@@ -110,5 +111,11 @@ def validate(settings: Settings) -> None:
             raise Invalid(f"{port_name} must be a port number, not {port!r}")
     if settings.api_port == settings.raft_port:
         raise Invalid("api_port and raft_port must differ")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise Invalid(
+            f"log_level must be debug, info, warning or error, not {settings.log_level!r}"
+        )
+    if settings.log_format not in ("text", "json"):
+        raise Invalid(f"log_format must be text or json, not {settings.log_format!r}")
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd import __version__
+from symphonyd import __version__, metrics, systemd
 from symphonyd.client import NodeClient
 from symphonyd.config import Settings
 from symphonyd.durable import write_file_durably
@@ -186,6 +186,7 @@ class Daemon:
         )
         node.start()
         self.cluster = Cluster(node, store, asyncio.get_running_loop())
+        metrics.watch_raft(lambda: self.cluster.status() if self.cluster else None)
         self.images = ImageService(
             self.cluster,
             ImageFiles(self.settings.data_dir),
@@ -250,10 +251,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        systemd.notify(f"READY=1\nSTATUS=serving {self.settings.socket_path}")
+        pings = systemd.start_watchdog()
         try:
             await stop.wait()
             log.info("stopping")
+            systemd.notify("STOPPING=1")
         finally:
+            systemd.stop_watchdog(pings)
             await self.stop()
 
     async def _remember_members(self) -> None:
@@ -750,14 +755,37 @@ def _validated_node(node: Any) -> dict[str, Any]:
     }
 
 
-def setup_logging(level: str) -> None:
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, component, message, and the resource id when
+    the call gave one (`log.info(..., extra={"resource": id})`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": now_rfc3339(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname.lower(),
+            "component": record.name,
+            "message": record.getMessage(),
+        }
+        resource = getattr(record, "resource", None)
+        if resource is not None:
+            event["resource"] = resource
+        if record.exc_info:
+            event["error"] = self.formatException(record.exc_info)
+        return json.dumps(event)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
     """One line per event on stderr (journald adds the time): level, component, message."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
@@ -769,7 +797,7 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
     except SymphonyError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         import uvloop
 

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from symphonyd.api import cluster, events, images, kv, nodes, openapi
-from symphonyd.api.middleware import ROUTE, access, errors
+from symphonyd.api import cluster, events, images, kv, nodes, openapi, prometheus
+from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
 
 if TYPE_CHECKING:
@@ -25,11 +25,12 @@ def all_routes() -> list[Route]:
         *images.ROUTES,
         *events.ROUTES,
         *openapi.ROUTES,
+        *prometheus.ROUTES,
     ]
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[errors, access], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[measure, errors, access], client_max_size=MAX_BODY)
     app[DAEMON] = daemon
     routes = all_routes()
     app[ROUTE] = {}

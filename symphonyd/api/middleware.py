@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 
 from aiohttp import web
 
+from symphonyd import metrics
 from symphonyd.api.routes import DAEMON, Handler, Route, json_response
 from symphonyd.errors import (
     Forbidden,
@@ -39,6 +41,22 @@ ROUTE: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("routes")
 def is_local(request: web.Request) -> bool:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return not isinstance(peer, tuple)
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by route template, method and status."""
+    matched = request.match_info.route
+    route = matched.resource.canonical if matched.resource else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        metrics.API_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.API_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
 
 
 @web.middleware

@@ -125,6 +125,11 @@ def main(
 @click.option("--raft-port", type=int, help="Raft port [15761].")
 @click.option("--config", "config_file", help="Settings file [/etc/symphonyd/symphonyd.toml].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or as JSON objects [text].",
+)
 @click.pass_obj
 def run(
     obj: Context,
@@ -136,6 +141,7 @@ def run(
     raft_port: int | None,
     config_file: str | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
     from symphonyd.daemon import run_daemon
@@ -147,6 +153,7 @@ def run(
         "api_port": api_port,
         "raft_port": raft_port,
         "log_level": log_level,
+        "log_format": log_format,
         "data_dir": run_data_dir or obj.explicit_data_dir,
     }
     sys.exit(run_daemon(config_file, overrides))

@@ -18,9 +18,10 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from symphonyd import metrics
 from symphonyd.client import NodeClient, TransferInterrupted, download
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
@@ -246,8 +247,14 @@ class ImageService:
             )
         finally:
             self.publishing.discard(result.sha256)
+        metrics.IMAGE_BYTES.labels("import").inc(result.size)
         log.info(
-            "image %s ready: %s (%s, %d bytes)", image_id, result.sha256, found.format, result.size
+            "image %s ready: %s (%s, %d bytes)",
+            image_id,
+            result.sha256,
+            found.format,
+            result.size,
+            extra={"resource": image_id},
         )
         return record
 
@@ -258,7 +265,7 @@ class ImageService:
                 await self.cluster.propose(Entry(EntryType.IMAGE_DELETE, {"id": image_id}))
                 return
             reason = _reason(exc)
-            log.warning("image %s failed: %s", image_id, reason)
+            log.warning("image %s failed: %s", image_id, reason, extra={"resource": image_id})
             await self._update(image_id, status="failed", status_message=reason)
 
     # -- deleting ----------------------------------------------------------------------------
@@ -374,7 +381,13 @@ class ImageService:
                 await self._add_holder(image_id)
             finally:
                 self.publishing.discard(fingerprint)
-            log.info("image %s fetched (%d bytes) and verified", image_id, result.size)
+            metrics.IMAGE_BYTES.labels("fetch").inc(result.size)
+            log.info(
+                "image %s fetched (%d bytes) and verified",
+                image_id,
+                result.size,
+                extra={"resource": image_id},
+            )
         finally:
             os.close(dst)
             self.files.discard_temp(image_id)
@@ -450,19 +463,25 @@ class ImageService:
         against their checksums at start and every `scrub_every` seconds."""
         next_scrub = time.monotonic()
         while True:
-            with contextlib.suppress(SymphonyError, OSError):
-                await self.collect_garbage()
-            with contextlib.suppress(SymphonyError, OSError):
-                await self.replicate()
+            for step in (self.collect_garbage, self.replicate):
+                await _counted(step)
             if time.monotonic() >= next_scrub:
-                with contextlib.suppress(SymphonyError, OSError):
-                    await self.verify_local()
+                await _counted(self.verify_local)
                 next_scrub = time.monotonic() + scrub_every
             seen = self.cluster.store.revision
             await self.cluster.wait_for_revision(seen, 30.0)
 
 
 FETCH_ATTEMPTS = 6
+
+
+async def _counted(step: Callable[[], Awaitable[Any]]) -> None:
+    """Run one agent step; an error is logged and counted, and the loop goes on."""
+    try:
+        await step()
+    except (SymphonyError, OSError) as exc:
+        metrics.RECONCILE_ERRORS.labels("image").inc()
+        log.warning("image agent: %s failed: %s", step.__name__, exc)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

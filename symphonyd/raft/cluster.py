@@ -23,6 +23,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON
 
+from symphonyd import metrics
 from symphonyd.errors import (
     Conflict,
     Gone,
@@ -94,6 +95,7 @@ class Cluster:
                 if not self.has_leader():
                     raise NoQuorum(self.no_quorum_message())
                 future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
+                started = time.perf_counter()
                 self.node.submit(data, functools.partial(self._outcome, future))
                 remaining = deadline - time.monotonic()
                 try:
@@ -104,6 +106,7 @@ class Cluster:
                         "applied (check before retrying)"
                     ) from None
                 if error == FAIL_REASON.SUCCESS:
+                    metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
                     return dict(result) if isinstance(result, dict) else {"ok": True}
                 retry = error in _RETRYABLE or (idempotent and error in _UNKNOWN_OUTCOME)
                 if retry and time.monotonic() < deadline - 0.05:
