@@ -64,6 +64,10 @@ class NodeProcess:
         """How to run symphonyd (a benchmark may run a variant instead)."""
         return [sys.executable, "-m", "symphonyd"]
 
+    def environment(self) -> dict[str, str]:
+        """The environment of the processes this node runs."""
+        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
     @property
     def socket_path(self) -> str:
         return str(self.data_dir / "control.sock")
@@ -75,7 +79,7 @@ class NodeProcess:
     def start(self, wait: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = self.environment()
         config = os.devnull
         if self.settings:
             config = str(self.data_dir / "symphonyd.toml")
@@ -126,7 +130,8 @@ class NodeProcess:
         self, *args: str, timeout: float = 60.0, input: bytes | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "symphonyd", "--data-dir", str(self.data_dir), *args],
+            [*self.program, "--data-dir", str(self.data_dir), *args],
+            env=self.environment(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,0 +1,101 @@
+"""The single-file zipapp: built from this checkout with shiv, run by the system's own
+python3 in an environment that has nothing else (no virtual environment, PATH=/usr/bin:/bin):
+a one-node cluster, init, an image import, status, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import NodeProcess, NodeSet
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
+    output = tmp_path_factory.mktemp("dist") / "symphonyd.pyz"
+    result = subprocess.run(
+        [str(ROOT / "packaging" / "zipapp" / "build"), str(output)],
+        env={**os.environ, "PYTHON": python},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output
+
+
+class ZipappNode(NodeProcess):
+    """A node run from the zipapp by the system's python3, with a bare environment."""
+
+    pyz: Path
+    home: Path
+
+    @property
+    def program(self) -> list[str]:
+        python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
+        return [python, str(self.pyz)]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(self.home),
+            "SHIV_ROOT": str(self.home / "shiv"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+@pytest.fixture
+def zip_nodes(zipapp: Path, tmp_path: Path) -> Iterator[NodeSet]:
+    class ZipappNodeSet(NodeSet):
+        def new(self, name: str, start: bool = True) -> NodeProcess:
+            node = ZipappNode(self.base, name)
+            node.pyz, node.home = zipapp, tmp_path / "home"
+            node.home.mkdir(exist_ok=True)
+            self.nodes.append(node)
+            if start:
+                node.start()
+            return node
+
+    nodes = ZipappNodeSet(tmp_path / "nodes")
+    try:
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+def test_the_zipapp_runs_a_cluster_with_only_the_system_python(
+    zip_nodes: NodeSet, tmp_path: Path
+) -> None:
+    (node,) = zip_nodes.form(1)
+    version = node.cli("--version")
+    assert version.returncode == 0 and "symphonyd, version" in version.stdout
+    image = tmp_path / "small.img"
+    image.write_bytes(os.urandom(3 * 1024 * 1024))
+    result = node.cli("image", "new", "a small image", "small", str(image))
+    assert result.returncode == 0, result.stderr
+    status = node.cli("status")
+    assert status.returncode == 0 and "native" in status.stdout, status.stdout
+    assert node.stop() == 0, node.log()  # SIGTERM: a clean stop
+    leftovers = list((node.data_dir / "images" / "tmp").iterdir())
+    assert leftovers == [] and not (node.data_dir / "control.sock").exists()
+    # The compiled modules were extracted under SHIV_ROOT, not the caller's home.
+    assert list((node.home / "shiv").glob("*/site-packages/symphonyd/image/_symcopy*.so"))
+
+
+def test_the_zipapp_says_when_it_uses_the_fallback(zip_nodes: NodeSet) -> None:
+    node = zip_nodes.new("n1", start=False)
+    original = node.environment
+    node.environment = lambda: {**original(), "SYMPHONYD_NATIVE": "0"}  # type: ignore[method-assign]
+    node.start()
+    status = node.cli("status", "--json")
+    assert '"implementation": "python"' in status.stdout
