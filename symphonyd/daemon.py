@@ -44,7 +44,7 @@ from symphonyd.image import copier
 from symphonyd.image.files import ImageFiles
 from symphonyd.image.service import ImageService
 from symphonyd.raft.cluster import Cluster
-from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
 from symphonyd.security import (
@@ -262,15 +262,41 @@ class Daemon:
             await self.stop()
 
     async def _remember_members(self) -> None:
-        """Keep identity.json's peer list current, so a restart dials today's members."""
+        """Keep identity.json's peer list current, so a restart dials today's members, and
+        this node's record telling the version it runs (after an upgrade)."""
         while True:
             await asyncio.sleep(2.0)
             cluster, identity = self.cluster, self.identity
             if cluster is None or identity is None:
                 continue
+            await self._record_version(cluster)
             peers = sorted(cluster.raft_members() - {self.settings.raft_addr})
             if peers != identity.get("peers"):
                 await asyncio.to_thread(self._save_identity, {**identity, "peers": peers})
+
+    async def _record_version(self, cluster: Cluster) -> None:
+        with cluster.store.lock:
+            record = nodes.get(cluster.store, self.settings.name)
+        running = {"version": __version__, "schema": SCHEMA_VERSION}
+        if record is None or not cluster.has_leader():
+            return
+        if {k: record.get(k) for k in running} != running:
+            with contextlib.suppress(SymphonyError):
+                await cluster.propose(
+                    Entry(
+                        EntryType.NODE_UPDATE,
+                        {
+                            "name": self.settings.name,
+                            "fields": running,
+                        },
+                    ),
+                    idempotent=True,
+                )
+                log.info(
+                    "recorded that this node runs symphonyd %s (schema %d)",
+                    __version__,
+                    SCHEMA_VERSION,
+                )
 
     # -- helpers for handlers ---------------------------------------------------------------
 
@@ -296,6 +322,7 @@ class Daemon:
             "raft_port": s.raft_port,
             "raft_addr": s.raft_addr,
             "version": __version__,
+            "schema": SCHEMA_VERSION,
         }
 
     async def _wait_for_leader(self, timeout: float) -> None:
@@ -697,6 +724,7 @@ class Daemon:
                     "health": health,
                     "status": record.get("status", "unknown"),
                     "version": record.get("version"),
+                    "schema": record.get("schema", 1),
                 }
             )
         members.sort(key=lambda m: (m["name"], m["raft_addr"]))
@@ -746,12 +774,16 @@ def _validated_node(node: Any) -> dict[str, Any]:
             raise Invalid(f"node {key} must be a port number")
         ports[key] = value
     version = node.get("version")
+    schema = node.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise Invalid("node schema must be a positive integer")
     return {
         "name": name,
         "address": address,
         **ports,
         "raft_addr": f"{address}:{ports['raft_port']}",
         "version": version if isinstance(version, str) else None,
+        "schema": schema,
     }
 
 

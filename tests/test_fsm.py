@@ -90,7 +90,7 @@ def test_an_entry_encodes_to_msgpack_type_version_body() -> None:
         {"key": "a", "value": b"\x00\xff"},
     ]
     again = decode(data)
-    assert again == Entry(type=20, body={"key": "a", "value": b"\x00\xff"}, version=SCHEMA_VERSION)
+    assert again == Entry(type=20, body={"key": "a", "value": b"\x00\xff"}, version=1)
     assert isinstance(again.body["value"], bytes)
 
 
@@ -442,20 +442,47 @@ def test_restore_then_apply_continues_the_revisions(cluster_fsm: FSM) -> None:
     assert restored.store.get("kv", "web/a")["create_revision"] == 5
 
 
-def test_restore_refuses_a_foreign_or_newer_snapshot(cluster_fsm: FSM) -> None:
+def test_restore_refuses_a_foreign_or_newer_format_snapshot(cluster_fsm: FSM) -> None:
     body = cluster_fsm.store.dump()
     foreign = msgpack.packb([{"magic": "other", "format": 1, "schema": 1}, body])
     newer_format = msgpack.packb([{"magic": SNAPSHOT_MAGIC, "format": 2, "schema": 1}, body])
-    newer_schema = msgpack.packb(
-        [{"magic": SNAPSHOT_MAGIC, "format": 1, "schema": SCHEMA_VERSION + 1}, body]
-    )
     target = fresh()
     target.apply(kv_put("mine", b"1"))
     before = state(target.store)
-    for data in (foreign, newer_format, newer_schema):
+    for data in (foreign, newer_format):
         with pytest.raises(ValueError):
             target.restore(data)
         assert state(target.store) == before
+
+
+def test_a_newer_schema_snapshot_loads_and_keeps_unknown_tables(cluster_fsm: FSM) -> None:
+    """A snapshot from a node of the next version (mid rolling upgrade) is read: tables
+    this code does not know are kept, untouched, and written back in its snapshots."""
+    body = cluster_fsm.store.dump()
+    body["records"].append(["future_table", "x", {"anything": 1, "mod_revision": 1}])
+    newer = msgpack.packb(
+        [{"magic": SNAPSHOT_MAGIC, "format": 1, "schema": SCHEMA_VERSION + 1}, body]
+    )
+    target = fresh()
+    target.restore(newer)
+    assert target.store.get("future_table", "x") == {"anything": 1, "mod_revision": 1}
+    assert state(target.store)["tables"]["kv"] == state(cluster_fsm.store)["tables"]["kv"]
+    again = fresh()
+    again.restore(target.snapshot())
+    assert again.store.get("future_table", "x") == {"anything": 1, "mod_revision": 1}
+
+
+def test_proposals_wait_for_every_member_to_know_a_new_entry_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from symphonyd.errors import Conflict
+    from symphonyd.raft import entries
+
+    monkeypatch.setitem(entries.INTRODUCED, 99, 2)
+    entries.check_schema(EntryType.KV_PUT, {"n1": 1, "n2": 2})  # old types: always fine
+    entries.check_schema(99, {"n1": 2, "n2": 2})
+    with pytest.raises(Conflict, match="n1 run an older symphonyd"):
+        entries.check_schema(99, {"n1": 1, "n2": 2})
 
 
 # -- refusals that change nothing ------------------------------------------------------------

@@ -269,6 +269,16 @@ def status(obj: Context, as_json: bool) -> None:
         ]
     )
     _print_members(result["members"])
+    versions: dict[str, list[str]] = {}
+    for member in result["members"]:
+        versions.setdefault(member.get("version") or "?", []).append(member["name"])
+    if len(versions) > 1:
+        running = "; ".join(f"{v} on {', '.join(names)}" for v, names in sorted(versions.items()))
+        click.echo(
+            f"Warning: members run different symphonyd versions ({running}): "
+            "finish the rolling upgrade (docs/upgrades.md).",
+            err=True,
+        )
 
 
 def _copier_line(info: dict[str, Any]) -> str:

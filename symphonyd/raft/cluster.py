@@ -34,8 +34,9 @@ from symphonyd.errors import (
     Unauthorized,
     Unavailable,
 )
-from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.raft.entries import Entry, EntryType, check_schema, required_schema
 from symphonyd.raft.node import RaftNode
+from symphonyd.state import nodes
 from symphonyd.state.store import Change, Store
 
 log = logging.getLogger("symphonyd.raft.cluster")
@@ -89,6 +90,10 @@ class Cluster:
         An entry whose outcome is unknown (the leader changed while it was in flight) is
         proposed again only if `idempotent`: applying it twice must do no harm."""
         deadline = time.monotonic() + timeout
+        if required_schema(entry.type) > 1:
+            with self.store.lock:
+                schemas = {n["name"]: int(n.get("schema", 1)) for n in nodes.all_nodes(self.store)}
+            check_schema(entry.type, schemas)
         data = entry.encode()
         async with self._in_flight:
             while True:

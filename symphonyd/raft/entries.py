@@ -1,12 +1,18 @@
 """Typed, versioned log entries.
 
-An entry on the wire and in the journal is msgpack `[type, schema_version, body]`:
+An entry on the wire and in the journal is msgpack `[type, body_version, body]`:
 `type` is a code from `EntryType` that is never reused; `body` is plain data (dicts, lists,
 str, int, bytes). Handlers build entries with everything `apply` needs (ids, timestamps,
 placements), so applying is deterministic. Never pickle.
 
-To change an entry's body: bump SCHEMA_VERSION, keep the old reader in `fsm.py`
-(`upgrade_body`), never change what an old version meant.
+Versions, for rolling upgrades (docs/upgrades.md):
+* `SCHEMA_VERSION` is the schema level this code speaks; every node records its level.
+* `BODY_VERSIONS[type]` is the version of that type's body this code writes (1 unless
+  changed). To change a body: bump it, keep the old reader in `fsm.upgrade_body`, never
+  change what an old version meant.
+* `INTRODUCED[type]` is the schema level that added a type (1 unless listed). A node never
+  proposes a type, or a body version, that some member's schema level does not know
+  (`check_schema`), and a node that meets one anyway refuses it with a clear message.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from symphonyd.errors import Invalid
+from symphonyd.errors import Conflict, Invalid
 
 SCHEMA_VERSION = 1
 
@@ -41,14 +47,40 @@ class EntryType(IntEnum):
     IMAGE_REMOVE_HOLDER = 34
 
 
+# Types added after schema 1, and bodies changed since version 1 (none yet).
+INTRODUCED: dict[int, int] = {}
+BODY_VERSIONS: dict[int, int] = {}
+
+
+def body_version(entry_type: int) -> int:
+    return BODY_VERSIONS.get(entry_type, 1)
+
+
+def required_schema(entry_type: int) -> int:
+    """The schema level a node needs to apply entries of this type as this code writes them."""
+    return INTRODUCED.get(entry_type, 1)
+
+
+def check_schema(entry_type: int, member_schemas: dict[str, int]) -> None:
+    """Refuse to propose an entry some member could not apply (mid rolling upgrade)."""
+    needed = required_schema(entry_type)
+    behind = sorted(name for name, schema in member_schemas.items() if schema < needed)
+    if behind:
+        raise Conflict(
+            f"log entry type {entry_type} needs schema {needed} on every member, but "
+            f"{', '.join(behind)} run an older symphonyd: finish the rolling upgrade first"
+        )
+
+
 @dataclass(frozen=True)
 class Entry:
     type: int
     body: dict[str, Any]
-    version: int = SCHEMA_VERSION
+    version: int = 0  # 0: this code's body version of `type`
 
     def encode(self) -> bytes:
-        return bytes(msgpack.packb([int(self.type), self.version, self.body], use_bin_type=True))
+        version = self.version or body_version(self.type)
+        return bytes(msgpack.packb([int(self.type), version, self.body], use_bin_type=True))
 
 
 def decode(data: bytes) -> Entry:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, decode
+from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_version, decode
 from symphonyd.state import cluster, images, kv, nodes, tokens
 from symphonyd.state.store import Store, failure
 
@@ -150,11 +150,11 @@ class FSM:
             log.error("refusing undecodable log entry: %s", exc)
             return failure("invalid", str(exc))
         applier = APPLIERS.get(entry.type)
-        if applier is None or entry.version > SCHEMA_VERSION:
+        if applier is None or entry.version > body_version(entry.type):
             self.refused_unknown += 1
             message = (
-                f"log entry type {entry.type} (schema {entry.version}) is unknown to this "
-                f"node (schema {SCHEMA_VERSION}): upgrade this node"
+                f"log entry type {entry.type} (body version {entry.version}) is unknown to "
+                f"this node (symphonyd schema {SCHEMA_VERSION}): upgrade this node"
             )
             log.error("%s", message)
             return failure("unsupported_entry", message)
@@ -178,10 +178,7 @@ class FSM:
         header, body = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if header.get("magic") != SNAPSHOT_MAGIC or header.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("not a symphonyd snapshot of a known format")
-        if header.get("schema", 0) > SCHEMA_VERSION:
-            raise ValueError(
-                f"snapshot schema {header['schema']} is newer than this node's "
-                f"({SCHEMA_VERSION}): upgrade this node"
-            )
+        # A newer node's snapshot loads too: tables this code does not know are kept as
+        # they are (and written back in its own snapshots), never interpreted.
         with self.store.lock:
             self.store.load(body)
