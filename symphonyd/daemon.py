@@ -64,6 +64,7 @@ from symphonyd.state.store import Store
 from symphonyd.validation import check_name
 
 log = logging.getLogger("symphonyd.daemon")
+SHUTDOWN_GRACE = 10.0
 
 
 class Daemon:
@@ -145,7 +146,14 @@ class Daemon:
         os.makedirs(self.settings.data_dir, mode=0o700, exist_ok=True)
         self._lock_data_dir()
         self.identity = self._load_identity()
-        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        # On SIGTERM, requests in flight get SHUTDOWN_GRACE seconds to finish; after that
+        # they are cancelled (an upload that stalls is marked failed, its file removed).
+        self._runner = web.AppRunner(
+            make_app(self),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
+        )
         await self._runner.setup()
         sock_path = self.settings.socket_path
         with contextlib.suppress(FileNotFoundError):

@@ -306,3 +306,55 @@ def test_a_disk_that_fills_up_fails_the_import_and_leaves_nothing(tmp_path: Path
     finally:
         nodes.cleanup()
         subprocess.run(["umount", str(small)], check=False)
+
+
+def _start_upload(n: NodeProcess, token: str | None, name: str, sent: int) -> socket.socket:
+    """An upload that declares 64 MiB, sends `sent` bytes, and then stalls (still open)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = context.wrap_socket(socket.create_connection(("127.0.0.1", n.api_port), timeout=10))
+    head = (
+        f"POST /v1/images?name={name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {64 * MiB}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + random.Random(8).randbytes(sent))
+    return conn
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_stopping_the_node_during_an_upload_never_leaves_a_partial_image(
+    tmp_path: Path, how: str
+) -> None:
+    nodes = NodeSet(tmp_path)
+    try:
+        (n,) = nodes.form(1)
+        conn = _start_upload(n, nodes.admin_token, "halfway", 6 * MiB)
+        wait_until(
+            lambda: any(
+                r["name"] == "halfway" for r in n.client().request("GET", "/v1/images")["images"]
+            ),
+            10,
+            "the upload to start",
+        )
+        if how == "sigterm":
+            assert n.stop(timeout=30) == 0, n.log()  # a stalled upload must not block it
+        else:
+            n.kill()
+        conn.close()
+        n.start()
+        wait_until(lambda: n.status()["has_quorum"], 15, "the node back")
+
+        def settled() -> list[dict[str, Any]] | None:
+            found = [
+                r
+                for r in n.client().request("GET", "/v1/images")["images"]
+                if r["name"] == "halfway"
+            ]
+            return found if all(r["status"] == "failed" for r in found) else None
+
+        records = wait_until(settled, 20, "the interrupted import to be failed or gone")
+        assert all(r["fingerprint"] is None for r in records)  # never ready, never a file
+        assert temp_files(n) == [] and images_on_disk(n) == []
+    finally:
+        nodes.cleanup()

@@ -97,9 +97,20 @@ class ImageService:
     # -- importing -------------------------------------------------------------------------
 
     async def _create(self, name: str, description: str) -> dict[str, Any]:
+        """Record a new import; its id is in `importing` from before the record exists (the
+        agent fails `importing` records no import of this node is running)."""
+        image_id = new_id()
+        self.importing.add(image_id)
+        try:
+            return await self._propose_create(image_id, name, description)
+        except BaseException:
+            self.importing.discard(image_id)
+            raise
+
+    async def _propose_create(self, image_id: str, name: str, description: str) -> dict[str, Any]:
         now = now_rfc3339()
         record = {
-            "id": new_id(),
+            "id": image_id,
             "name": name,
             "description": description,
             "status": "importing",
@@ -146,7 +157,12 @@ class ImageService:
             os.close(src)
             raise
         image_id = record["id"]
-        task = asyncio.create_task(self._copy_file(image_id, src, expected))
+        try:
+            task = asyncio.create_task(self._copy_file(image_id, src, expected))
+        except BaseException:
+            self.importing.discard(image_id)
+            os.close(src)
+            raise
         self.running[image_id] = task
 
         def forget(_task: asyncio.Task[Any]) -> None:
@@ -158,7 +174,6 @@ class ImageService:
     async def _copy_file(self, image_id: str, src: int, expected: str | None) -> None:
         reporter = _ProgressReporter(self, image_id)
         dst = -1
-        self.importing.add(image_id)
         try:
             dst = self.files.open_temp(image_id)
             result = await asyncio.to_thread(copier.copy_and_hash, src, dst, reporter.threadsafe)
@@ -192,7 +207,6 @@ class ImageService:
         image_id = record["id"]
         reporter = _ProgressReporter(self, image_id)
         dst = -1
-        self.importing.add(image_id)
         try:
             dst = self.files.open_temp(image_id)
             stream = StreamCopier(dst)
@@ -280,6 +294,22 @@ class ImageService:
         await self.cluster.propose_ok(Entry(EntryType.IMAGE_DELETE, {"id": record["id"]}))
         await self.collect_garbage()
         return {"deleted": record["id"], "name": record["name"]}
+
+    async def fail_orphans(self) -> None:
+        """Imports this node was running when it stopped (kill -9, power loss) are over:
+        say so, so no image stays `importing` for ever."""
+        for record in self.records():
+            if (
+                record["status"] == "importing"
+                and record["node"] == self.node
+                and record["id"] not in self.importing
+            ):
+                await self._update(
+                    record["id"],
+                    status="failed",
+                    status_message=("the node stopped during the import; nothing was kept"),
+                )
+                self.files.discard_temp(record["id"])
 
     async def collect_garbage(self) -> None:
         """Remove local files no image refers to, and temp files of dead imports."""
@@ -463,25 +493,29 @@ class ImageService:
         against their checksums at start and every `scrub_every` seconds."""
         next_scrub = time.monotonic()
         while True:
-            for step in (self.collect_garbage, self.replicate):
-                await _counted(step)
+            ok = True
+            for step in (self.fail_orphans, self.collect_garbage, self.replicate):
+                ok = await _counted(step) and ok
             if time.monotonic() >= next_scrub:
-                await _counted(self.verify_local)
+                ok = await _counted(self.verify_local) and ok
                 next_scrub = time.monotonic() + scrub_every
             seen = self.cluster.store.revision
-            await self.cluster.wait_for_revision(seen, 30.0)
+            # After a failure (no quorum yet, a peer down) try again soon.
+            await self.cluster.wait_for_revision(seen, 30.0 if ok else 1.0)
 
 
 FETCH_ATTEMPTS = 6
 
 
-async def _counted(step: Callable[[], Awaitable[Any]]) -> None:
+async def _counted(step: Callable[[], Awaitable[Any]]) -> bool:
     """Run one agent step; an error is logged and counted, and the loop goes on."""
     try:
         await step()
     except (SymphonyError, OSError) as exc:
         metrics.RECONCILE_ERRORS.labels("image").inc()
         log.warning("image agent: %s failed: %s", step.__name__, exc)
+        return False
+    return True
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
