@@ -47,6 +47,7 @@ _UNKNOWN_OUTCOME = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
 _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 MAX_IN_FLIGHT = 4096
+ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
     "conflict": Conflict,
     "not_found": NotFound,
@@ -98,7 +99,7 @@ class Cluster:
         async with self._in_flight:
             while True:
                 if not self.has_leader():
-                    raise NoQuorum(self.no_quorum_message())
+                    await self._await_election(deadline)
                 future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
                 started = time.perf_counter()
                 self.node.submit(data, functools.partial(self._outcome, future))
@@ -125,6 +126,15 @@ class Cluster:
                     f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
                     "the leader changed while it was in flight"
                 )
+
+    async def _await_election(self, deadline: float) -> None:
+        """No leader known. Cut off from the majority: fail at once. Connected to it (an
+        election is running, e.g. just after a restart): wait for its outcome, briefly."""
+        until = min(deadline, time.monotonic() + ELECTION_WAIT)
+        while not self.has_leader():
+            if not self.node.status().get("has_quorum") or time.monotonic() >= until:
+                raise NoQuorum(self.no_quorum_message())
+            await asyncio.sleep(0.05)
 
     def _outcome(self, future: asyncio.Future[Any], result: Any, error: int) -> None:
         # Raft thread: queue the outcome; schedule one drain for a whole burst.
