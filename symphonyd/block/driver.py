@@ -1,0 +1,96 @@
+"""The interface every block driver implements, its capability flags, its errors, and the
+registry from driver names to constructors.
+
+A driver manages volumes of one pool on this host. It is given plain values (ids, sizes,
+paths of verified image files) and returns plain values (`VolumeInfo`); it never reads or
+writes the replicated store. Every method may block: callers run it in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
+
+
+class NotSupported(Invalid):
+    """The driver cannot do this (see its capabilities)."""
+
+
+class VolumeExists(Conflict):
+    """A volume with this id already exists in the pool."""
+
+
+class NoSuchVolume(NotFound):
+    """The pool holds no volume with this id."""
+
+
+class PoolFull(DriverError):
+    """Not enough free space in the pool."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    snapshots: bool
+    image_overlay: bool  # a volume can be a copy-on-write overlay of a qcow2 image
+    shrink: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    id: str
+    size: int  # virtual size in bytes
+    allocated: int  # bytes used on the host
+    path: str
+    format: str  # "raw" or "qcow2"
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    message: str
+
+
+class BlockDriver(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def check(self) -> Health: ...
+    def pool(self) -> PoolInfo: ...
+    def volumes(self) -> dict[str, VolumeInfo]: ...
+    def create(
+        self,
+        volume_id: str,
+        size: int,
+        image: str | None = None,
+        image_format: str | None = None,
+        overlay: bool = False,
+    ) -> VolumeInfo: ...
+    def resize(self, volume_id: str, size: int) -> VolumeInfo: ...
+    def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo: ...
+    def delete(self, volume_id: str) -> None: ...
+
+
+DRIVERS: dict[str, Callable[..., BlockDriver]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., BlockDriver]], Callable[..., BlockDriver]]:
+    def add(constructor: Callable[..., BlockDriver]) -> Callable[..., BlockDriver]:
+        DRIVERS[name] = constructor
+        return constructor
+
+    return add
+
+
+def make_driver(name: str, **options: Any) -> BlockDriver:
+    if name not in DRIVERS:
+        raise Invalid(f"unknown block driver {name!r} (known: {', '.join(sorted(DRIVERS))})")
+    return DRIVERS[name](**options)
