@@ -113,6 +113,12 @@ def test_entry_type_codes_are_never_reused() -> None:
         "IMAGE_DELETE": 32,
         "IMAGE_ADD_HOLDER": 33,
         "IMAGE_REMOVE_HOLDER": 34,
+        "SERVICE_CREATE": 40,
+        "SERVICE_UPDATE": 41,
+        "SERVICE_DELETE": 42,
+        "VOLUME_CREATE": 50,
+        "VOLUME_UPDATE": 51,
+        "VOLUME_DELETE": 52,
     }
 
 
@@ -388,6 +394,85 @@ def check_cluster_config(fsm: FSM, before: dict[str, Any]) -> None:
     assert unknown["ok"] is False and unknown["error"]["code"] == "invalid"
 
 
+SERVICE = {
+    "id": "svc1",
+    "node": "n1",
+    "type": "block",
+    "driver": "file",
+    "pool": "default",
+    "options": {},
+    "health": None,
+    "capacity": None,
+}
+VOLUME = {
+    "id": "vol1",
+    "name": "data",
+    "node": "n1",
+    "service_id": "svc1",
+    "pool": "default",
+    "size": 1 << 30,
+    "image_id": None,
+    "overlay": False,
+    "status": "pending",
+    "status_message": "",
+    "format": None,
+    "allocated": None,
+    "snapshots": [],
+    "snapshots_done": [],
+}
+
+
+def apply_entry(fsm: FSM, kind: EntryType, body: dict[str, Any]) -> dict[str, Any]:
+    return fsm.apply(Entry(kind, body).encode())
+
+
+def check_service_create(fsm: FSM, before: dict[str, Any]) -> None:
+    assert apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": SERVICE})["ok"]
+    again = apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": {**SERVICE, "id": "svc2"}})
+    assert again["ok"] is False and "already has a block service" in again["error"]["message"]
+
+
+def check_service_update(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": SERVICE})
+    health = {"ok": True, "message": "fine", "checked_at": "t"}
+    assert apply_entry(fsm, EntryType.SERVICE_UPDATE, {"id": "svc1", "fields": {"health": health}})[
+        "ok"
+    ]
+    assert fsm.store.get("services", "svc1")["health"] == health
+
+
+def check_service_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": SERVICE})
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": VOLUME})
+    refused = apply_entry(fsm, EntryType.SERVICE_DELETE, {"id": "svc1"})
+    assert refused["ok"] is False and "still has volumes" in refused["error"]["message"]
+    apply_entry(fsm, EntryType.VOLUME_DELETE, {"id": "vol1"})
+    assert apply_entry(fsm, EntryType.SERVICE_DELETE, {"id": "svc1"})["ok"]
+
+
+def check_volume_create(fsm: FSM, before: dict[str, Any]) -> None:
+    assert apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": VOLUME})["ok"]
+    twin = apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": {**VOLUME, "id": "vol2"}})
+    assert twin["ok"] is False and "already exists" in twin["error"]["message"]
+
+
+def check_volume_update(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": VOLUME})
+    claim = {"id": "vol1", "fields": {"status": "creating"}, "expect_status": "pending"}
+    assert apply_entry(fsm, EntryType.VOLUME_UPDATE, claim)["ok"]
+    second = apply_entry(fsm, EntryType.VOLUME_UPDATE, claim)  # a second claim loses
+    assert second["ok"] is False and second["error"]["code"] == "conflict"
+
+
+def check_volume_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.IMAGE_CREATE, {"image": IMAGE})
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": {**VOLUME, "image_id": "img1"}})
+    in_use = apply_entry(fsm, EntryType.IMAGE_DELETE, {"id": "img1"})
+    assert in_use["ok"] is False and "used by volumes: data" in in_use["error"]["message"]
+    assert apply_entry(fsm, EntryType.VOLUME_DELETE, {"id": "vol1"})["ok"]
+    assert apply_entry(fsm, EntryType.IMAGE_DELETE, {"id": "img1"})["ok"]
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -405,6 +490,12 @@ CHECKS = {
     EntryType.IMAGE_DELETE: check_image_delete,
     EntryType.IMAGE_ADD_HOLDER: check_image_add_holder,
     EntryType.IMAGE_REMOVE_HOLDER: check_image_remove_holder,
+    EntryType.SERVICE_CREATE: check_service_create,
+    EntryType.SERVICE_UPDATE: check_service_update,
+    EntryType.SERVICE_DELETE: check_service_delete,
+    EntryType.VOLUME_CREATE: check_volume_create,
+    EntryType.VOLUME_UPDATE: check_volume_update,
+    EntryType.VOLUME_DELETE: check_volume_delete,
 }
 
 

@@ -24,7 +24,15 @@ def committed_put(store: Store, table: str, key: str, record: dict) -> int:
 def test_a_new_store_is_empty_at_revision_zero() -> None:
     store = Store()
     assert store.revision == 0
-    assert set(store.tables) == {"cluster", "nodes", "tokens", "kv", "images"}
+    assert set(store.tables) == {
+        "cluster",
+        "nodes",
+        "tokens",
+        "kv",
+        "images",
+        "services",
+        "volumes",
+    }
     assert all(len(t) == 0 for t in store.tables.values())
 
 

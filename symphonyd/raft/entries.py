@@ -45,6 +45,12 @@ class EntryType(IntEnum):
     IMAGE_DELETE = 32
     IMAGE_ADD_HOLDER = 33
     IMAGE_REMOVE_HOLDER = 34
+    SERVICE_CREATE = 40
+    SERVICE_UPDATE = 41
+    SERVICE_DELETE = 42
+    VOLUME_CREATE = 50
+    VOLUME_UPDATE = 51
+    VOLUME_DELETE = 52
 
 
 # Types added after schema 1, and bodies changed since version 1 (none yet).

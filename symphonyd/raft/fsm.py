@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_version, decode
-from symphonyd.state import cluster, images, kv, nodes, tokens
+from symphonyd.state import cluster, images, kv, nodes, services, tokens, volumes
 from symphonyd.state.store import Store, failure
 
 log = logging.getLogger("symphonyd.raft.fsm")
@@ -95,7 +95,38 @@ def apply_image_update(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_image_delete(store: Store, body: dict[str, Any]) -> Result:
+    users = volumes.using_image(store, body["id"])
+    if users:
+        names = ", ".join(sorted(v["name"] for v in users))
+        return failure("conflict", f"image {body['id']} is used by volumes: {names}")
     return images.delete(store, body["id"])
+
+
+def apply_service_create(store: Store, body: dict[str, Any]) -> Result:
+    return services.create(store, body["service"])
+
+
+def apply_service_update(store: Store, body: dict[str, Any]) -> Result:
+    return services.update(store, body["id"], body["fields"])
+
+
+def apply_service_delete(store: Store, body: dict[str, Any]) -> Result:
+    users = [v["name"] for v in volumes.all_volumes(store) if v["service_id"] == body["id"]]
+    if users:
+        return failure("conflict", f"service {body['id']} still has volumes: {', '.join(users)}")
+    return services.delete(store, body["id"])
+
+
+def apply_volume_create(store: Store, body: dict[str, Any]) -> Result:
+    return volumes.create(store, body["volume"])
+
+
+def apply_volume_update(store: Store, body: dict[str, Any]) -> Result:
+    return volumes.update(store, body["id"], body["fields"], body.get("expect_status"))
+
+
+def apply_volume_delete(store: Store, body: dict[str, Any]) -> Result:
+    return volumes.delete(store, body["id"])
 
 
 def apply_image_add_holder(store: Store, body: dict[str, Any]) -> Result:
@@ -123,6 +154,12 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.IMAGE_DELETE: apply_image_delete,
     EntryType.IMAGE_ADD_HOLDER: apply_image_add_holder,
     EntryType.IMAGE_REMOVE_HOLDER: apply_image_remove_holder,
+    EntryType.SERVICE_CREATE: apply_service_create,
+    EntryType.SERVICE_UPDATE: apply_service_update,
+    EntryType.SERVICE_DELETE: apply_service_delete,
+    EntryType.VOLUME_CREATE: apply_volume_create,
+    EntryType.VOLUME_UPDATE: apply_volume_update,
+    EntryType.VOLUME_DELETE: apply_volume_delete,
 }
 
 

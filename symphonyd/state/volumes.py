@@ -1,0 +1,64 @@
+"""The volumes table: block volumes, by id.
+
+A record: id, name, node, service_id, pool, size (bytes, what the user asked for; a resize
+changes it and the agent grows the volume to it), image_id, overlay, status (`pending`,
+`creating`, `ready`, `failed`, `deleting`), status_message, format, allocated, snapshots
+(names asked for) and snapshots_done, created_at, updated_at. Names are unique.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from symphonyd.state.store import Record, Store, failure
+
+TABLE = "volumes"
+
+
+def get(store: Store, volume_id: str) -> Record | None:
+    return store.get(TABLE, volume_id)
+
+
+def all_volumes(store: Store) -> list[Record]:
+    return store.table(TABLE).values()
+
+
+def find(store: Store, ref: str) -> list[Record]:
+    record = get(store, ref)
+    if record is not None:
+        return [record]
+    by_name = [r for r in all_volumes(store) if r["name"] == ref]
+    if by_name:
+        return by_name
+    return [r for r in all_volumes(store) if r["id"].startswith(ref)] if len(ref) >= 4 else []
+
+
+def using_image(store: Store, image_id: str) -> list[Record]:
+    return [r for r in all_volumes(store) if r.get("image_id") == image_id]
+
+
+def create(store: Store, volume: dict[str, Any]) -> dict[str, Any]:
+    if get(store, volume["id"]) is not None:
+        return failure("conflict", f"volume {volume['id']} already exists")
+    if any(r["name"] == volume["name"] for r in all_volumes(store)):
+        return failure("conflict", f"a volume named {volume['name']!r} already exists")
+    return {"ok": True, "volume": store.put(TABLE, volume["id"], volume)}
+
+
+def update(
+    store: Store, volume_id: str, fields: dict[str, Any], expect_status: str | None = None
+) -> dict[str, Any]:
+    """Change fields; with `expect_status`, only if the volume is in that status (how an
+    agent claims work: two nodes never act on one volume)."""
+    old = get(store, volume_id)
+    if old is None:
+        return failure("not_found", f"no volume {volume_id}")
+    if expect_status is not None and old["status"] != expect_status:
+        return failure("conflict", f"volume {volume_id} is {old['status']}, not {expect_status}")
+    return {"ok": True, "volume": store.put(TABLE, volume_id, {**old, **fields})}
+
+
+def delete(store: Store, volume_id: str) -> dict[str, Any]:
+    if store.delete(TABLE, volume_id) is None:
+        return failure("not_found", f"no volume {volume_id}")
+    return {"ok": True}
