@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd import __version__, metrics, systemd
+from symphonyd.block.agent import BlockService
 from symphonyd.client import NodeClient
 from symphonyd.config import Settings
 from symphonyd.durable import write_file_durably
@@ -75,6 +76,7 @@ class Daemon:
         self.identity: dict[str, Any] | None = None
         self.cluster: Cluster | None = None
         self.images: ImageService | None = None
+        self.block: BlockService | None = None
         self.secret: str | None = None
         self.fingerprint: str | None = None
         self.started_at = time.time()
@@ -204,6 +206,10 @@ class Daemon:
         )
         self._tasks.append(asyncio.create_task(self._remember_members()))
         self._tasks.append(asyncio.create_task(self.images.run_agent()))
+        self.block = BlockService(
+            self.cluster, self.images, self.settings.name, self.settings.data_dir
+        )
+        self._tasks.append(asyncio.create_task(self.block.run_agent()))
 
     async def _start_https(self) -> None:
         assert self._runner is not None
@@ -239,6 +245,7 @@ class Daemon:
                 with contextlib.suppress(BaseException):
                     await task
             self.images = None
+            self.block = None
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             cluster.close()
@@ -315,6 +322,11 @@ class Daemon:
                 "or `symphonyd join TOKEN`"
             )
         return self.cluster
+
+    def require_block(self) -> BlockService:
+        self.require_cluster()
+        assert self.block is not None
+        return self.block
 
     def require_images(self) -> ImageService:
         self.require_cluster()

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from symphonyd.api import cluster, events, images, kv, nodes, openapi, prometheus
+from symphonyd.api import block, cluster, events, images, kv, nodes, openapi, prometheus
 from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
 
@@ -23,6 +23,7 @@ def all_routes() -> list[Route]:
         *nodes.ROUTES,
         *kv.ROUTES,
         *images.ROUTES,
+        *block.ROUTES,
         *events.ROUTES,
         *openapi.ROUTES,
         *prometheus.ROUTES,

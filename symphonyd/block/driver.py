@@ -8,6 +8,7 @@ writes the replicated store. Every method may block: callers run it in a thread.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,6 +81,8 @@ class BlockDriver(Protocol):
 
 
 DRIVERS: dict[str, Callable[..., BlockDriver]] = {}
+# Where each driver lives; a module registers its driver when it is imported.
+DRIVER_MODULES = {"file": "symphonyd.block.file"}
 
 
 def register(name: str) -> Callable[[Callable[..., BlockDriver]], Callable[..., BlockDriver]]:
@@ -91,6 +94,8 @@ def register(name: str) -> Callable[[Callable[..., BlockDriver]], Callable[..., 
 
 
 def make_driver(name: str, **options: Any) -> BlockDriver:
+    if name not in DRIVERS and name in DRIVER_MODULES:
+        importlib.import_module(DRIVER_MODULES[name])
     if name not in DRIVERS:
         raise Invalid(f"unknown block driver {name!r} (known: {', '.join(sorted(DRIVERS))})")
     return DRIVERS[name](**options)

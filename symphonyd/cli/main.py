@@ -494,6 +494,8 @@ def config_set(obj: Context, key: str, value: str) -> None:
     click.echo(f"{key} = {result['config'][key]}")
 
 
+from symphonyd.cli import block as _block  # noqa: E402 (registers `service`, `volume`)
 from symphonyd.cli import images as _images  # noqa: E402 (registers `image` on main)
 
 _images.register(main, Context, run_safely, json_option)
+_block.register(main, run_safely, json_option)

@@ -312,7 +312,9 @@ class ImageService:
                 self.files.discard_temp(record["id"])
 
     async def collect_garbage(self) -> None:
-        """Remove local files no image refers to, and temp files of dead imports."""
+        """Remove local files no image refers to, and temp files of dead imports (against a
+        store known to be current: a restarted node may not have caught up yet)."""
+        await self.cluster.barrier()
         with self.cluster.store.lock:
             wanted = images.referenced_fingerprints(self.cluster.store) | self.publishing
         for fingerprint in await asyncio.to_thread(self.files.fingerprints):
@@ -493,13 +495,15 @@ class ImageService:
         against their checksums at start and every `scrub_every` seconds."""
         next_scrub = time.monotonic()
         while True:
+            # The revision seen *before* reading the state: a change made while the steps
+            # run wakes the next round at once.
+            seen = self.cluster.store.revision
             ok = True
             for step in (self.fail_orphans, self.collect_garbage, self.replicate):
                 ok = await _counted(step) and ok
             if time.monotonic() >= next_scrub:
                 ok = await _counted(self.verify_local) and ok
                 next_scrub = time.monotonic() + scrub_every
-            seen = self.cluster.store.revision
             # After a failure (no quorum yet, a peer down) try again soon.
             await self.cluster.wait_for_revision(seen, 30.0 if ok else 1.0)
 

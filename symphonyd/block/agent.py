@@ -1,0 +1,374 @@
+"""The block service of a node: its API-facing verbs (enable a service, create, resize,
+snapshot and delete volumes) and the agent that converges this node's volumes.
+
+Decide, then act: handlers only validate, place and record desired state (`pending`,
+a larger `size`, a snapshot name, `deleting`); the agent compares the volumes assigned to
+this node with what its driver reports and does the difference, level-triggered, so a
+node that was down or restarted catches up by itself. Work is claimed through the log
+(`pending` -> `creating` only if still `pending`), so two nodes never act on one volume.
+A volume found `creating` at start was interrupted: its leftovers are removed and it is
+created again. Driver calls run in threads; outcomes go back through the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from typing import Any
+
+from symphonyd import metrics
+from symphonyd.block.driver import BlockDriver, NoSuchVolume, make_driver
+from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
+from symphonyd.image.service import ImageService
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.security import new_id, now_rfc3339
+from symphonyd.state import nodes, services, volumes
+from symphonyd.validation import check_name
+
+log = logging.getLogger("symphonyd.block")
+
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_SIZE = 1 << 50
+HEALTH_EVERY = 10.0
+
+
+def parse_size(value: object) -> int:
+    """'10G', '512M', '1T', a bare number of GiB (as the original CLI), or bytes as int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := SIZE_RE.match(value)):
+        number, unit = float(match.group(1)), match.group(2).upper()
+        if match.group(3) and match.group(3).upper() == "B" and not unit:
+            size = int(number)  # "100B": bytes
+        else:
+            size = int(number * UNITS[unit])
+    else:
+        raise Invalid(f"invalid size {value!r}: use e.g. 512M, 10G, 1T, or a number of GiB")
+    if size <= 0:
+        raise Invalid(f"size must be above zero, not {value!r}")
+    if size > MAX_SIZE:
+        raise Invalid(f"size {value!r} is larger than any pool")
+    return size
+
+
+class BlockService:
+    def __init__(
+        self, cluster: Cluster, images_service: ImageService, node: str, data_dir: str
+    ) -> None:
+        self.cluster = cluster
+        self.images = images_service
+        self.node = node
+        self.data_dir = data_dir
+        self.drivers: dict[str, BlockDriver] = {}
+        self.busy: set[str] = set()
+
+    # -- services -------------------------------------------------------------------------
+
+    def _driver(self, service: dict[str, Any]) -> BlockDriver:
+        driver = self.drivers.get(service["id"])
+        if driver is None:
+            root = os.path.join(self.data_dir, "volumes", service["pool"])
+            driver = make_driver(service["driver"], root=root, **service.get("options", {}))
+            self.drivers[service["id"]] = driver
+        return driver
+
+    async def enable(self, kind: str, driver: str, pool: str) -> dict[str, Any]:
+        if kind != "block":
+            raise Invalid(f"unknown service type {kind!r} (this node offers: block)")
+        if driver != "file":
+            raise Invalid(f"block driver {driver!r} is not available here (available: file)")
+        check_name(pool, what="pool name")
+        # Try the driver before anything is recorded: a service that cannot work is refused.
+        root = os.path.join(self.data_dir, "volumes", pool)
+        health = await asyncio.to_thread(lambda: make_driver(driver, root=root).check())
+        if not health.ok:
+            raise Invalid(f"the {driver} driver cannot work here: {health.message}")
+        now = now_rfc3339()
+        record: dict[str, Any] = {
+            "id": new_id(),
+            "node": self.node,
+            "type": kind,
+            "driver": driver,
+            "pool": pool,
+            "options": {},
+            "health": None,
+            "capacity": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = await self.cluster.propose_ok(Entry(EntryType.SERVICE_CREATE, {"service": record}))
+        await self.report_health()
+        return dict(result["service"])
+
+    async def report_health(self) -> None:
+        with self.cluster.store.lock:
+            mine = [
+                dict(s) for s in services.all_services(self.cluster.store) if s["node"] == self.node
+            ]
+        for service in mine:
+            driver = self._driver(service)
+            health = await asyncio.to_thread(driver.check)
+            pool = await asyncio.to_thread(driver.pool) if health.ok else None
+            fields = {
+                "health": {"ok": health.ok, "message": health.message, "checked_at": now_rfc3339()},
+                "capacity": {"total": pool.total, "free": pool.free} if pool else None,
+            }
+            await self.cluster.propose_ok(
+                Entry(EntryType.SERVICE_UPDATE, {"id": service["id"], "fields": fields}),
+                idempotent=True,
+            )
+
+    # -- volumes (API verbs) ----------------------------------------------------------------
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        with self.cluster.store.lock:
+            found = volumes.find(self.cluster.store, ref)
+        if not found:
+            raise NotFound(f"no volume {ref!r}")
+        if len(found) > 1:
+            raise Conflict(f"{ref!r} matches several volumes; use the id")
+        return dict(found[0])
+
+    def records(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [dict(v) for v in volumes.all_volumes(self.cluster.store)]
+
+    async def create(
+        self, name: object, size: object, image_ref: str | None, node: str | None, pool: str | None
+    ) -> dict[str, Any]:
+        name_text = check_name(name, what="volume name")
+        size_bytes = parse_size(size)
+        image = self.images.resolve(image_ref) if image_ref else None
+        if image is not None and image["status"] != "ready":
+            raise Conflict(f"image {image['id']} is {image['status']}, not ready")
+        if image is not None and (image.get("virtual_size") or 0) > size_bytes:
+            raise Invalid(
+                f"the image needs {image['virtual_size']} bytes; the volume has {size_bytes}"
+            )
+        service = self._place(size_bytes, image, node, pool)
+        now = now_rfc3339()
+        record = {
+            "id": new_id(),
+            "name": name_text,
+            "node": service["node"],
+            "service_id": service["id"],
+            "pool": service["pool"],
+            "size": size_bytes,
+            "image_id": image["id"] if image else None,
+            "overlay": False,
+            "status": "pending",
+            "status_message": "",
+            "format": None,
+            "allocated": None,
+            "actual_size": None,
+            "snapshots": [],
+            "snapshots_done": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = await self.cluster.propose_ok(Entry(EntryType.VOLUME_CREATE, {"volume": record}))
+        return dict(result["volume"])
+
+    def _place(
+        self, size: int, image: dict[str, Any] | None, node: str | None, pool: str | None
+    ) -> dict[str, Any]:
+        """Scheduler: a healthy block service on a live node with room, preferring one
+        that already holds the image."""
+        store = self.cluster.store
+        status = self.cluster.status()
+        with store.lock:
+            members = {n["name"]: n for n in nodes.all_nodes(store)}
+            candidates = [dict(s) for s in services.all_services(store) if s["type"] == "block"]
+        if node is not None and node not in members:
+            raise NotFound(f"no node named {node!r}")
+        peers = status.get("peers", {})
+
+        def alive(name: str) -> bool:
+            member = members.get(name)
+            return member is not None and (
+                name == self.node or peers.get(member["raft_addr"], {}).get("connected", False)
+            )
+
+        fitting = []
+        for service in candidates:
+            if node is not None and service["node"] != node:
+                continue
+            if pool is not None and service["pool"] != pool:
+                continue
+            health, capacity = service.get("health") or {}, service.get("capacity") or {}
+            if not health.get("ok") or not alive(service["node"]):
+                continue
+            if capacity.get("free", 0) < size:
+                continue
+            holds = image is not None and service["node"] in image["holders"]
+            fitting.append((not holds, -capacity.get("free", 0), service["node"], service))
+        if not fitting:
+            where = f" on node {node}" if node else ""
+            raise Conflict(
+                f"no healthy block service{where} has {size} bytes free "
+                "(see `symphonyd service list`)"
+            )
+        return sorted(fitting)[0][3]
+
+    async def _set(self, volume_id: str, expect: str | None = None, **fields: Any) -> None:
+        fields["updated_at"] = now_rfc3339()
+        body: dict[str, Any] = {"id": volume_id, "fields": fields}
+        if expect is not None:
+            body["expect_status"] = expect
+        await self.cluster.propose_ok(
+            Entry(EntryType.VOLUME_UPDATE, body), idempotent=expect is None
+        )
+
+    async def resize(self, ref: str, size: object) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        size_bytes = parse_size(size)
+        if size_bytes < volume["size"]:
+            raise Invalid(f"volumes only grow: {volume['size']} -> {size_bytes} bytes refused")
+        await self._set(volume["id"], size=size_bytes)
+        return self.resolve(volume["id"])
+
+    async def snapshot(self, ref: str, name: str | None) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        snap = check_name(name or f"snap-{len(volume['snapshots']) + 1}", what="snapshot name")
+        if snap in volume["snapshots"]:
+            raise Conflict(f"volume {volume['name']} already has a snapshot {snap!r}")
+        await self._set(volume["id"], snapshots=[*volume["snapshots"], snap])
+        return self.resolve(volume["id"])
+
+    async def delete(self, ref: str) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        if volume["status"] in ("pending", "failed"):
+            await self.cluster.propose_ok(Entry(EntryType.VOLUME_DELETE, {"id": volume["id"]}))
+            return {"deleted": volume["id"], "name": volume["name"]}
+        await self._set(volume["id"], status="deleting", status_message="")
+        return self.resolve(volume["id"])
+
+    # -- the agent ---------------------------------------------------------------------------
+
+    async def converge(self) -> None:
+        """Compare this node's volumes with its drivers and do the difference."""
+        store = self.cluster.store
+        with store.lock:
+            mine = [dict(v) for v in volumes.all_volumes(store) if v["node"] == self.node]
+            my_services = {
+                s["id"]: dict(s) for s in services.all_services(store) if s["node"] == self.node
+            }
+        for volume in mine:
+            if volume["id"] in self.busy or volume["service_id"] not in my_services:
+                continue
+            self.busy.add(volume["id"])
+            try:
+                await self._converge_one(volume, self._driver(my_services[volume["service_id"]]))
+            finally:
+                self.busy.discard(volume["id"])
+        if not my_services:
+            return
+        # Volumes whose record is gone are removed, but only against a store known to be
+        # current (a restarted node may not have applied the latest entries yet).
+        await self.cluster.barrier()
+        with store.lock:
+            wanted = {v["id"] for v in volumes.all_volumes(store) if v["node"] == self.node}
+        for service in my_services.values():
+            driver = self._driver(service)
+            for orphan in set(await asyncio.to_thread(driver.volumes)) - wanted:
+                with contextlib.suppress(NoSuchVolume):
+                    await asyncio.to_thread(driver.delete, orphan)
+                log.info("removed volume %s (no record)", orphan, extra={"resource": orphan})
+
+    async def _converge_one(self, volume: dict[str, Any], driver: BlockDriver) -> None:
+        vid, status = volume["id"], volume["status"]
+        if status == "deleting":
+            with contextlib.suppress(NoSuchVolume):
+                await asyncio.to_thread(driver.delete, vid)
+            await self.cluster.propose_ok(
+                Entry(EntryType.VOLUME_DELETE, {"id": vid}), idempotent=True
+            )
+            log.info("volume %s deleted", vid, extra={"resource": vid})
+            return
+        if status == "pending":
+            try:
+                await self._set(vid, expect="pending", status="creating")
+            except Conflict:
+                return  # someone else claimed it
+            await self._create(volume, driver)
+            return
+        if status == "creating":  # interrupted (this node stopped): start again cleanly
+            with contextlib.suppress(NoSuchVolume):
+                await asyncio.to_thread(driver.delete, vid)
+            await self._create(volume, driver)
+            return
+        if status != "ready":
+            return
+        actual = (await asyncio.to_thread(driver.volumes)).get(vid)
+        if actual is None:
+            await self._set(
+                vid, status="failed", status_message="the volume disappeared from its pool"
+            )
+            return
+        try:
+            if volume["size"] > actual.size:
+                actual = await asyncio.to_thread(driver.resize, vid, volume["size"])
+                await self._set(
+                    vid, allocated=actual.allocated, actual_size=actual.size, status_message=""
+                )
+            done = list(volume["snapshots_done"])
+            for snap in volume["snapshots"]:
+                if snap not in done:
+                    await asyncio.to_thread(driver.snapshot, vid, snap)
+                    done.append(snap)
+                    await self._set(vid, snapshots_done=done)
+        except SymphonyError as exc:
+            await self._set(vid, status_message=f"last change failed: {exc.message}")
+
+    async def _create(self, volume: dict[str, Any], driver: BlockDriver) -> None:
+        vid = volume["id"]
+        try:
+            image_path = image_format = None
+            if volume["image_id"]:
+                image = await self.images.ensure_local(volume["image_id"])
+                image_path = self.images.files.path(image["fingerprint"])
+                image_format = image["format"]
+            info = await asyncio.to_thread(
+                driver.create, vid, volume["size"], image_path, image_format, volume["overlay"]
+            )
+        except SymphonyError as exc:
+            await self._set(vid, status="failed", status_message=exc.message)
+            log.warning("volume %s failed: %s", vid, exc.message, extra={"resource": vid})
+            return
+        except OSError as exc:
+            await self._set(vid, status="failed", status_message=str(exc))
+            return
+        await self._set(
+            vid,
+            status="ready",
+            status_message="",
+            format=info.format,
+            allocated=info.allocated,
+            actual_size=info.size,
+        )
+        log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
+
+    async def run_agent(self) -> None:
+        last_health = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            seen = self.cluster.store.revision  # before reading: later changes wake us
+            ok = True
+            if loop.time() - last_health >= HEALTH_EVERY:
+                try:
+                    await self.report_health()
+                    last_health = loop.time()
+                except (SymphonyError, OSError):
+                    ok = False
+            try:
+                await self.converge()
+            except (SymphonyError, OSError) as exc:
+                ok = False
+                metrics.RECONCILE_ERRORS.labels("block").inc()
+                log.warning("block agent: %s", exc)
+            await self.cluster.wait_for_revision(seen, HEALTH_EVERY if ok else 1.0)

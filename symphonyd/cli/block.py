@@ -1,0 +1,255 @@
+"""`symphonyd service ...` and `symphonyd volume ...`."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Any
+
+import click
+
+from symphonyd.cli.images import human_size
+from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.client import Client
+from symphonyd.errors import DriverError, NotFound
+
+VOLUME_FIELDS = [
+    "id",
+    "name",
+    "status",
+    "status_message",
+    "node",
+    "pool",
+    "size",
+    "actual_size",
+    "format",
+    "allocated",
+    "image_id",
+    "snapshots",
+    "created_at",
+]
+WAIT_LIMIT = 1800.0
+
+
+def _path(kind: str, ref: str) -> str:
+    return f"/v1/{kind}/" + urllib.parse.quote(ref, safe="")
+
+
+def wait_volume(
+    client: Client, record: dict[str, Any], *, gone_ok: bool = False
+) -> dict[str, Any] | None:
+    """Follow a volume until its work is done: ready or failed (or gone, for rm)."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while time.monotonic() < deadline:
+        if record["status"] == "failed":
+            raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
+        if record["status_message"].startswith("last change failed"):
+            raise DriverError(f"volume {record['name']}: {record['status_message']}")
+        busy = (
+            record["status"] in ("pending", "creating", "deleting")
+            or set(record["snapshots"]) - set(record["snapshots_done"])
+            or (record["status"] == "ready" and (record.get("actual_size") or 0) < record["size"])
+        )
+        if not busy:
+            return record
+        time.sleep(0.2)
+        try:
+            record = client.request("GET", _path("volumes", record["id"]))
+        except NotFound:
+            if gone_ok:
+                return None
+            raise
+    raise DriverError(
+        f"volume {record['name']} is still {record['status']} after {WAIT_LIMIT:.0f} s"
+    )
+
+
+def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
+    @main.group()
+    def service() -> None:
+        """Cloud services enabled on hosts (block)."""
+
+    @service.command("new")
+    @click.argument("kind", metavar="[TYPE]", default="block", required=False)
+    @click.option("--driver", default="file", show_default=True, help="Block driver.")
+    @click.option("--pool", default="default", show_default=True, help="Pool name.")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def service_new(obj: Any, kind: str, driver: str, pool: str, as_json: bool) -> None:
+        """Enable a service on this node (over its local control socket)."""
+        record = obj.client(local_only=True).request(
+            "POST", "/v1/services", body={"type": kind, "driver": driver, "pool": pool}
+        )
+        if as_json:
+            print_json(record)
+        else:
+            click.echo(
+                f"Enabled {record['type']} service {record['id']} "
+                f"({record['driver']}, pool {record['pool']}) on {record['node']}."
+            )
+
+    @service.command("list")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def service_list(obj: Any, as_json: bool) -> None:
+        """Services with their health and capacity."""
+        result = obj.client().request("GET", "/v1/services")
+        if as_json:
+            print_json(result)
+            return
+        print_table(
+            ["ID", "NODE", "TYPE", "DRIVER", "POOL", "HEALTH", "FREE"],
+            [
+                [
+                    s["id"][:12],
+                    s["node"],
+                    s["type"],
+                    s["driver"],
+                    s["pool"],
+                    "ok"
+                    if (s.get("health") or {}).get("ok")
+                    else (s.get("health") or {}).get("message", "unknown"),
+                    human_size((s.get("capacity") or {}).get("free")),
+                ]
+                for s in result["services"]
+            ],
+        )
+
+    @service.command("show")
+    @click.argument("ref", metavar="SERVICE")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def service_show(obj: Any, ref: str, as_json: bool) -> None:
+        """One service."""
+        record = obj.client().request("GET", _path("services", ref))
+        if as_json:
+            print_json(record)
+        else:
+            print_kv_table(list(record.items()))
+
+    @service.command("rm")
+    @click.argument("ref", metavar="SERVICE")
+    @click.pass_obj
+    @run_safely
+    def service_rm(obj: Any, ref: str) -> None:
+        """Disable a service (refused while it has volumes)."""
+        result = obj.client().request("DELETE", _path("services", ref))
+        click.echo(f"Removed service {result['deleted']}.")
+
+    @main.group()
+    def volume() -> None:
+        """Block volumes."""
+
+    def show(record: dict[str, Any] | None, as_json: bool) -> None:
+        if record is None:
+            return
+        if as_json:
+            print_json(record)
+        else:
+            print_kv_table([(k, record.get(k)) for k in VOLUME_FIELDS])
+
+    @volume.command("create")
+    @click.argument("name")
+    @click.option("--size", required=True, help="e.g. 512M, 10G, 1T (a bare number is GiB).")
+    @click.option("--image", help="Make it from this image (id, prefix or name).")
+    @click.option("--node", help="Put it on this node (default: the scheduler decides).")
+    @click.option("--pool", help="Block pool.")
+    @click.option("--no-wait", is_flag=True, help="Return at once (status pending).")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def volume_create(
+        obj: Any,
+        name: str,
+        size: str,
+        image: str | None,
+        node: str | None,
+        pool: str | None,
+        no_wait: bool,
+        as_json: bool,
+    ) -> None:
+        """Create a volume."""
+        client = obj.client()
+        record = client.request(
+            "POST",
+            "/v1/volumes",
+            body={"name": name, "size": size, "image": image, "node": node, "pool": pool},
+        )
+        show(record if no_wait else wait_volume(client, record), as_json)
+
+    @volume.command("list")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def volume_list(obj: Any, as_json: bool) -> None:
+        """All volumes."""
+        result = obj.client().request("GET", "/v1/volumes")
+        if as_json:
+            print_json(result)
+            return
+        print_table(
+            ["ID", "NAME", "STATUS", "NODE", "SIZE", "ALLOCATED", "IMAGE"],
+            [
+                [
+                    v["id"][:12],
+                    v["name"],
+                    v["status"],
+                    v["node"],
+                    human_size(v["size"]),
+                    human_size(v["allocated"]),
+                    (v["image_id"] or "-")[:12],
+                ]
+                for v in result["volumes"]
+            ],
+        )
+
+    @volume.command("show")
+    @click.argument("ref", metavar="VOLUME")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def volume_show(obj: Any, ref: str, as_json: bool) -> None:
+        """One volume, by id, unique id prefix or name."""
+        show(obj.client().request("GET", _path("volumes", ref)), as_json)
+
+    @volume.command("rm")
+    @click.argument("ref", metavar="VOLUME")
+    @click.option("--no-wait", is_flag=True)
+    @click.pass_obj
+    @run_safely
+    def volume_rm(obj: Any, ref: str, no_wait: bool) -> None:
+        """Delete a volume; its node removes it."""
+        client = obj.client()
+        result = client.request("DELETE", _path("volumes", ref))
+        if "deleted" not in result and not no_wait:
+            wait_volume(client, result, gone_ok=True)
+        click.echo(f"Deleted volume {result.get('name')}.")
+
+    @volume.command("resize")
+    @click.argument("ref", metavar="VOLUME")
+    @click.option("--size", required=True, help="The new, larger size.")
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def volume_resize(obj: Any, ref: str, size: str, as_json: bool) -> None:
+        """Grow a volume."""
+        client = obj.client()
+        record = client.request("POST", _path("volumes", ref) + "/resize", body={"size": size})
+        show(wait_volume(client, record), as_json)
+
+    @volume.command("snapshot")
+    @click.argument("ref", metavar="VOLUME")
+    @click.argument("name", required=False)
+    @json_option
+    @click.pass_obj
+    @run_safely
+    def volume_snapshot(obj: Any, ref: str, name: str | None, as_json: bool) -> None:
+        """Snapshot a volume (NAME defaults to snap-N)."""
+        client = obj.client()
+        record = client.request(
+            "POST", _path("volumes", ref) + "/snapshot", body={"name": name} if name else {}
+        )
+        show(wait_volume(client, record), as_json)
