@@ -300,8 +300,11 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
         int stop = p.abort || s->state != READ;
         pthread_mutex_unlock(&p.lock);
         if (stop) break;
-        int hash_bad = s->buf ? EVP_DigestUpdate(md, s->buf, s->len) != 1
-                              : hash_zeros(md, s->len) != 0;
+        /* Read the job before handing the slot on: once it is HASHED, the writer frees it
+         * and the reader may fill it again. */
+        uint64_t len = s->len;
+        int hash_bad = s->buf ? EVP_DigestUpdate(md, s->buf, len) != 1
+                              : hash_zeros(md, len) != 0;
         pthread_mutex_lock(&p.lock);
         s->state = HASHED;
         if (hash_bad) p.abort = 1;
@@ -311,7 +314,7 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
             bad = fail(r, EIO, "sha256");
             break;
         }
-        hashed += s->len;
+        hashed += len;
         seq++;
         if (progress && progress_every && hashed >= next_report) {
             progress(ctx, hashed);
