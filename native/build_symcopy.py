@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 ffibuilder = FFI()
 ffibuilder.cdef(
     """
-    typedef void (*sy_progress_fn)(void *ctx, uint64_t done);
+    typedef int (*sy_progress_fn)(void *ctx, uint64_t done);
     typedef struct sy_result {
         unsigned char sha256[32];
         uint64_t size;
@@ -33,7 +33,7 @@ ffibuilder.cdef(
     int sy_stream_finish(sy_stream *stream, sy_result *result);
     void sy_stream_free(sy_stream *stream);
     const char *sy_backend(void);
-    extern "Python" void sy_progress_callback(void *ctx, uint64_t done);
+    extern "Python" int sy_progress_callback(void *ctx, uint64_t done);
     """
 )
 ffibuilder.set_source(

@@ -317,7 +317,14 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
         hashed += len;
         seq++;
         if (progress && progress_every && hashed >= next_report) {
-            progress(ctx, hashed);
+            if (progress(ctx, hashed)) {
+                pthread_mutex_lock(&p.lock);
+                p.abort = 1;
+                pthread_cond_broadcast(&p.changed);
+                pthread_mutex_unlock(&p.lock);
+                bad = fail(r, ECANCELED, "copy");
+                break;
+            }
             next_report = hashed + progress_every;
         }
     }
@@ -328,7 +335,8 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
     pthread_cond_destroy(&p.changed);
     if (p.reader_r.error) bad = fail(r, p.reader_r.error, p.reader_r.message);
     if (p.writer_r.error) bad = fail(r, p.writer_r.error, p.writer_r.message);
-    if (!bad && hashed != p.size) bad = fail(r, EIO, "copy stopped early");
+    if (!bad && !r->error && hashed != p.size) bad = fail(r, EIO, "copy stopped early");
+    if (r->error) bad = -1;
     unsigned int digest_len = 0;
     if (!bad && EVP_DigestFinal_ex(md, r->sha256, &digest_len) != 1) bad = fail(r, EIO, "sha256");
     EVP_MD_CTX_free(md);
@@ -357,8 +365,8 @@ int sy_copy_sparse(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
             bad = read_full(in_fd, buf, len, off, r) ||
                   write_nonzero(out_fd, buf, len, off, &written, r);
             off += len;
-            if (progress && progress_every && off >= next_report) {
-                progress(ctx, off);
+            if (!bad && progress && progress_every && off >= next_report) {
+                if (progress(ctx, off)) bad = fail(r, ECANCELED, "copy");
                 next_report = off + progress_every;
             }
         }

@@ -5,8 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Called from the calling thread at most every `progress_every` bytes of logical size. */
-typedef void (*sy_progress_fn)(void *ctx, uint64_t done);
+/* Called from the calling thread at most every `progress_every` bytes of logical size; a
+ * non-zero return stops the copy (error ECANCELED). */
+typedef int (*sy_progress_fn)(void *ctx, uint64_t done);
 
 typedef struct sy_result {
     unsigned char sha256[32];

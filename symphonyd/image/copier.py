@@ -28,7 +28,7 @@ from typing import Any
 
 from symphonyd.errors import DriverError
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]  # a true return value stops the copy (ECANCELED)
 PROGRESS_EVERY = 8 * 1024 * 1024
 BLOCK = 1024 * 1024
 GRAIN = 4096
@@ -69,8 +69,8 @@ except ImportError as exc:  # the module was not built, or is disabled
 if _ffi is not None:
 
     @_ffi.def_extern()
-    def sy_progress_callback(ctx: Any, done: int) -> None:
-        _ffi.from_handle(ctx)(int(done))
+    def sy_progress_callback(ctx: Any, done: int) -> int:
+        return 1 if _ffi.from_handle(ctx)(int(done)) else 0
 
 
 def _native_result(result: Any, hashed: bool) -> CopyResult:
@@ -150,7 +150,10 @@ def _write_nonzero(fd: int, data: bytes | memoryview, offset: int) -> int:
         end = min(pos, length)
         chunk = view[start:end]
         while chunk:
-            chunk = chunk[os.pwrite(fd, chunk, offset + start + (end - start - len(chunk))) :]
+            n = os.pwrite(fd, chunk, offset + start + (end - start - len(chunk)))
+            if n == 0:
+                raise CopyError("write: No space left on device", errno_codes.ENOSPC)
+            chunk = chunk[n:]
         written += end - start
     return written
 
@@ -186,7 +189,8 @@ def _python_copy(
                 digest.update(_ZEROS[:n])
             offset += n
             if progress and every and offset >= next_report:
-                progress(offset)
+                if progress(offset):
+                    raise CopyError("copy: cancelled", errno_codes.ECANCELED)
                 next_report = offset + every
     os.ftruncate(dst_fd, size)
     if progress:

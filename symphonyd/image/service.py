@@ -72,6 +72,7 @@ class ImageService:
         self.fingerprint = fingerprint  # the cluster certificate's, to pin peers
         self.credential = credential  # bearer token for calls to other members
         self.fetching: dict[str, asyncio.Task[Any]] = {}
+        self.files_lock = asyncio.Lock()
         self.running: dict[str, asyncio.Task[Any]] = {}
         # Fingerprints published but not yet recorded, and ids of imports writing a temp
         # file: the clean-up must leave both alone.
@@ -128,10 +129,16 @@ class ImageService:
         result = await self.cluster.propose_ok(Entry(EntryType.IMAGE_CREATE, {"image": record}))
         return dict(result["image"])
 
-    async def _update(self, image_id: str, **fields: Any) -> dict[str, Any]:
+    async def _update(
+        self, image_id: str, expect: str | None = "importing", **fields: Any
+    ) -> dict[str, Any]:
+        """Record an import's outcome, only while it is still `importing` (a late entry
+        must never overwrite a final state)."""
         fields["updated_at"] = now_rfc3339()
-        entry = Entry(EntryType.IMAGE_UPDATE, {"id": image_id, "fields": fields})
-        result = await self.cluster.propose_ok(entry, idempotent=True)
+        body: dict[str, Any] = {"id": image_id, "fields": fields}
+        if expect is not None:
+            body["expect_status"] = expect
+        result = await self.cluster.propose_ok(Entry(EntryType.IMAGE_UPDATE, body), idempotent=True)
         return dict(result["image"])
 
     async def import_path(
@@ -176,7 +183,9 @@ class ImageService:
         dst = -1
         try:
             dst = self.files.open_temp(image_id)
-            result = await asyncio.to_thread(copier.copy_and_hash, src, dst, reporter.threadsafe)
+            result = await _in_thread(
+                copier.copy_and_hash, src, dst, reporter.threadsafe, on_cancel=reporter.cancel
+            )
             await self._finish(image_id, dst, result, expected)
         except BaseException as exc:
             # The caller already has the record: it stays, `failed`, with the reason.
@@ -216,14 +225,14 @@ class ImageService:
                 batch += chunk
                 received += len(chunk)
                 if len(batch) >= WRITE_BATCH:
-                    await asyncio.to_thread(stream.write, bytes(batch))
+                    await _in_thread(stream.write, bytes(batch))
                     batch.clear()
                     reporter.report(received)
             if batch:
-                await asyncio.to_thread(stream.write, bytes(batch))
+                await _in_thread(stream.write, bytes(batch))
             if length is not None and received != length:
                 raise Invalid(f"upload interrupted: {received} of {length} bytes arrived")
-            result = await asyncio.to_thread(stream.finish)
+            result = await _in_thread(stream.finish)
             return await self._finish(image_id, dst, result, expected)
         except BaseException as exc:
             await self._fail(image_id, exc)
@@ -243,11 +252,12 @@ class ImageService:
             raise _Discard(
                 f"checksum mismatch: expected {expected}, got {result.sha256}; nothing was kept"
             )
-        found = await asyncio.to_thread(formats.detect, fd, result.size)
+        found = await _in_thread(formats.detect, fd, result.size)
         note = "" if found.recognised else "not a recognised disk image format: accepted as raw"
         self.publishing.add(result.sha256)
         try:
-            await asyncio.to_thread(self.files.publish, image_id, fd, result.sha256)
+            async with self.files_lock:
+                await _in_thread(self.files.publish, image_id, fd, result.sha256)
             record = await self._update(
                 image_id,
                 status="ready",
@@ -297,32 +307,35 @@ class ImageService:
 
     async def fail_orphans(self) -> None:
         """Imports this node was running when it stopped (kill -9, power loss) are over:
-        say so, so no image stays `importing` for ever."""
+        say so, so no image stays `importing` for ever. Decided on a store known to be
+        current, and applied only if the image is still `importing`."""
+        await self.cluster.barrier()
         for record in self.records():
             if (
                 record["status"] == "importing"
                 and record["node"] == self.node
                 and record["id"] not in self.importing
             ):
-                await self._update(
-                    record["id"],
-                    status="failed",
-                    status_message=("the node stopped during the import; nothing was kept"),
-                )
+                with contextlib.suppress(Conflict):  # it finished meanwhile
+                    await self._update(
+                        record["id"],
+                        status="failed",
+                        status_message="the node stopped during the import; nothing was kept",
+                    )
                 self.files.discard_temp(record["id"])
 
     async def collect_garbage(self) -> None:
         """Remove local files no image refers to, and temp files of dead imports (against a
         store known to be current: a restarted node may not have caught up yet)."""
         await self.cluster.barrier()
-        with self.cluster.store.lock:
-            wanted = images.referenced_fingerprints(self.cluster.store) | self.publishing
-        for fingerprint in await asyncio.to_thread(self.files.fingerprints):
-            if fingerprint not in wanted and await asyncio.to_thread(
-                self.files.remove, fingerprint
-            ):
-                log.info("removed image file %s (no image refers to it)", fingerprint)
-        await asyncio.to_thread(self.files.clean_temp, set(self.importing))
+        # Under the files lock, as publishing is: a file is judged and removed in one step.
+        async with self.files_lock:
+            with self.cluster.store.lock:
+                wanted = images.referenced_fingerprints(self.cluster.store) | self.publishing
+            for fingerprint in self.files.fingerprints():
+                if fingerprint not in wanted and self.files.remove(fingerprint):
+                    log.info("removed image file %s (no image refers to it)", fingerprint)
+            self.files.clean_temp(set(self.importing))
 
     # -- replication ---------------------------------------------------------------------
 
@@ -384,7 +397,7 @@ class ImageService:
             received, failures = 0, []
 
             async def write(chunk: bytes) -> None:
-                await asyncio.to_thread(stream.write, chunk)
+                await _in_thread(stream.write, chunk)
 
             for attempt in range(FETCH_ATTEMPTS):
                 client = sources[attempt % len(sources)]
@@ -401,7 +414,7 @@ class ImageService:
                 await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
             else:
                 raise Unavailable(f"could not fetch image {image_id}: " + "; ".join(failures))
-            result = await asyncio.to_thread(stream.finish)
+            result = await _in_thread(stream.finish)
             if result.sha256 != fingerprint or result.size != record["size"]:
                 raise Unavailable(
                     f"fetched copy of image {image_id} does not match its checksum "
@@ -409,7 +422,8 @@ class ImageService:
                 )
             self.publishing.add(fingerprint)
             try:
-                await asyncio.to_thread(self.files.publish, image_id, dst, fingerprint)
+                async with self.files_lock:
+                    await _in_thread(self.files.publish, image_id, dst, fingerprint)
                 await self._add_holder(image_id)
             finally:
                 self.publishing.discard(fingerprint)
@@ -464,11 +478,11 @@ class ImageService:
                     )
                     await self._remove_holder(record["id"])
                 continue
-            intact = await asyncio.to_thread(self.files.verify, fingerprint)
+            intact = await _in_thread(self.files.verify, fingerprint)
             checked.append({"id": record["id"], "fingerprint": fingerprint, "intact": intact})
             if not intact:
                 log.error("image %s: local copy is corrupted; removing it", record["id"])
-                await asyncio.to_thread(self.files.remove, fingerprint)
+                await _in_thread(self.files.remove, fingerprint)
                 for image in self.records():
                     if image.get("fingerprint") == fingerprint and self.node in image["holders"]:
                         await self._remove_holder(image["id"])
@@ -511,6 +525,23 @@ class ImageService:
 FETCH_ATTEMPTS = 6
 
 
+async def _in_thread(
+    fn: Callable[..., Any], *args: Any, on_cancel: Callable[[], None] | None = None
+) -> Any:
+    """Run blocking `fn` in a thread. If the caller is cancelled, ask the work to stop
+    (`on_cancel`) and wait for the thread before re-raising: the caller's `finally` must
+    never close descriptors a thread still reads or writes (their numbers get reused)."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        with contextlib.suppress(BaseException):
+            await future
+        raise
+
+
 async def _counted(step: Callable[[], Awaitable[Any]]) -> bool:
     """Run one agent step; an error is logged and counted, and the loop goes on."""
     try:
@@ -550,9 +581,16 @@ class _ProgressReporter:
         self.loop = asyncio.get_running_loop()
         self.last = 0.0
         self.pending: asyncio.Task[Any] | None = None
+        self.cancelled = False
 
-    def threadsafe(self, done: int) -> None:
-        self.loop.call_soon_threadsafe(self.report, done)
+    def threadsafe(self, done: int) -> bool:
+        """Progress from the copy thread; True asks it to stop (the import was cancelled)."""
+        if not self.cancelled:
+            self.loop.call_soon_threadsafe(self.report, done)
+        return self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def report(self, done: int) -> None:
         now = time.monotonic()
@@ -569,6 +607,7 @@ class _ProgressReporter:
                     {
                         "id": self.image_id,
                         "fields": {"progress": done},
+                        "expect_status": "importing",
                     },
                 )
             )

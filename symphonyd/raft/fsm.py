@@ -91,7 +91,7 @@ def apply_image_create(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_image_update(store: Store, body: dict[str, Any]) -> Result:
-    return images.update(store, body["id"], body["fields"])
+    return images.update(store, body["id"], body["fields"], body.get("expect_status"))
 
 
 def apply_image_delete(store: Store, body: dict[str, Any]) -> Result:

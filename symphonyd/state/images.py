@@ -54,10 +54,16 @@ def create(store: Store, image: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "image": store.put(TABLE, image["id"], image)}
 
 
-def update(store: Store, image_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+def update(
+    store: Store, image_id: str, fields: dict[str, Any], expect_status: str | None = None
+) -> dict[str, Any]:
+    """Change fields; with `expect_status`, only while the image is in that status (so a
+    late progress or failure entry never overwrites a final state)."""
     old = get(store, image_id)
     if old is None:
         return failure("not_found", f"no image {image_id}")
+    if expect_status is not None and old["status"] != expect_status:
+        return failure("conflict", f"image {image_id} is {old['status']}, not {expect_status}")
     return {"ok": True, "image": store.put(TABLE, image_id, {**old, **fields})}
 
 
