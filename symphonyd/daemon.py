@@ -568,6 +568,15 @@ class Daemon:
         with cluster.store.lock:
             problem = tokens.check_usable(tokens.get(cluster.store, token_id), secret_sha, now)
             problem = problem or nodes.check_addable(cluster.store, record)
+            in_use = max(
+                (int(n.get("schema", 1)) for n in nodes.all_nodes(cluster.store)), default=1
+            )
+        if not problem and record["schema"] < in_use:
+            problem = (
+                "conflict",
+                f"this cluster already speaks schema {in_use}; the joining "
+                f"node speaks {record['schema']}: install the current symphonyd on it",
+            )
         if problem:
             from symphonyd.raft.cluster import raise_for_result
 

@@ -86,7 +86,7 @@ def test_an_entry_encodes_to_msgpack_type_version_body() -> None:
     data = entry.encode()
     assert msgpack.unpackb(data, raw=False) == [
         20,
-        SCHEMA_VERSION,
+        1,  # KV_PUT's body version (not the schema level)
         {"key": "a", "value": b"\x00\xff"},
     ]
     again = decode(data)

@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class EntryType(IntEnum):
@@ -53,8 +53,18 @@ class EntryType(IntEnum):
     VOLUME_DELETE = 52
 
 
-# Types added after schema 1, and bodies changed since version 1 (none yet).
-INTRODUCED: dict[int, int] = {}
+# Types added after schema 1 (schema 2: services and volumes), and bodies changed since
+# version 1 (none yet). IMAGE_DELETE refuses an image used by a volume since schema 2; a
+# schema-1 node cannot tell, but no volume can exist while one runs (VOLUME_CREATE is
+# refused until every member speaks schema 2), so both apply it alike.
+INTRODUCED: dict[int, int] = {
+    EntryType.SERVICE_CREATE: 2,
+    EntryType.SERVICE_UPDATE: 2,
+    EntryType.SERVICE_DELETE: 2,
+    EntryType.VOLUME_CREATE: 2,
+    EntryType.VOLUME_UPDATE: 2,
+    EntryType.VOLUME_DELETE: 2,
+}
 BODY_VERSIONS: dict[int, int] = {}
 
 
