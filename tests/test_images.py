@@ -358,3 +358,27 @@ def test_stopping_the_node_during_an_upload_never_leaves_a_partial_image(
         assert temp_files(n) == [] and images_on_disk(n) == []
     finally:
         nodes.cleanup()
+
+
+def test_deleting_an_import_in_progress_stops_it_cleanly(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    """`image rm` of an import still copying: the copy thread is asked to stop and waited
+    for before its files close (a closed number reused by the next file must not receive
+    the old copy's bytes); nothing is left, and the next import is intact."""
+    _, n = node
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        for _ in range(24):
+            f.write(random.Random(11).randbytes(16 * MiB))
+    started = n.client().request("POST", "/v1/images", body={"path": str(big), "name": "cancel-me"})
+    n.client().request("DELETE", f"/v1/images/{started['id']}")
+    wait_until(lambda: temp_files(n) == [], 20, "the temp file to go")
+    assert all(r["name"] != "cancel-me" for r in n.client().request("GET", "/v1/images")["images"])
+    small = tmp_path / "small.img"
+    digest = random_file(small, 5 * MiB, seed=12)
+    record = cli_json(n, "image", "new", "after", "after-cancel", str(small))
+    path = n.data_dir / "images" / "sha256" / digest
+    assert record["fingerprint"] == digest
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    cli_json(n, "image", "rm", "after-cancel")
