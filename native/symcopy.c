@@ -120,6 +120,7 @@ static int next_extent(int fd, uint64_t off, uint64_t size, uint64_t *data, uint
     off_t h = lseek(fd, d, SEEK_HOLE);
     *data = (uint64_t)d > size ? size : (uint64_t)d;
     *hole = h < 0 ? size : ((uint64_t)h > size ? size : (uint64_t)h);
+    if (*hole <= *data && *data < size) *hole = size; /* a filesystem that says nothing useful */
     return 0;
 }
 
@@ -278,6 +279,8 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
     pthread_cond_init(&p.changed, NULL);
     pthread_t reader, writer;
     if (pthread_create(&reader, NULL, reader_main, &p)) {
+        pthread_mutex_destroy(&p.lock);
+        pthread_cond_destroy(&p.changed);
         EVP_MD_CTX_free(md);
         return fail(r, EAGAIN, "thread");
     }
@@ -287,6 +290,9 @@ int sy_copy_hash(int in_fd, int out_fd, sy_progress_fn progress, void *ctx,
         pthread_cond_broadcast(&p.changed);
         pthread_mutex_unlock(&p.lock);
         pthread_join(reader, NULL);
+        for (int i = 0; i < SY_SLOTS; i++) free(p.slots[i].mem);
+        pthread_mutex_destroy(&p.lock);
+        pthread_cond_destroy(&p.changed);
         EVP_MD_CTX_free(md);
         return fail(r, EAGAIN, "thread");
     }

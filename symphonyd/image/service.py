@@ -409,6 +409,8 @@ class ImageService:
                 except TransferInterrupted as exc:
                     received += exc.received
                     failures.append(exc.message)
+                except CopyError:
+                    raise  # writing here failed (disk full, ...): no other holder helps
                 except SymphonyError as exc:
                     failures.append(f"{client.host}:{client.port}: {exc.message}")
                 await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
