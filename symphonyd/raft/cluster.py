@@ -47,6 +47,7 @@ _UNKNOWN_OUTCOME = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
 _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 MAX_IN_FLIGHT = 4096
+QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
     "conflict": Conflict,
@@ -79,6 +80,8 @@ class Cluster:
         # Outcomes of proposals, handed from the Raft thread in batches (one wake-up each).
         self._outcomes: list[tuple[asyncio.Future[Any], Any, int]] = []
         self._outcomes_lock = threading.Lock()
+        self._in_flight_futures: set[asyncio.Future[Any]] = set()
+        self._quorum_watch: asyncio.Task[None] | None = None
         self._unsubscribe = store.subscribe(self._on_changes)
 
     # -- writes ---------------------------------------------------------------------------
@@ -103,14 +106,19 @@ class Cluster:
                 future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
                 started = time.perf_counter()
                 self.node.submit(data, functools.partial(self._outcome, future))
-                remaining = deadline - time.monotonic()
+                self._in_flight_futures.add(future)
+                self._ensure_quorum_watch()
                 try:
-                    result, error = await asyncio.wait_for(future, max(remaining, 0.01))
+                    result, error = await asyncio.wait_for(
+                        future, max(deadline - time.monotonic(), 0.01)
+                    )
                 except TimeoutError:
                     raise Unavailable(
                         f"the write was not confirmed within {timeout:g}s; it may still be "
                         "applied (check before retrying)"
                     ) from None
+                finally:
+                    self._in_flight_futures.discard(future)
                 if error == FAIL_REASON.SUCCESS:
                     metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
                     return dict(result) if isinstance(result, dict) else {"ok": True}
@@ -126,6 +134,32 @@ class Cluster:
                     f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
                     "the leader changed while it was in flight"
                 )
+
+    def _ensure_quorum_watch(self) -> None:
+        if self._quorum_watch is None or self._quorum_watch.done():
+            self._quorum_watch = self.loop.create_task(self._watch_quorum())
+
+    async def _watch_quorum(self) -> None:
+        """While writes are in flight: if this node is cut off from the majority for
+        QUORUM_GRACE seconds, fail them with NoQuorum instead of letting them hang (one
+        watcher for all writes; no timer per write)."""
+        cut_off_since: float | None = None
+        while self._in_flight_futures:
+            await asyncio.sleep(0.25)
+            if self.node.status().get("has_quorum"):
+                cut_off_since = None
+                continue
+            now = time.monotonic()
+            if cut_off_since is None:
+                cut_off_since = now
+            elif now - cut_off_since >= QUORUM_GRACE:
+                message = (
+                    self.no_quorum_message()
+                    + " (the write was in flight: it applies only if quorum returns)"
+                )
+                for future in list(self._in_flight_futures):
+                    if not future.done():
+                        future.set_exception(NoQuorum(message))
 
     async def _await_election(self, deadline: float) -> None:
         """No leader known. Cut off from the majority: fail at once. Connected to it (an
