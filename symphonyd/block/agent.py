@@ -270,12 +270,17 @@ class BlockService:
             return
         # Volumes whose record is gone are removed, but only against a store known to be
         # current (a restarted node may not have applied the latest entries yet).
+        present: dict[str, set[str]] = {}
+        for service in my_services.values():
+            present[service["id"]] = set(await asyncio.to_thread(self._driver(service).volumes))
+        if not any(ids - {v["id"] for v in mine} for ids in present.values()):
+            return
         await self.cluster.barrier()
         with store.lock:
             wanted = {v["id"] for v in volumes.all_volumes(store) if v["node"] == self.node}
         for service in my_services.values():
             driver = self._driver(service)
-            for orphan in set(await asyncio.to_thread(driver.volumes)) - wanted:
+            for orphan in present[service["id"]] - wanted:
                 with contextlib.suppress(NoSuchVolume):
                     await asyncio.to_thread(driver.delete, orphan)
                 log.info("removed volume %s (no record)", orphan, extra={"resource": orphan})
@@ -371,4 +376,6 @@ class BlockService:
                 ok = False
                 metrics.RECONCILE_ERRORS.labels("block").inc()
                 log.warning("block agent: %s", exc)
-            await self.cluster.wait_for_revision(seen, HEALTH_EVERY if ok else 1.0)
+            await self.cluster.wait_for_tables(
+                {"volumes", "services", "images", "nodes"}, seen, HEALTH_EVERY if ok else 1.0
+            )

@@ -76,6 +76,9 @@ class ImageFiles:
                 digest.update(chunk)
         return digest.hexdigest() == fingerprint
 
+    def temp_ids(self) -> set[str]:
+        return {n[: -len(".part")] for n in os.listdir(self.tmp_dir) if n.endswith(".part")}
+
     def clean_temp(self, keep: set[str]) -> None:
         """Remove temp files of imports that are not running (left by a crash)."""
         for name in os.listdir(self.tmp_dir):

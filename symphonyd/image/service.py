@@ -309,8 +309,20 @@ class ImageService:
         """Imports this node was running when it stopped (kill -9, power loss) are over:
         say so, so no image stays `importing` for ever. Decided on a store known to be
         current, and applied only if the image is still `importing`."""
+
+        def orphans() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in self.records()
+                if r["status"] == "importing"
+                and r["node"] == self.node
+                and r["id"] not in self.importing
+            ]
+
+        if not orphans():
+            return
         await self.cluster.barrier()
-        for record in self.records():
+        for record in orphans():
             if (
                 record["status"] == "importing"
                 and record["node"] == self.node
@@ -327,7 +339,16 @@ class ImageService:
     async def collect_garbage(self) -> None:
         """Remove local files no image refers to, and temp files of dead imports (against a
         store known to be current: a restarted node may not have caught up yet)."""
-        await self.cluster.barrier()
+
+        def unwanted() -> set[str]:
+            with self.cluster.store.lock:
+                wanted = images.referenced_fingerprints(self.cluster.store) | self.publishing
+            return self.files.fingerprints() - wanted
+
+        stale_temp = self.files.temp_ids() - self.importing
+        if not unwanted() and not stale_temp:
+            return
+        await self.cluster.barrier()  # decide on a current store before deleting anything
         # Under the files lock, as publishing is: a file is judged and removed in one step.
         async with self.files_lock:
             with self.cluster.store.lock:
@@ -521,7 +542,9 @@ class ImageService:
                 ok = await _counted(self.verify_local) and ok
                 next_scrub = time.monotonic() + scrub_every
             # After a failure (no quorum yet, a peer down) try again soon.
-            await self.cluster.wait_for_revision(seen, 30.0 if ok else 1.0)
+            await self.cluster.wait_for_tables(
+                {"images", "nodes", "cluster"}, seen, 30.0 if ok else 1.0
+            )
 
 
 FETCH_ATTEMPTS = 6

@@ -287,6 +287,22 @@ class Cluster:
             if not await self.wait_for_revision(last, keepalive):
                 yield None
 
+    async def wait_for_tables(self, tables: set[str], after: int, timeout: float) -> bool:
+        """Wait until a change after revision `after` touches one of `tables` (or the
+        store was reset); False on timeout. Agents use it so that unrelated writes (KV)
+        do not wake them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self.wait_for_revision(after, remaining):
+                return False
+            with self.store.lock:
+                changes = self.store.changes_since(after)
+                now = self.store.revision
+            if changes is None or any(c.table in tables or c.table == "*" for c in changes):
+                return True
+            after = now
+
     def close(self) -> None:
         self._unsubscribe()
 

@@ -120,7 +120,13 @@ class Store:
             return []
         if not self.history or self.history[0].revision > revision + 1:
             return None
-        return [c for c in self.history if c.revision > revision]
+        newer: list[Change] = []  # from the newest back: cost follows the changes returned
+        for change in reversed(self.history):
+            if change.revision <= revision:
+                break
+            newer.append(change)
+        newer.reverse()
+        return newer
 
     # -- writing (only from the FSM) ----------------------------------------------------
 
