@@ -44,3 +44,15 @@ def parse_duration(text: object) -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise Invalid(f"duration {text!r} is longer than the maximum of 3650d")
     return timedelta(seconds=seconds)
+
+
+WAIT_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_WAIT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_seconds(text: str, limit: float) -> float:
+    """A Consul-style wait: '10s', '500ms', '5m', or seconds; at most `limit`."""
+    match = WAIT_RE.match(text.strip())
+    if not match:
+        raise Invalid(f"'wait' must be a duration like 10s, 500ms or 5m, not {text!r}")
+    return min(float(match.group(1)) * _WAIT_UNITS[match.group(2)], limit)

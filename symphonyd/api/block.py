@@ -7,6 +7,7 @@ from aiohttp import web
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.agent import BlockService
 from symphonyd.errors import Forbidden, Invalid, NotFound
+from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.state import services
 
 
@@ -54,8 +55,6 @@ async def show_service(request: web.Request) -> web.Response:
 
 
 async def delete_service(request: web.Request) -> web.Response:
-    from symphonyd.raft.entries import Entry, EntryType
-
     service = _service(request)
     await (
         daemon_of(request)

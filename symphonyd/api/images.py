@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from symphonyd.api.events import long_poll
-from symphonyd.api.kv import parse_seconds
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.image.service import ImageService, check_sha256
-from symphonyd.validation import parse_uint
+from symphonyd.validation import parse_seconds, parse_uint
 
 CHUNK = 1024 * 1024
 
@@ -69,7 +68,7 @@ async def show_image(request: web.Request) -> web.Response:
     index_text = request.query.get("index")
     if index_text is not None:
         index = parse_uint(index_text, what="index")
-        deadline = time.monotonic() + min(parse_seconds(request.query.get("wait", "30s")), 600)
+        deadline = time.monotonic() + parse_seconds(request.query.get("wait", "30s"), 600)
         store = service.cluster.store
         while record["mod_revision"] <= index and (remaining := deadline - time.monotonic()) > 0:
             with store.lock:

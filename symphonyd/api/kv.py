@@ -11,7 +11,6 @@ Not supported (400 with a clear message): sessions (`acquire`, `release`).
 from __future__ import annotations
 
 import base64
-import re
 import time
 from typing import Any
 
@@ -22,14 +21,12 @@ from symphonyd.api.routes import Route, daemon_of, flag, json_response
 from symphonyd.errors import Invalid, TooLarge
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.state import kv
-from symphonyd.validation import parse_uint
+from symphonyd.validation import parse_seconds, parse_uint
 
 MAX_VALUE = 512 * 1024
 MAX_KEY = 1024
 MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
-_WAIT_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_WAIT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def check_key(key: str, *, allow_empty: bool) -> str:
@@ -51,15 +48,7 @@ def _uint(request: web.Request, name: str) -> int | None:
 
 def _wait(request: web.Request) -> float:
     text = request.query.get("wait")
-    return DEFAULT_WAIT if text is None else parse_seconds(text)
-
-
-def parse_seconds(text: str) -> float:
-    """A Consul-style wait: '10s', '500ms', '5m' (at most MAX_WAIT)."""
-    match = _WAIT_RE.match(text.strip())
-    if not match:
-        raise Invalid(f"'wait' must be a duration like 10s, 500ms or 5m, not {text!r}")
-    return min(float(match.group(1)) * _WAIT_UNITS[match.group(2)], MAX_WAIT)
+    return DEFAULT_WAIT if text is None else parse_seconds(text, MAX_WAIT)
 
 
 def consul_entry(record: dict[str, Any]) -> dict[str, Any]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-import urllib.parse
 from typing import Any
 
 import click
 
 from symphonyd.cli.images import human_size
-from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, NotFound
 
@@ -31,10 +30,6 @@ VOLUME_FIELDS = [
 WAIT_LIMIT = 1800.0
 
 
-def _path(kind: str, ref: str) -> str:
-    return f"/v1/{kind}/" + urllib.parse.quote(ref, safe="")
-
-
 def wait_volume(
     client: Client, record: dict[str, Any], *, gone_ok: bool = False
 ) -> dict[str, Any] | None:
@@ -54,7 +49,7 @@ def wait_volume(
             return record
         time.sleep(0.2)
         try:
-            record = client.request("GET", _path("volumes", record["id"]))
+            record = client.request("GET", resource_path("volumes", record["id"]))
         except NotFound:
             if gone_ok:
                 return None
@@ -124,7 +119,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
     @run_safely
     def service_show(obj: Any, ref: str, as_json: bool) -> None:
         """One service."""
-        record = obj.client().request("GET", _path("services", ref))
+        record = obj.client().request("GET", resource_path("services", ref))
         if as_json:
             print_json(record)
         else:
@@ -136,7 +131,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
     @run_safely
     def service_rm(obj: Any, ref: str) -> None:
         """Disable a service (refused while it has volumes)."""
-        result = obj.client().request("DELETE", _path("services", ref))
+        result = obj.client().request("DELETE", resource_path("services", ref))
         click.echo(f"Removed service {result['deleted']}.")
 
     @main.group()
@@ -213,7 +208,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
     @run_safely
     def volume_show(obj: Any, ref: str, as_json: bool) -> None:
         """One volume, by id, unique id prefix or name."""
-        show(obj.client().request("GET", _path("volumes", ref)), as_json)
+        show(obj.client().request("GET", resource_path("volumes", ref)), as_json)
 
     @volume.command("rm")
     @click.argument("ref", metavar="VOLUME")
@@ -223,7 +218,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
     def volume_rm(obj: Any, ref: str, no_wait: bool) -> None:
         """Delete a volume; its node removes it."""
         client = obj.client()
-        result = client.request("DELETE", _path("volumes", ref))
+        result = client.request("DELETE", resource_path("volumes", ref))
         if "deleted" not in result and not no_wait:
             wait_volume(client, result, gone_ok=True)
         click.echo(f"Deleted volume {result.get('name')}.")
@@ -237,7 +232,9 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
     def volume_resize(obj: Any, ref: str, size: str, as_json: bool) -> None:
         """Grow a volume."""
         client = obj.client()
-        record = client.request("POST", _path("volumes", ref) + "/resize", body={"size": size})
+        record = client.request(
+            "POST", resource_path("volumes", ref) + "/resize", body={"size": size}
+        )
         show(wait_volume(client, record), as_json)
 
     @volume.command("snapshot")
@@ -250,6 +247,6 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
         """Snapshot a volume (NAME defaults to snap-N)."""
         client = obj.client()
         record = client.request(
-            "POST", _path("volumes", ref) + "/snapshot", body={"name": name} if name else {}
+            "POST", resource_path("volumes", ref) + "/snapshot", body={"name": name} if name else {}
         )
         show(wait_volume(client, record), as_json)

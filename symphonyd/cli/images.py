@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, Invalid
 
@@ -220,9 +220,7 @@ def register(main: click.Group, context_class: Any, run_safely: Any, json_option
     @run_safely
     def image_show(obj: Any, image_ref: str, as_json: bool) -> None:
         """One image, by id, unique id prefix or name."""
-        import urllib.parse
-
-        record = obj.client().request("GET", "/v1/images/" + urllib.parse.quote(image_ref, safe=""))
+        record = obj.client().request("GET", resource_path("images", image_ref))
         if as_json:
             print_json(record)
         else:
@@ -235,11 +233,7 @@ def register(main: click.Group, context_class: Any, run_safely: Any, json_option
     @run_safely
     def image_rm(obj: Any, image_ref: str, as_json: bool) -> None:
         """Delete an image (by id, unique id prefix or name)."""
-        import urllib.parse
-
-        result = obj.client().request(
-            "DELETE", "/v1/images/" + urllib.parse.quote(image_ref, safe="")
-        )
+        result = obj.client().request("DELETE", resource_path("images", image_ref))
         if as_json:
             print_json(result)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,3 +33,8 @@ def print_kv_table(pairs: Sequence[tuple[str, Any]]) -> None:
     for key, value in pairs:
         table.add_row(str(key), "-" if value is None else str(value))
     _console.print(table)
+
+
+def resource_path(kind: str, ref: str) -> str:
+    """The API path of one resource by id, prefix or name (quoted: names are free text)."""
+    return f"/v1/{kind}/" + urllib.parse.quote(ref, safe="")

@@ -323,18 +323,13 @@ class ImageService:
             return
         await self.cluster.barrier()
         for record in orphans():
-            if (
-                record["status"] == "importing"
-                and record["node"] == self.node
-                and record["id"] not in self.importing
-            ):
-                with contextlib.suppress(Conflict):  # it finished meanwhile
-                    await self._update(
-                        record["id"],
-                        status="failed",
-                        status_message="the node stopped during the import; nothing was kept",
-                    )
-                self.files.discard_temp(record["id"])
+            with contextlib.suppress(Conflict):  # it finished meanwhile
+                await self._update(
+                    record["id"],
+                    status="failed",
+                    status_message="the node stopped during the import; nothing was kept",
+                )
+            self.files.discard_temp(record["id"])
 
     async def collect_garbage(self) -> None:
         """Remove local files no image refers to, and temp files of dead imports (against a
