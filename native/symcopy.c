@@ -254,6 +254,15 @@ static int source_size(int fd, uint64_t *size, sy_result *r) {
 }
 
 static int set_size(int fd, uint64_t size, sy_result *r) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return fail(r, errno, "stat of the destination");
+    if (S_ISBLK(st.st_mode)) {
+        /* a device keeps its size; zeroing what the copy skipped is the caller's job */
+        off_t end = lseek(fd, 0, SEEK_END);
+        if (end < 0) return fail(r, errno, "size of the destination");
+        if ((uint64_t)end < size) return fail(r, ENOSPC, "the destination device is too small");
+        return 0;
+    }
     /* a trailing hole exists only once the file has its full length */
     while (ftruncate(fd, (off_t)size) < 0) {
         if (errno != EINTR) return fail(r, errno, "setting the destination's size");

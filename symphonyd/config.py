@@ -20,6 +20,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from symphonyd.block.driver import check_options
 from symphonyd.errors import Invalid
 
 DEFAULT_CONFIG_FILE = "/etc/symphonyd/symphonyd.toml"
@@ -61,6 +62,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json"
     raft: dict[str, Any] = field(default_factory=dict)  # pysyncobj tuning (SyncObjConf names)
+    # What `service new` enables when not told: {driver, pool, options}; file driver, pool
+    # "default" unless set.
+    block: dict[str, Any] = field(default_factory=dict)
 
     @property
     def listen(self) -> str:
@@ -117,5 +121,13 @@ def validate(settings: Settings) -> None:
         )
     if settings.log_format not in ("text", "json"):
         raise Invalid(f"log_format must be text or json, not {settings.log_format!r}")
+    if not isinstance(settings.block, dict):
+        raise Invalid("block must be a table: [block] driver = ..., pool = ..., options = {...}")
+    unknown = sorted(set(settings.block) - {"driver", "pool", "options"})
+    if unknown:
+        raise Invalid(f"[block]: unknown settings: {', '.join(unknown)} (driver, pool, options)")
+    driver = settings.block.get("driver", "file")
+    settings.block["options"] = check_options(driver, settings.block.get("options", {}))
+    check_name(settings.block.get("pool", "default"), what="[block] pool")
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")

@@ -22,6 +22,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -204,12 +205,22 @@ class Daemon:
             fingerprint=self.fingerprint,
             credential=node_credential(self.secret),
         )
-        self._tasks.append(asyncio.create_task(self._remember_members()))
-        self._tasks.append(asyncio.create_task(self.images.run_agent()))
+        self._start_task(self._remember_members())
+        self._start_task(self.images.run_agent())
         self.block = BlockService(
-            self.cluster, self.images, self.settings.name, self.settings.data_dir
+            self.cluster,
+            self.images,
+            self.settings.name,
+            self.settings.data_dir,
+            defaults=self.settings.block,
         )
-        self._tasks.append(asyncio.create_task(self.block.run_agent()))
+        self._start_task(self.block.run_agent())
+
+    def _start_task(self, work: Coroutine[Any, Any, Any]) -> None:
+        """A background loop of this node; one that dies says so in the log at once."""
+        task = asyncio.create_task(work)
+        task.add_done_callback(_report_death)
+        self._tasks.append(task)
 
     async def _start_https(self) -> None:
         assert self._runner is not None
@@ -871,3 +882,8 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
         log.error("%s", exc.message)
         return 1
     return 0
+
+
+def _report_death(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_coro(), exc_info=task.exception())

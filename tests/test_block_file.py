@@ -21,7 +21,7 @@ VID2 = "fedcba9876543210fedcba9876543210"
 
 @pytest.fixture
 def driver(tmp_path: Path) -> FileDriver:
-    made = make_driver("file", root=str(tmp_path / "pool"))
+    made = make_driver("file", pool="pool", data_dir=str(tmp_path))
     assert isinstance(made, FileDriver)
     return made
 

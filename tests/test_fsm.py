@@ -119,6 +119,13 @@ def test_entry_type_codes_are_never_reused() -> None:
         "VOLUME_CREATE": 50,
         "VOLUME_UPDATE": 51,
         "VOLUME_DELETE": 52,
+        "VOLUME_PLACE": 53,
+        "PV_CREATE": 60,
+        "PV_UPDATE": 61,
+        "PV_DELETE": 62,
+        "VG_CREATE": 63,
+        "VG_UPDATE": 64,
+        "VG_DELETE": 65,
     }
 
 
@@ -473,6 +480,116 @@ def check_volume_delete(fsm: FSM, before: dict[str, Any]) -> None:
     assert apply_entry(fsm, EntryType.IMAGE_DELETE, {"id": "img1"})["ok"]
 
 
+def check_volume_place(fsm: FSM, before: dict[str, Any]) -> None:
+    unplaced = {**VOLUME, "node": None, "service_id": None, "pool": None}
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": unplaced})
+    place = {"id": "vol1", "node": "n1", "service_id": "svc1", "pool": "default"}
+    assert apply_entry(fsm, EntryType.VOLUME_PLACE, place)["ok"]
+    record = fsm.store.get("volumes", "vol1")
+    assert (record["node"], record["service_id"], record["pool"]) == ("n1", "svc1", "default")
+    # A second scheduler (an old leader) cannot move it.
+    again = apply_entry(fsm, EntryType.VOLUME_PLACE, {**place, "node": "n2"})
+    assert again["ok"] is False and "already placed" in again["error"]["message"]
+    assert fsm.store.get("volumes", "vol1")["node"] == "n1"
+
+
+LVM_SERVICE = {**SERVICE, "driver": "lvm", "pool": "vg0"}
+PV = {
+    "id": "pv1",
+    "node": "n1",
+    "service_id": "svc1",
+    "device": "/dev/loop7",
+    "status": "pending",
+    "status_message": "",
+    "size": None,
+    "free": None,
+    "vg_id": None,
+    "created_at": "t0",
+    "updated_at": "t0",
+}
+VG = {
+    "id": "vg1",
+    "name": "vg0",
+    "node": "n1",
+    "service_id": "svc1",
+    "pv_ids": ["pv1"],
+    "status": "pending",
+    "status_message": "",
+    "size": None,
+    "free": None,
+    "created_at": "t1",
+    "updated_at": "t1",
+}
+
+
+def ready_pv(fsm: FSM) -> None:
+    apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": LVM_SERVICE})
+    apply_entry(fsm, EntryType.PV_CREATE, {"pv": PV})
+    apply_entry(fsm, EntryType.PV_UPDATE, {"id": "pv1", "fields": {"status": "ready"}})
+
+
+def check_pv_create(fsm: FSM, before: dict[str, Any]) -> None:
+    assert apply_entry(fsm, EntryType.PV_CREATE, {"pv": PV})["ok"]
+    twin = apply_entry(fsm, EntryType.PV_CREATE, {"pv": {**PV, "id": "pv2"}})
+    assert twin["ok"] is False and "already physical volume pv1" in twin["error"]["message"]
+    elsewhere = apply_entry(fsm, EntryType.PV_CREATE, {"pv": {**PV, "id": "pv3", "node": "n2"}})
+    assert elsewhere["ok"]
+
+
+def check_pv_update(fsm: FSM, before: dict[str, Any]) -> None:
+    ready_pv(fsm)
+    apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})
+    refused = apply_entry(fsm, EntryType.PV_UPDATE, {"id": "pv1", "fields": {"status": "deleting"}})
+    assert refused["ok"] is False and "belongs to volume group vg0" in refused["error"]["message"]
+    assert fsm.store.get("pvs", "pv1")["status"] == "ready"
+
+
+def check_pv_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    ready_pv(fsm)
+    apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})
+    in_group = apply_entry(fsm, EntryType.PV_DELETE, {"id": "pv1"})
+    assert in_group["ok"] is False
+    held = apply_entry(fsm, EntryType.SERVICE_DELETE, {"id": "svc1"})
+    assert held["ok"] is False and "volume groups or physical volumes" in held["error"]["message"]
+    assert apply_entry(fsm, EntryType.VG_DELETE, {"id": "vg1"})["ok"]
+    assert apply_entry(fsm, EntryType.PV_DELETE, {"id": "pv1"})["ok"]
+    assert fsm.store.get("pvs", "pv1") is None
+
+
+def check_vg_create(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": LVM_SERVICE})
+    apply_entry(fsm, EntryType.PV_CREATE, {"pv": PV})
+    not_ready = apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})
+    assert not_ready["ok"] is False and "not ready" in not_ready["error"]["message"]
+    apply_entry(fsm, EntryType.PV_UPDATE, {"id": "pv1", "fields": {"status": "ready"}})
+    assert apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})["ok"]
+    assert fsm.store.get("pvs", "pv1")["vg_id"] == "vg1"
+    taken = apply_entry(fsm, EntryType.VG_CREATE, {"vg": {**VG, "id": "vg2", "name": "other"}})
+    assert taken["ok"] is False and "already belongs" in taken["error"]["message"]
+    same = apply_entry(fsm, EntryType.VG_CREATE, {"vg": {**VG, "id": "vg3", "pv_ids": []}})
+    assert same["ok"] is False and "already has a volume group vg0" in same["error"]["message"]
+
+
+def check_vg_update(fsm: FSM, before: dict[str, Any]) -> None:
+    ready_pv(fsm)
+    apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})
+    apply_entry(fsm, EntryType.VG_UPDATE, {"id": "vg1", "fields": {"status": "ready"}})
+    lv = {**VOLUME, "pool": "vg0"}
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": lv})
+    busy = apply_entry(fsm, EntryType.VG_UPDATE, {"id": "vg1", "fields": {"status": "deleting"}})
+    assert busy["ok"] is False and "still holds volumes: data" in busy["error"]["message"]
+    apply_entry(fsm, EntryType.VOLUME_DELETE, {"id": "vol1"})
+    gone = apply_entry(fsm, EntryType.VG_UPDATE, {"id": "vg1", "fields": {"status": "deleting"}})
+    assert gone["ok"]
+
+
+def check_vg_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    ready_pv(fsm)
+    apply_entry(fsm, EntryType.VG_CREATE, {"vg": VG})
+    assert apply_entry(fsm, EntryType.VG_DELETE, {"id": "vg1"})["ok"]
+    assert fsm.store.get("pvs", "pv1")["vg_id"] is None  # the device is free again
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -496,6 +613,13 @@ CHECKS = {
     EntryType.VOLUME_CREATE: check_volume_create,
     EntryType.VOLUME_UPDATE: check_volume_update,
     EntryType.VOLUME_DELETE: check_volume_delete,
+    EntryType.VOLUME_PLACE: check_volume_place,
+    EntryType.PV_CREATE: check_pv_create,
+    EntryType.PV_UPDATE: check_pv_update,
+    EntryType.PV_DELETE: check_pv_delete,
+    EntryType.VG_CREATE: check_vg_create,
+    EntryType.VG_UPDATE: check_vg_update,
+    EntryType.VG_DELETE: check_vg_delete,
 }
 
 

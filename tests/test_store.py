@@ -32,6 +32,8 @@ def test_a_new_store_is_empty_at_revision_zero() -> None:
         "images",
         "services",
         "volumes",
+        "pvs",
+        "vgs",
     }
     assert all(len(t) == 0 for t in store.tables.values())
 

@@ -1,5 +1,5 @@
 """A rolling upgrade with two versions of the entry schema: a node of the next version
-(schema 3, with an entry type the old ones do not know) joins a cluster of the previous
+(the next schema level, with an entry type the old ones do not know) joins a cluster of the previous
 one and follows it; nodes are upgraded one by one; their records tell who runs what, and
 `status` warns while versions differ."""
 
@@ -10,19 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from symphonyd.raft import entries
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# symphonyd "0.2.0": schema 3, one entry type more (99) than the code under test.
-NEXT_VERSION = """
+CURRENT = entries.SCHEMA_VERSION
+NEXT = CURRENT + 1
+# symphonyd "0.2.0": the next schema level, one entry type more (99) than the code here.
+NEXT_VERSION = f"""
 import sys
 import symphonyd, symphonyd.daemon as daemon
 from symphonyd.raft import entries, fsm
 symphonyd.__version__ = daemon.__version__ = "0.2.0"
-entries.SCHEMA_VERSION = daemon.SCHEMA_VERSION = 3
-entries.INTRODUCED[99] = 3
-fsm.APPLIERS[99] = lambda store, body: {"ok": True}
+entries.SCHEMA_VERSION = daemon.SCHEMA_VERSION = {NEXT}
+entries.INTRODUCED[99] = {NEXT}
+fsm.APPLIERS[99] = lambda store, body: {{"ok": True}}
 sys.argv[0] = "symphonyd"
 from symphonyd.cli.main import main
 main()
@@ -48,8 +51,8 @@ def test_a_newer_node_joins_and_follows_then_the_rest_upgrade(tmp_path: Path) ->
         n3.start()
         nodes.join(n3, via=n1)
         assert n3.cli("--version").stdout.strip().endswith("0.2.0")
-        wait_until(lambda: versions(n1).get("n3") == ("0.2.0", 3), 20, "n3's record")
-        assert versions(n1)["n1"] == ("0.1.0", 2)
+        wait_until(lambda: versions(n1).get("n3") == ("0.2.0", NEXT), 20, "n3's record")
+        assert versions(n1)["n1"] == ("0.1.0", CURRENT)
         # The new node follows the old cluster: writes made on old nodes reach it.
         assert n1.client().request("PUT", "/v1/kv/upgrade/a", raw=b"old")
         got = n3.client().request("GET", "/v1/kv/upgrade/a", query={"raw": "1", "consistent": "1"})
@@ -65,12 +68,12 @@ def test_a_newer_node_joins_and_follows_then_the_rest_upgrade(tmp_path: Path) ->
             nodes.nodes[nodes.nodes.index(old)] = upgraded
             upgraded.start()
             wait_until(
-                lambda n=upgraded: versions(n3).get(n.name) == ("0.2.0", 3),
+                lambda n=upgraded: versions(n3).get(n.name) == ("0.2.0", NEXT),
                 30,
                 f"{old.name} to run 0.2.0",
             )
         final = nodes.nodes[0]
-        assert set(versions(final).values()) == {("0.2.0", 3)}
+        assert set(versions(final).values()) == {("0.2.0", NEXT)}
         assert final.client().request("GET", "/v1/kv/upgrade/a", query={"raw": "1"}) == b"old"
         assert "different symphonyd versions" not in final.cli("status").stderr
     finally:

@@ -1,14 +1,18 @@
-"""Block endpoints: services (enabled on the node that answers) and volumes."""
+"""Block endpoints: services (enabled on the node that answers), volumes, and the LVM
+physical volumes, volume groups and logical volumes of lvm services."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.agent import BlockService
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.state import services
+from symphonyd.state import lvm, services
 
 
 def block_of(request: web.Request) -> BlockService:
@@ -19,21 +23,40 @@ async def create_service(request: web.Request) -> web.Response:
     if not request["local"]:
         raise Forbidden("a service is enabled on a node through its local control socket")
     body = await read_json(request)
-    unknown = sorted(set(body) - {"type", "driver", "pool"})
+    unknown = sorted(set(body) - {"type", "driver", "pool", "options"})
     if unknown:
         raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    for key in ("type", "driver", "pool"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise Invalid(f"'{key}' must be text")
+    if body.get("options") is not None and not isinstance(body["options"], dict):
+        raise Invalid("'options' must be an object")
     record = await block_of(request).enable(
-        str(body.get("type", "block")),
-        str(body.get("driver", "file")),
-        str(body.get("pool", "default")),
+        body.get("type"), body.get("driver"), body.get("pool"), body.get("options")
     )
     return json_response(record, status=201)
+
+
+def _with_reachability(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A service on a node this node has no Raft connection to shows as unhealthy, whatever
+    its last report said (a dead node cannot report)."""
+    daemon = daemon_of(request)
+    reachable = scheduler.reachable_nodes(daemon.require_cluster(), daemon.settings.name)
+    for record in records:
+        if record["node"] not in reachable:
+            record["health"] = {
+                **(record.get("health") or {}),
+                "ok": False,
+                "message": f"node {record['node']} is unreachable",
+            }
+    return records
 
 
 async def list_services(request: web.Request) -> web.Response:
     store = daemon_of(request).require_cluster().store
     with store.lock:
-        return json_response({"services": [dict(s) for s in services.all_services(store)]})
+        records = [dict(s) for s in services.all_services(store)]
+    return json_response({"services": _with_reachability(request, records)})
 
 
 def _service(request: web.Request) -> dict[str, object]:
@@ -51,7 +74,7 @@ def _service(request: web.Request) -> dict[str, object]:
 
 
 async def show_service(request: web.Request) -> web.Response:
-    return json_response(_service(request))
+    return json_response(_with_reachability(request, [_service(request)])[0])
 
 
 async def delete_service(request: web.Request) -> web.Response:
@@ -111,6 +134,82 @@ async def snapshot_volume(request: web.Request) -> web.Response:
     )
 
 
+TABLES = {"pvs": lvm.PVS, "vgs": lvm.VGS}
+
+
+def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"'{key}' must be {'given as ' if value is None else ''}text")
+    return value
+
+
+async def create_pv(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"device", "service"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    block = block_of(request)
+    record = await block.lvm.create_pv(_text(body, "device"), _text(body, "service"))
+    return json_response(record, status=202)
+
+
+async def create_vg(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"pv", "name"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    pv = _text(body, "pv")
+    assert pv is not None
+    record = await block_of(request).lvm.create_vg(pv, _text(body, "name", required=False))
+    return json_response(record, status=202)
+
+
+async def create_lv(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"size", "vg", "name"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    vg = _text(body, "vg")
+    assert vg is not None
+    record = await block_of(request).create_lv(
+        body.get("size"), vg, _text(body, "name", required=False)
+    )
+    return json_response(record, status=202)
+
+
+async def list_lvm(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    if kind == "lvs":
+        return json_response({"lvs": block_of(request).logical_volumes()})
+    if kind not in TABLES:
+        raise NotFound(f"no such LVM resource kind {kind!r} (pvs, vgs, lvs)")
+    return json_response({kind: block_of(request).lvm.records(TABLES[kind])})
+
+
+async def show_lvm(request: web.Request) -> web.Response:
+    kind, ref = request.match_info["kind"], request.match_info["ref"]
+    block = block_of(request)
+    if kind == "lvs":
+        return json_response(block.resolve(ref, logical=True))
+    if kind not in TABLES:
+        raise NotFound(f"no such LVM resource kind {kind!r} (pvs, vgs, lvs)")
+    return json_response(block.lvm.resolve(TABLES[kind], ref))
+
+
+async def delete_lvm(request: web.Request) -> web.Response:
+    kind, ref = request.match_info["kind"], request.match_info["ref"]
+    block = block_of(request)
+    if kind == "lvs":
+        volume = block.resolve(ref, logical=True)
+        return json_response(await block.delete(volume["id"]), status=202)
+    if kind not in TABLES:
+        raise NotFound(f"no such LVM resource kind {kind!r} (pvs, vgs, lvs)")
+    return json_response(await block.lvm.remove(TABLES[kind], ref), status=202)
+
+
 SIZE = {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]}
 
 ROUTES = [
@@ -125,8 +224,9 @@ ROUTES = [
             "additionalProperties": False,
             "properties": {
                 "type": {"type": "string", "enum": ["block"]},
-                "driver": {"type": "string", "enum": ["file"]},
+                "driver": {"type": "string", "enum": ["file", "lvm"]},
                 "pool": {"type": "string"},
+                "options": {"type": "object"},
             },
         },
         responses={201: "enabled", 409: "already enabled"},
@@ -181,5 +281,54 @@ ROUTES = [
         snapshot_volume,
         "Snapshot a volume",
         body={"type": "object", "properties": {"name": {"type": "string"}}},
+    ),
+    Route(
+        "POST",
+        "/v1/block/pvs",
+        create_pv,
+        "Make a device of an lvm service's node a physical volume (202; ready or failed)",
+        body={
+            "type": "object",
+            "required": ["device", "service"],
+            "additionalProperties": False,
+            "properties": {"device": {"type": "string"}, "service": {"type": "string"}},
+        },
+        responses={202: "pending", 404: "no such service", 409: "device already recorded"},
+    ),
+    Route(
+        "POST",
+        "/v1/block/vgs",
+        create_vg,
+        "Make a volume group of a ready physical volume (named after the service's pool "
+        "unless name is given)",
+        body={
+            "type": "object",
+            "required": ["pv"],
+            "additionalProperties": False,
+            "properties": {"pv": {"type": "string"}, "name": {"type": "string"}},
+        },
+        responses={202: "pending", 404: "no such physical volume", 409: "in use, name taken"},
+    ),
+    Route(
+        "POST",
+        "/v1/block/lvs",
+        create_lv,
+        "Make a logical volume (a volume) in a volume group",
+        body={
+            "type": "object",
+            "required": ["size", "vg"],
+            "additionalProperties": False,
+            "properties": {"size": SIZE, "vg": {"type": "string"}, "name": {"type": "string"}},
+        },
+        responses={202: "pending", 400: "bad size", 404: "no such volume group"},
+    ),
+    Route("GET", "/v1/block/{kind}", list_lvm, "Physical volumes, volume groups or LVs"),
+    Route("GET", "/v1/block/{kind}/{ref}", show_lvm, "One pv, vg (id, prefix, device, name) or lv"),
+    Route(
+        "DELETE",
+        "/v1/block/{kind}/{ref}",
+        delete_lvm,
+        "Remove a pv, vg or lv (a vg holding volumes, a pv in a vg: refused)",
+        responses={202: "deleting", 409: "still in use"},
     ),
 ]

@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from typing import Any
 
-from symphonyd import metrics
-from symphonyd.block.driver import BlockDriver, NoSuchVolume, make_driver
+from symphonyd import metrics, scheduler
+from symphonyd.block.driver import BlockDriver, NoSuchVolume, check_options, make_driver
+from symphonyd.block.lvm_agent import LvmResources
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
 from symphonyd.image.service import ImageService
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import new_id, now_rfc3339
-from symphonyd.state import nodes, services, volumes
+from symphonyd.state import lvm, services, volumes
 from symphonyd.validation import check_name
 
 log = logging.getLogger("symphonyd.block")
@@ -58,34 +58,62 @@ def parse_size(value: object) -> int:
 
 class BlockService:
     def __init__(
-        self, cluster: Cluster, images_service: ImageService, node: str, data_dir: str
+        self,
+        cluster: Cluster,
+        images_service: ImageService,
+        node: str,
+        data_dir: str,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.images = images_service
         self.node = node
         self.data_dir = data_dir
-        self.drivers: dict[str, BlockDriver] = {}
+        self.defaults = defaults or {}  # the node's `[block]` settings
+        self.drivers: dict[tuple[str, str], BlockDriver] = {}
         self.busy: set[str] = set()
+        self.lvm = LvmResources(cluster, node)
+        self.first_tried: dict[str, float] = {}  # the scheduler's patience, by volume
 
     # -- services -------------------------------------------------------------------------
 
-    def _driver(self, service: dict[str, Any]) -> BlockDriver:
-        driver = self.drivers.get(service["id"])
+    def _driver(self, service: dict[str, Any], pool: str | None = None) -> BlockDriver:
+        """The driver of one pool of a service (its own pool unless told otherwise)."""
+        key = (service["id"], pool or service["pool"])
+        driver = self.drivers.get(key)
         if driver is None:
-            root = os.path.join(self.data_dir, "volumes", service["pool"])
-            driver = make_driver(service["driver"], root=root, **service.get("options", {}))
-            self.drivers[service["id"]] = driver
+            driver = make_driver(
+                service["driver"], key[1], self.data_dir, **service.get("options", {})
+            )
+            self.drivers[key] = driver
         return driver
 
-    async def enable(self, kind: str, driver: str, pool: str) -> dict[str, Any]:
+    async def enable(
+        self,
+        kind: str | None,
+        driver: str | None,
+        pool: str | None,
+        options: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Enable a service on this node; what is not given comes from its `[block]`
+        settings (the file driver and pool `default` unless configured)."""
+        kind = kind or "block"
         if kind != "block":
             raise Invalid(f"unknown service type {kind!r} (this node offers: block)")
-        if driver != "file":
-            raise Invalid(f"block driver {driver!r} is not available here (available: file)")
+        driver = driver or str(self.defaults.get("driver", "file"))
+        pool = pool or str(self.defaults.get("pool", "default"))
+        if options is None:
+            options = (
+                dict(self.defaults.get("options", {}))
+                if driver == self.defaults.get("driver", "file")
+                else {}
+            )
+        options = check_options(driver, options)
         check_name(pool, what="pool name")
         # Try the driver before anything is recorded: a service that cannot work is refused.
-        root = os.path.join(self.data_dir, "volumes", pool)
-        health = await asyncio.to_thread(lambda: make_driver(driver, root=root).check())
+        health = await asyncio.to_thread(
+            lambda: make_driver(driver, pool, self.data_dir, **options).check()
+        )
         if not health.ok:
             raise Invalid(f"the {driver} driver cannot work here: {health.message}")
         now = now_rfc3339()
@@ -95,7 +123,7 @@ class BlockService:
             "type": kind,
             "driver": driver,
             "pool": pool,
-            "options": {},
+            "options": options,
             "health": None,
             "capacity": None,
             "created_at": now,
@@ -125,18 +153,31 @@ class BlockService:
 
     # -- volumes (API verbs) ----------------------------------------------------------------
 
-    def resolve(self, ref: str) -> dict[str, Any]:
+    def resolve(self, ref: str, logical: bool = False) -> dict[str, Any]:
+        """A volume by id, name or unique id prefix; with `logical`, only an LV (a volume
+        of an lvm service)."""
         with self.cluster.store.lock:
             found = volumes.find(self.cluster.store, ref)
+            if logical:
+                found = [v for v in found if self._on_lvm(v)]
+        what = "logical volume" if logical else "volume"
         if not found:
-            raise NotFound(f"no volume {ref!r}")
+            raise NotFound(f"no {what} {ref!r}")
         if len(found) > 1:
-            raise Conflict(f"{ref!r} matches several volumes; use the id")
+            raise Conflict(f"{ref!r} matches several {what}s; use the id")
         return dict(found[0])
+
+    def _on_lvm(self, volume: Any) -> bool:
+        service = services.get(self.cluster.store, volume["service_id"] or "")
+        return service is not None and service["driver"] == "lvm"
 
     def records(self) -> list[dict[str, Any]]:
         with self.cluster.store.lock:
             return [dict(v) for v in volumes.all_volumes(self.cluster.store)]
+
+    def logical_volumes(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [dict(v) for v in volumes.all_volumes(self.cluster.store) if self._on_lvm(v)]
 
     async def create(
         self, name: object, size: object, image_ref: str | None, node: str | None, pool: str | None
@@ -150,16 +191,33 @@ class BlockService:
             raise Invalid(
                 f"the image needs {image['virtual_size']} bytes; the volume has {size_bytes}"
             )
-        service = self._place(size_bytes, image, node, pool)
+        self.cluster.require_schema(EntryType.VOLUME_PLACE)
+        reachable = scheduler.reachable_nodes(self.cluster, self.node)
+        with self.cluster.store.lock:  # refuse now what the scheduler could not place
+            scheduler.choose(
+                self.cluster.store,
+                reachable,
+                size_bytes,
+                image["id"] if image else None,
+                node,
+                pool,
+            )
+        record = self._new_volume(name_text, size_bytes, image["id"] if image else None)
+        record["placement"] = {"node": node, "pool": pool}
+        result = await self.cluster.propose_ok(Entry(EntryType.VOLUME_CREATE, {"volume": record}))
+        return dict(result["volume"])
+
+    def _new_volume(self, name: str, size: int, image_id: str | None) -> dict[str, Any]:
         now = now_rfc3339()
-        record = {
+        return {
             "id": new_id(),
-            "name": name_text,
-            "node": service["node"],
-            "service_id": service["id"],
-            "pool": service["pool"],
-            "size": size_bytes,
-            "image_id": image["id"] if image else None,
+            "name": name,
+            "node": None,
+            "placement": None,
+            "service_id": None,
+            "pool": None,
+            "size": size,
+            "image_id": image_id,
             "overlay": False,
             "status": "pending",
             "status_message": "",
@@ -171,49 +229,24 @@ class BlockService:
             "created_at": now,
             "updated_at": now,
         }
+
+    async def create_lv(self, size: object, vg_ref: str, name: object) -> dict[str, Any]:
+        """A logical volume in a given volume group: a volume placed there by the user."""
+        size_bytes = parse_size(size)
+        group = self.lvm.resolve(lvm.VGS, vg_ref)
+        if group["status"] != "ready":
+            raise Conflict(f"volume group {group['name']} is {group['status']}, not ready")
+        if group["free"] is not None and size_bytes > group["free"]:
+            raise Invalid(
+                f"volume group {group['name']} has {group['free']} bytes free; {size_bytes} asked"
+            )
+        record = self._new_volume("", size_bytes, None)
+        record["name"] = check_name(
+            name if name is not None else f"lv-{record['id'][:8]}", what="volume name"
+        )
+        record.update(node=group["node"], service_id=group["service_id"], pool=group["name"])
         result = await self.cluster.propose_ok(Entry(EntryType.VOLUME_CREATE, {"volume": record}))
         return dict(result["volume"])
-
-    def _place(
-        self, size: int, image: dict[str, Any] | None, node: str | None, pool: str | None
-    ) -> dict[str, Any]:
-        """Scheduler: a healthy block service on a live node with room, preferring one
-        that already holds the image."""
-        store = self.cluster.store
-        status = self.cluster.status()
-        with store.lock:
-            members = {n["name"]: n for n in nodes.all_nodes(store)}
-            candidates = [dict(s) for s in services.all_services(store) if s["type"] == "block"]
-        if node is not None and node not in members:
-            raise NotFound(f"no node named {node!r}")
-        peers = status.get("peers", {})
-
-        def alive(name: str) -> bool:
-            member = members.get(name)
-            return member is not None and (
-                name == self.node or peers.get(member["raft_addr"], {}).get("connected", False)
-            )
-
-        fitting = []
-        for service in candidates:
-            if node is not None and service["node"] != node:
-                continue
-            if pool is not None and service["pool"] != pool:
-                continue
-            health, capacity = service.get("health") or {}, service.get("capacity") or {}
-            if not health.get("ok") or not alive(service["node"]):
-                continue
-            if capacity.get("free", 0) < size:
-                continue
-            holds = image is not None and service["node"] in image["holders"]
-            fitting.append((not holds, -capacity.get("free", 0), service["node"], service))
-        if not fitting:
-            where = f" on node {node}" if node else ""
-            raise Conflict(
-                f"no healthy block service{where} has {size} bytes free "
-                "(see `symphonyd service list`)"
-            )
-        return sorted(fitting)[0][3]
 
     async def _set(self, volume_id: str, expect: str | None = None, **fields: Any) -> None:
         fields["updated_at"] = now_rfc3339()
@@ -263,24 +296,44 @@ class BlockService:
                 continue
             self.busy.add(volume["id"])
             try:
-                await self._converge_one(volume, self._driver(my_services[volume["service_id"]]))
+                driver = self._driver(my_services[volume["service_id"]], volume["pool"])
+                await self._converge_one(volume, driver)
             finally:
                 self.busy.discard(volume["id"])
-        if not my_services:
-            return
-        # Volumes whose record is gone are removed, but only against a store known to be
-        # current (a restarted node may not have applied the latest entries yet).
-        present: dict[str, set[str]] = {}
-        for service in my_services.values():
-            present[service["id"]] = set(await asyncio.to_thread(self._driver(service).volumes))
+        await self.lvm.converge(my_services)
+        await self._remove_orphans(mine, my_services)
+
+    def _pools(self, mine: list[dict[str, Any]], my_services: dict[str, Any]) -> list[Any]:
+        """Every (service, pool) of this node: each service's own pool, the pools its
+        volumes are in, and for lvm its ready volume groups."""
+        pools = {(sid, s["pool"]) for sid, s in my_services.items()}
+        pools |= {(v["service_id"], v["pool"]) for v in mine if v["service_id"] in my_services}
+        pools |= {
+            (g["service_id"], g["name"])
+            for g in self.lvm.records(lvm.VGS)
+            if g["service_id"] in my_services and g["status"] == "ready"
+        }
+        return [(my_services[sid], pool) for sid, pool in sorted(pools)]
+
+    async def _remove_orphans(
+        self, mine: list[dict[str, Any]], my_services: dict[str, Any]
+    ) -> None:
+        """Volumes whose record is gone are removed, but only against a store known to be
+        current (a restarted node may not have applied the latest entries yet)."""
+        present: dict[tuple[str, str], set[str]] = {}
+        for service, pool in self._pools(mine, my_services):
+            found = await asyncio.to_thread(self._driver(service, pool).volumes)
+            present[(service["id"], pool)] = set(found)
         if not any(ids - {v["id"] for v in mine} for ids in present.values()):
             return
         await self.cluster.barrier()
-        with store.lock:
-            wanted = {v["id"] for v in volumes.all_volumes(store) if v["node"] == self.node}
-        for service in my_services.values():
-            driver = self._driver(service)
-            for orphan in present[service["id"]] - wanted:
+        with self.cluster.store.lock:
+            wanted = {
+                v["id"] for v in volumes.all_volumes(self.cluster.store) if v["node"] == self.node
+            }
+        for (service_id, pool), ids in present.items():
+            driver = self._driver(my_services[service_id], pool)
+            for orphan in ids - wanted:
                 with contextlib.suppress(NoSuchVolume):
                     await asyncio.to_thread(driver.delete, orphan)
                 log.info("removed volume %s (no record)", orphan, extra={"resource": orphan})
@@ -358,24 +411,53 @@ class BlockService:
         )
         log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
 
+    def _footprint(self) -> tuple[Any, ...]:
+        """What this node's pools hold, as the store says: when it changes (a volume made,
+        grown or removed, a group made), the capacity is reported again at once, so the
+        scheduler never works from a stale free space for long."""
+        with self.cluster.store.lock:
+            store = self.cluster.store
+            mine = sorted(
+                (v["id"], v["status"], v["actual_size"])
+                for v in volumes.all_volumes(store)
+                if v["node"] == self.node
+            )
+            groups = sorted(
+                (g["id"], g["status"])
+                for g in lvm.all_records(store, lvm.VGS)
+                if g["node"] == self.node
+            )
+        return (tuple(mine), tuple(groups))
+
     async def run_agent(self) -> None:
-        last_health = 0.0
+        last_health, reported = 0.0, None
         loop = asyncio.get_running_loop()
         while True:
             seen = self.cluster.store.revision  # before reading: later changes wake us
             ok = True
-            if loop.time() - last_health >= HEALTH_EVERY:
+            footprint = self._footprint()
+            if loop.time() - last_health >= HEALTH_EVERY or footprint != reported:
                 try:
                     await self.report_health()
-                    last_health = loop.time()
+                    last_health, reported = loop.time(), footprint
                 except (SymphonyError, OSError):
                     ok = False
             try:
+                if self.cluster.is_leader() and await scheduler.schedule(
+                    self.cluster, self.node, self.first_tried
+                ):
+                    ok = False  # a volume waits for a place: look again soon
                 await self.converge()
             except (SymphonyError, OSError) as exc:
                 ok = False
                 metrics.RECONCILE_ERRORS.labels("block").inc()
                 log.warning("block agent: %s", exc)
+            except Exception:  # a bug must not stop this node's agent for good
+                ok = False
+                metrics.RECONCILE_ERRORS.labels("block").inc()
+                log.exception("block agent: unexpected error")
             await self.cluster.wait_for_tables(
-                {"volumes", "services", "images", "nodes"}, seen, HEALTH_EVERY if ok else 1.0
+                {"volumes", "services", "images", "nodes", "pvs", "vgs"},
+                seen,
+                HEALTH_EVERY if ok else 1.0,
             )

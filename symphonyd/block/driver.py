@@ -80,9 +80,36 @@ class BlockDriver(Protocol):
     def delete(self, volume_id: str) -> None: ...
 
 
+# Each driver registers a function that opens one pool: (pool, data_dir, **options).
 DRIVERS: dict[str, Callable[..., BlockDriver]] = {}
 # Where each driver lives; a module registers its driver when it is imported.
-DRIVER_MODULES = {"file": "symphonyd.block.file"}
+DRIVER_MODULES = {"file": "symphonyd.block.file", "lvm": "symphonyd.block.lvm"}
+
+
+# The options each driver takes (service options, settings `[block] options`), by type.
+DRIVER_OPTIONS: dict[str, dict[str, type]] = {"file": {}, "lvm": {"metadata_only": bool}}
+
+
+def check_options(name: str, options: object) -> dict[str, Any]:
+    """Driver options with their declared types ("true"/"false" text becomes a bool)."""
+    if name not in DRIVER_OPTIONS:
+        known = ", ".join(sorted(DRIVER_OPTIONS))
+        raise Invalid(f"unknown block driver {name!r} (known: {known})")
+    if not isinstance(options, dict):
+        raise Invalid("driver options must be a mapping of names to values")
+    declared, checked = DRIVER_OPTIONS[name], {}
+    for key, value in options.items():
+        if key not in declared:
+            allowed = ", ".join(sorted(declared)) or "none"
+            raise Invalid(f"the {name} driver has no option {key!r} (options: {allowed})")
+        if declared[key] is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise Invalid(f"option {key} takes true or false, not {value!r}")
+            value = value.lower() in ("true", "yes", "1")
+        if not isinstance(value, declared[key]):
+            raise Invalid(f"option {key} must be {declared[key].__name__}, not {value!r}")
+        checked[key] = value
+    return checked
 
 
 def register(name: str) -> Callable[[Callable[..., BlockDriver]], Callable[..., BlockDriver]]:
@@ -93,9 +120,10 @@ def register(name: str) -> Callable[[Callable[..., BlockDriver]], Callable[..., 
     return add
 
 
-def make_driver(name: str, **options: Any) -> BlockDriver:
+def make_driver(name: str, pool: str, data_dir: str, **options: Any) -> BlockDriver:
+    """The driver `name` for one pool of this host (a directory, a volume group, ...)."""
     if name not in DRIVERS and name in DRIVER_MODULES:
         importlib.import_module(DRIVER_MODULES[name])
     if name not in DRIVERS:
         raise Invalid(f"unknown block driver {name!r} (known: {', '.join(sorted(DRIVERS))})")
-    return DRIVERS[name](**options)
+    return DRIVERS[name](pool, data_dir, **options)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Any
 
 from symphonyd.block.driver import (
     Capabilities,
@@ -36,7 +37,6 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _SNAPSHOT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-@register("file")
 class FileDriver:
     name = "file"
 
@@ -242,3 +242,9 @@ class FileDriver:
             raise NotSupported(f"{what} needs qemu-img (apt-get install qemu-utils)") from None
         if result.returncode != 0:
             raise DriverError(f"{what} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+@register("file")
+def open_file_pool(pool: str, data_dir: str, **options: Any) -> FileDriver:
+    """The pool of a file service is the directory `<data-dir>/volumes/<pool>/`."""
+    return FileDriver(os.path.join(data_dir, "volumes", pool), **options)

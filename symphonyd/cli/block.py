@@ -65,16 +65,38 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
         """Cloud services enabled on hosts (block)."""
 
     @service.command("new")
-    @click.argument("kind", metavar="[TYPE]", default="block", required=False)
-    @click.option("--driver", default="file", show_default=True, help="Block driver.")
-    @click.option("--pool", default="default", show_default=True, help="Pool name.")
+    @click.argument("kind", metavar="[TYPE]", required=False)
+    @click.option("--driver", type=click.Choice(["file", "lvm"]), help="Block driver.")
+    @click.option("--pool", help="Pool: a directory name (file) or a volume group (lvm).")
+    @click.option(
+        "-o",
+        "--option",
+        "options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Driver option, e.g. -o metadata_only=true (lvm).",
+    )
     @json_option
     @click.pass_obj
     @run_safely
-    def service_new(obj: Any, kind: str, driver: str, pool: str, as_json: bool) -> None:
-        """Enable a service on this node (over its local control socket)."""
+    def service_new(
+        obj: Any,
+        kind: str | None,
+        driver: str | None,
+        pool: str | None,
+        options: tuple[str, ...],
+        as_json: bool,
+    ) -> None:
+        """Enable a service on this node (over its local control socket). What is not given
+        comes from the node's [block] settings: the file driver, pool `default`."""
+        body: dict[str, Any] = {"type": kind, "driver": driver, "pool": pool}
+        if options:
+            pairs = [o.partition("=") for o in options]
+            if any(not sep or not key for key, sep, _ in pairs):
+                raise click.UsageError("driver options are KEY=VALUE")
+            body["options"] = {key: value for key, _, value in pairs}
         record = obj.client(local_only=True).request(
-            "POST", "/v1/services", body={"type": kind, "driver": driver, "pool": pool}
+            "POST", "/v1/services", body={k: v for k, v in body.items() if v is not None}
         )
         if as_json:
             print_json(record)

@@ -496,6 +496,8 @@ def config_set(obj: Context, key: str, value: str) -> None:
 
 from symphonyd.cli import block as _block  # noqa: E402 (registers `service`, `volume`)
 from symphonyd.cli import images as _images  # noqa: E402 (registers `image` on main)
+from symphonyd.cli import lvm as _lvm  # noqa: E402 (registers `block pv|vg|lv`)
 
 _images.register(main, Context, run_safely, json_option)
 _block.register(main, run_safely, json_option)
+_lvm.register(main, run_safely, json_option)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno as errno_codes
 import hashlib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -159,14 +160,22 @@ def _write_nonzero(fd: int, data: bytes | memoryview, offset: int) -> int:
 
 
 def _source_size(fd: int) -> int:
-    import stat
-
     st = os.fstat(fd)
     if stat.S_ISBLK(st.st_mode):
         return os.lseek(fd, 0, os.SEEK_END)
     if not stat.S_ISREG(st.st_mode):
         raise CopyError("the source is not a regular file", errno_codes.EINVAL)
     return st.st_size
+
+
+def _set_size(fd: int, size: int) -> None:
+    """Give a file its logical length (a trailing hole); a device keeps its own size, and
+    zeroing what the copy skipped is the caller's job."""
+    if stat.S_ISBLK(os.fstat(fd).st_mode):
+        if os.lseek(fd, 0, os.SEEK_END) < size:
+            raise CopyError("the destination device is too small", errno_codes.ENOSPC)
+        return
+    os.ftruncate(fd, size)
 
 
 def _python_copy(
@@ -192,7 +201,7 @@ def _python_copy(
                 if progress(offset):
                     raise CopyError("copy: cancelled", errno_codes.ECANCELED)
                 next_report = offset + every
-    os.ftruncate(dst_fd, size)
+    _set_size(dst_fd, size)
     if progress:
         progress(size)
     return CopyResult(digest.hexdigest() if digest else "", size, written)
@@ -280,7 +289,7 @@ class StreamCopier:
                 raise _native_error(result)
             return _native_result(result, True)
         try:
-            os.ftruncate(self._fd, self._offset)
+            _set_size(self._fd, self._offset)
         except OSError as exc:
             raise CopyError(exc.strerror or str(exc), exc.errno or errno_codes.EIO) from None
         return CopyResult(self._digest.hexdigest(), self._offset, self._written)

@@ -94,10 +94,7 @@ class Cluster:
         An entry whose outcome is unknown (the leader changed while it was in flight) is
         proposed again only if `idempotent`: applying it twice must do no harm."""
         deadline = time.monotonic() + timeout
-        if required_schema(entry.type) > 1:
-            with self.store.lock:
-                schemas = {n["name"]: int(n.get("schema", 1)) for n in nodes.all_nodes(self.store)}
-            check_schema(entry.type, schemas)
+        self.require_schema(entry.type)
         data = entry.encode()
         async with self._in_flight:
             while True:
@@ -134,6 +131,13 @@ class Cluster:
                     f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
                     "the leader changed while it was in flight"
                 )
+
+    def require_schema(self, entry_type: int) -> None:
+        """Refuse, before anything is written, what some member could not apply."""
+        if required_schema(entry_type) > 1:
+            with self.store.lock:
+                schemas = {n["name"]: int(n.get("schema", 1)) for n in nodes.all_nodes(self.store)}
+            check_schema(entry_type, schemas)
 
     def _ensure_quorum_watch(self) -> None:
         if self._quorum_watch is None or self._quorum_watch.done():
@@ -233,6 +237,10 @@ class Cluster:
     def has_leader(self) -> bool:
         status = self.node.status()
         return status.get("leader") is not None and status.get("has_quorum", False)
+
+    def is_leader(self) -> bool:
+        status = self.node.status()
+        return status.get("leader") is not None and status.get("leader") == status.get("self")
 
     def no_quorum_message(self) -> str:
         status = self.node.status()

@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class EntryType(IntEnum):
@@ -51,9 +51,17 @@ class EntryType(IntEnum):
     VOLUME_CREATE = 50
     VOLUME_UPDATE = 51
     VOLUME_DELETE = 52
+    VOLUME_PLACE = 53  # the leader's scheduler assigns a pending volume to a node
+    PV_CREATE = 60
+    PV_UPDATE = 61
+    PV_DELETE = 62
+    VG_CREATE = 63
+    VG_UPDATE = 64
+    VG_DELETE = 65
 
 
-# Types added after schema 1 (schema 2: services and volumes), and bodies changed since
+# Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
+# leader's scheduler, LVM physical volumes and volume groups), and bodies changed since
 # version 1 (none yet). IMAGE_DELETE refuses an image used by a volume since schema 2; a
 # schema-1 node cannot tell, but no volume can exist while one runs (VOLUME_CREATE is
 # refused until every member speaks schema 2), so both apply it alike.
@@ -64,6 +72,13 @@ INTRODUCED: dict[int, int] = {
     EntryType.VOLUME_CREATE: 2,
     EntryType.VOLUME_UPDATE: 2,
     EntryType.VOLUME_DELETE: 2,
+    EntryType.VOLUME_PLACE: 3,
+    EntryType.PV_CREATE: 3,
+    EntryType.PV_UPDATE: 3,
+    EntryType.PV_DELETE: 3,
+    EntryType.VG_CREATE: 3,
+    EntryType.VG_UPDATE: 3,
+    EntryType.VG_DELETE: 3,
 }
 BODY_VERSIONS: dict[int, int] = {}
 

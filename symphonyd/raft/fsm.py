@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_version, decode
-from symphonyd.state import cluster, images, kv, nodes, services, tokens, volumes
+from symphonyd.state import cluster, images, kv, lvm, nodes, services, tokens, volumes
 from symphonyd.state.store import Store, failure
 
 log = logging.getLogger("symphonyd.raft.fsm")
@@ -114,6 +114,17 @@ def apply_service_delete(store: Store, body: dict[str, Any]) -> Result:
     users = [v["name"] for v in volumes.all_volumes(store) if v["service_id"] == body["id"]]
     if users:
         return failure("conflict", f"service {body['id']} still has volumes: {', '.join(users)}")
+    held = [
+        r.get("name") or r["device"]
+        for table in (lvm.VGS, lvm.PVS)
+        for r in lvm.all_records(store, table)
+        if r["service_id"] == body["id"]
+    ]
+    if held:
+        return failure(
+            "conflict",
+            f"service {body['id']} still has volume groups or physical volumes: {', '.join(held)}",
+        )
     return services.delete(store, body["id"])
 
 
@@ -127,6 +138,34 @@ def apply_volume_update(store: Store, body: dict[str, Any]) -> Result:
 
 def apply_volume_delete(store: Store, body: dict[str, Any]) -> Result:
     return volumes.delete(store, body["id"])
+
+
+def apply_volume_place(store: Store, body: dict[str, Any]) -> Result:
+    return volumes.place(store, body["id"], body["node"], body["service_id"], body["pool"])
+
+
+def apply_pv_create(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.create_pv(store, body["pv"])
+
+
+def apply_pv_update(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.update(store, lvm.PVS, body["id"], body["fields"], body.get("expect_status"))
+
+
+def apply_pv_delete(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.delete(store, lvm.PVS, body["id"])
+
+
+def apply_vg_create(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.create_vg(store, body["vg"])
+
+
+def apply_vg_update(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.update(store, lvm.VGS, body["id"], body["fields"], body.get("expect_status"))
+
+
+def apply_vg_delete(store: Store, body: dict[str, Any]) -> Result:
+    return lvm.delete(store, lvm.VGS, body["id"])
 
 
 def apply_image_add_holder(store: Store, body: dict[str, Any]) -> Result:
@@ -160,6 +199,13 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.VOLUME_CREATE: apply_volume_create,
     EntryType.VOLUME_UPDATE: apply_volume_update,
     EntryType.VOLUME_DELETE: apply_volume_delete,
+    EntryType.VOLUME_PLACE: apply_volume_place,
+    EntryType.PV_CREATE: apply_pv_create,
+    EntryType.PV_UPDATE: apply_pv_update,
+    EntryType.PV_DELETE: apply_pv_delete,
+    EntryType.VG_CREATE: apply_vg_create,
+    EntryType.VG_UPDATE: apply_vg_update,
+    EntryType.VG_DELETE: apply_vg_delete,
 }
 
 

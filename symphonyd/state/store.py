@@ -90,7 +90,7 @@ class Table:
 class Store:
     """All tables, the global revision, history and subscribers."""
 
-    TABLES = ("cluster", "nodes", "tokens", "kv", "images", "services", "volumes")
+    TABLES = ("cluster", "nodes", "tokens", "kv", "images", "services", "volumes", "pvs", "vgs")
 
     def __init__(self) -> None:
         self.revision = 0

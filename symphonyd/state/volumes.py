@@ -1,9 +1,11 @@
 """The volumes table: block volumes, by id.
 
-A record: id, name, node, service_id, pool, size (bytes, what the user asked for; a resize
-changes it and the agent grows the volume to it), image_id, overlay, status (`pending`,
-`creating`, `ready`, `failed`, `deleting`), status_message, format, allocated, snapshots
-(names asked for) and snapshots_done, created_at, updated_at. Names are unique.
+A record: id, name, node (None until the leader's scheduler places it), placement (what
+the user asked for: {node, pool}, each None when free), service_id, pool, size (bytes,
+what the user asked for; a resize changes it and the agent grows the volume to it),
+image_id, overlay, status (`pending`, `creating`, `ready`, `failed`, `deleting`),
+status_message, format, allocated, snapshots (names asked for) and snapshots_done,
+created_at, updated_at. Names are unique.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def update(
         return failure("not_found", f"no volume {volume_id}")
     if expect_status is not None and old["status"] != expect_status:
         return failure("conflict", f"volume {volume_id} is {old['status']}, not {expect_status}")
+    return {"ok": True, "volume": store.put(TABLE, volume_id, {**old, **fields})}
+
+
+def place(store: Store, volume_id: str, node: str, service_id: str, pool: str) -> dict[str, Any]:
+    """Assign a pending volume to a node's service, once: a volume already placed keeps
+    its node (two schedulers, old and new leader, cannot both place it)."""
+    old = get(store, volume_id)
+    if old is None:
+        return failure("not_found", f"no volume {volume_id}")
+    if old["node"] is not None or old["status"] != "pending":
+        return failure("conflict", f"volume {volume_id} is already placed ({old['status']})")
+    fields = {"node": node, "service_id": service_id, "pool": pool}
     return {"ok": True, "volume": store.put(TABLE, volume_id, {**old, **fields})}
 
 

@@ -1,0 +1,147 @@
+"""Placement: which node's block service gets a new volume.
+
+The API handler checks that a placement exists (so a request that cannot be served is
+refused before anything is written) and records the volume unplaced; the leader alone
+places it (`schedule`, run by the leader's block agent), so two volumes created at once
+on two nodes never both count on the same free space. A candidate is a healthy block
+service on a node this node is connected to, with the asked pool and node if any, whose
+free space minus what its pending volumes will take holds the volume; among them, one on
+a node that already holds the image wins, then the one with the most room.
+`VOLUME_PLACE` applies only to a volume still unplaced, so an old and a new leader cannot
+both place one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from symphonyd.errors import Conflict, NotFound, SymphonyError
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.security import now_rfc3339
+from symphonyd.state import images, nodes, services, volumes
+from symphonyd.state.store import Store
+
+log = logging.getLogger("symphonyd.scheduler")
+
+PLACE_PATIENCE = 15.0  # seconds a volume may wait for a place before it fails
+WAITING = ("pending", "creating")  # volumes that will take space not yet allocated
+
+
+def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:
+    """Members this node has a live Raft connection to, and itself."""
+    peers = cluster.status().get("peers", {})
+    with cluster.store.lock:
+        members = list(nodes.all_nodes(cluster.store))
+    return {
+        m["name"]
+        for m in members
+        if m["name"] == self_name or peers.get(m["raft_addr"], {}).get("connected", False)
+    }
+
+
+def choose(
+    store: Store,
+    reachable: set[str],
+    size: int,
+    image_id: str | None,
+    node: str | None,
+    pool: str | None,
+    ignore: str | None = None,
+) -> dict[str, Any]:
+    """The block service for a volume of `size` bytes (call with the store locked)."""
+    if node is not None and nodes.get(store, node) is None:
+        raise NotFound(f"no node named {node!r}")
+    image = images.get(store, image_id) if image_id else None
+    holders = set(image["holders"]) if image else set()
+    waiting: dict[str, int] = {}
+    for volume in volumes.all_volumes(store):
+        if volume["status"] in WAITING and volume["service_id"] and volume["id"] != ignore:
+            waiting[volume["service_id"]] = waiting.get(volume["service_id"], 0) + volume["size"]
+    fitting = []
+    for service in services.all_services(store):
+        if service["type"] != "block":
+            continue
+        if (node is not None and service["node"] != node) or (
+            pool is not None and service["pool"] != pool
+        ):
+            continue
+        health, capacity = service.get("health") or {}, service.get("capacity") or {}
+        if not health.get("ok") or service["node"] not in reachable:
+            continue
+        room = capacity.get("free", 0) - waiting.get(service["id"], 0)
+        if room < size:
+            continue
+        fitting.append((service["node"] not in holders, -room, service["node"], dict(service)))
+    if not fitting:
+        where = f" on node {node}" if node else ""
+        in_pool = f" in pool {pool}" if pool else ""
+        raise Conflict(
+            f"no healthy, reachable block service{where}{in_pool} has {size} bytes free "
+            "(see `symphonyd service list`)"
+        )
+    return sorted(fitting, key=lambda f: f[:3])[0][3]
+
+
+async def schedule(cluster: Cluster, self_name: str, first_tried: dict[str, float]) -> bool:
+    """Place every unplaced pending volume (the leader's job). One that finds no place is
+    tried again for `PLACE_PATIENCE` seconds (a new leader may not have reached every peer
+    yet), then failed with the reason. True while some volume waits for another try."""
+    now = time.monotonic()
+    waiting = False
+    reachable = reachable_nodes(cluster, self_name)
+    store = cluster.store
+    with store.lock:
+        unplaced = [
+            dict(v)
+            for v in volumes.all_volumes(store)
+            if v["node"] is None and v["status"] == "pending"
+        ]
+    for volume in unplaced:
+        wish = volume.get("placement") or {}
+        try:
+            with store.lock:
+                service = choose(
+                    store,
+                    reachable,
+                    volume["size"],
+                    volume["image_id"],
+                    wish.get("node"),
+                    wish.get("pool"),
+                    ignore=volume["id"],
+                )
+        except SymphonyError as exc:
+            if now - first_tried.setdefault(volume["id"], now) < PLACE_PATIENCE:
+                waiting = True
+                continue
+            first_tried.pop(volume["id"], None)
+            await _fail(cluster, volume["id"], exc.message)
+            continue
+        first_tried.pop(volume["id"], None)
+        body = {
+            "id": volume["id"],
+            "node": service["node"],
+            "service_id": service["id"],
+            "pool": service["pool"],
+        }
+        try:
+            await cluster.propose_ok(Entry(EntryType.VOLUME_PLACE, body))
+        except Conflict:
+            continue  # placed or changed meanwhile
+        log.info(
+            "volume %s placed on %s",
+            volume["id"],
+            service["node"],
+            extra={"resource": volume["id"]},
+        )
+    return waiting
+
+
+async def _fail(cluster: Cluster, volume_id: str, message: str) -> None:
+    fields = {"status": "failed", "status_message": message, "updated_at": now_rfc3339()}
+    body = {"id": volume_id, "fields": fields, "expect_status": "pending"}
+    with contextlib.suppress(Conflict):  # deleted or changed meanwhile
+        await cluster.propose_ok(Entry(EntryType.VOLUME_UPDATE, body))
