@@ -107,7 +107,7 @@ def test_lvm_service_end_to_end(
     assert "no volume group" in refused(n1, "block", "lv", "create", "1G", "nosuchvg")
     assert "still holds volumes" in refused(n1, "block", "vg", "remove", group["id"])
     assert "belongs to volume group" in refused(n1, "block", "pv", "remove", pv["id"])
-    assert "still has volumes: scratch, data" in refused(n1, "service", "rm", service["id"])
+    assert "still has volumes: data, scratch" in refused(n1, "service", "rm", service["id"])
 
     # Removal, down to a host without our LVM.
     n1.cli("block", "lv", "remove", "scratch", timeout=120)

@@ -150,6 +150,7 @@ class BlockService:
                 Entry(EntryType.SERVICE_UPDATE, {"id": service["id"], "fields": fields}),
                 idempotent=True,
             )
+        await self.lvm.refresh({s["id"]: s for s in mine})
 
     # -- volumes (API verbs) ----------------------------------------------------------------
 

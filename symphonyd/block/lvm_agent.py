@@ -156,22 +156,32 @@ class LvmResources:
             body["expect_status"] = expect
         await self.cluster.propose_ok(Entry(KINDS[table][1], body), idempotent=expect is None)
 
-    async def converge(self, my_services: dict[str, dict[str, Any]]) -> None:
-        """Do what this node's physical volume and volume group records ask for."""
-        lvm_services = {i: s for i, s in my_services.items() if s["driver"] == "lvm"}
-        if not lvm_services:
-            return
+    def _mine(self, my_services: dict[str, dict[str, Any]]) -> list[tuple[str, Any, LvmHost]]:
+        """(table, record, host LVM) of this node's physical volumes and groups."""
+        found = []
         for table in (lvm.PVS, lvm.VGS):
             for record in self.records(table):
-                if record["node"] != self.node or record["service_id"] not in lvm_services:
-                    continue
-                host = LvmHost(
-                    bool(lvm_services[record["service_id"]]["options"].get("metadata_only"))
-                )
-                try:
-                    await self._converge_one(table, record, host)
-                except SymphonyError as exc:
-                    log.warning("%s %s: %s", KINDS[table][0], record["id"], exc.message)
+                service = my_services.get(record["service_id"])
+                if record["node"] == self.node and service and service["driver"] == "lvm":
+                    metadata_only = bool(service["options"].get("metadata_only"))
+                    found.append((table, record, LvmHost(metadata_only)))
+        return found
+
+    async def converge(self, my_services: dict[str, dict[str, Any]]) -> None:
+        """Do what this node's physical volume and volume group records ask for."""
+        for table, record, host in self._mine(my_services):
+            if record["status"] in ("ready", "failed"):
+                continue
+            try:
+                await self._converge_one(table, record, host)
+            except SymphonyError as exc:
+                log.warning("%s %s: %s", KINDS[table][0], record["id"], exc.message)
+
+    async def refresh(self, my_services: dict[str, dict[str, Any]]) -> None:
+        """Keep the sizes of ready records current (with the services' health reports)."""
+        for table, record, host in self._mine(my_services):
+            if record["status"] == "ready":
+                await self._refresh(table, record, host)
 
     async def _converge_one(self, table: str, record: dict[str, Any], host: LvmHost) -> None:
         rid, status = record["id"], record["status"]
@@ -195,8 +205,6 @@ class LvmResources:
             except Conflict:
                 return
         elif status != "creating":
-            if status == "ready":
-                await self._refresh(table, record, host)
             return
         try:
             if table == lvm.PVS:

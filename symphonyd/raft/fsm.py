@@ -111,7 +111,7 @@ def apply_service_update(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_service_delete(store: Store, body: dict[str, Any]) -> Result:
-    users = [v["name"] for v in volumes.all_volumes(store) if v["service_id"] == body["id"]]
+    users = sorted(v["name"] for v in volumes.all_volumes(store) if v["service_id"] == body["id"])
     if users:
         return failure("conflict", f"service {body['id']} still has volumes: {', '.join(users)}")
     held = [
