@@ -1,6 +1,7 @@
 """Durable file writes: fsync of files and of the folders that name them.
 
-Used by the Raft journal, the daemon's identity files and the image store.
+Used by the Raft journal, the daemon's identity files, the image store and the block
+drivers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file or block device another program wrote (qemu-img, for one), and for a
+    file the folder that names it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not path.startswith("/dev/"):
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from symphonyd import durable
 from symphonyd.block.driver import (
     Capabilities,
     Health,
@@ -137,8 +138,7 @@ class FileDriver:
             if current > size:
                 raise Invalid(f"the image ({current} bytes) is larger than the volume ({size})")
             os.truncate(path, size)
-            if fd >= 0:
-                os.fsync(fd)
+            durable.fsync_path(path)  # qemu-img writes with cache=unsafe: flush it here
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 if fd >= 0:
@@ -183,6 +183,7 @@ class FileDriver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
+        durable.fsync_path(path)
         return self._info(volume_id, path, "qcow2")
 
     def resize(self, volume_id: str, size: int) -> VolumeInfo:

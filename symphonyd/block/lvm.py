@@ -30,6 +30,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from symphonyd import durable
 from symphonyd.block.driver import (
     Capabilities,
     Health,
@@ -235,6 +236,7 @@ def write_image(device: str, image: str, image_format: str, qemu_img: str | None
         )
         if result.returncode != 0:
             raise DriverError(f"qemu-img convert failed: {result.stderr.strip()}")
+        durable.fsync_path(device)  # qemu-img writes with cache=unsafe
         return
     src = os.open(image, os.O_RDONLY)
     try:
