@@ -19,7 +19,7 @@ its allocated size (st_blocks * 512) is reported.
 `FileDriver.create` fsyncs the volume it makes from a raw image; `cp` and `qemu-img
 convert` do not (convert writes with cache=unsafe by default), so `cp --sparse=always` is
 also timed followed by an fsync of the copy. `FileDriver.create` from a qcow2 image runs
-`qemu-img convert` and does not fsync the result either.
+`qemu-img convert` and then fsyncs the result.
 Unless --no-cluster, a one-node cluster (tests/nodes.py) imports both images (not timed) and
 `symphonyd volume create NAME --size 5G --image IMG` is timed through the CLI, from start
 to the volume being ready (the CLI polls every 0.2 s); `volume create` without an image
