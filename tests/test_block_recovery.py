@@ -69,13 +69,16 @@ def test_a_node_killed_while_creating_finishes_the_volume(nodeset: NodeSet, tmp_
     )
     # n2 fetches 384 MiB over HTTPS, then copies it: kill it in the middle of that.
     wait_until(lambda: volume(n1, "big")["status"] == "creating", 30, "n2 to claim it")
-    time.sleep(0.3)
+    work = wait_until(lambda: volume(n1, "big")["progress"], 10, "progress to be recorded")
+    assert work["stage"] in ("fetching image", "copying image") and work["total"] == size
+    assert 0 <= work["done"] <= size
     n2.kill()
     assert volume(n1, "big")["status"] == "creating"  # nobody else touches n2's work
     n2.start()
     wait_until(lambda: volume(n1, "big")["status"] == "ready", 90, "n2 to finish it", 0.2)
     done = volume(n1, "big")
     assert done["actual_size"] == 512 * MiB and done["id"] == made["id"]
+    assert done["progress"] is None
     path = n2.data_dir / "volumes" / "default" / f"{made['id']}.raw"
     check = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from symphonyd import metrics, scheduler
@@ -35,6 +36,7 @@ SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGN
 UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = 1 << 50
 HEALTH_EVERY = 10.0
+PROGRESS_EVERY = 1.0  # seconds between progress entries while a volume is made
 
 
 def parse_size(value: object) -> int:
@@ -54,6 +56,25 @@ def parse_size(value: object) -> int:
     if size > MAX_SIZE:
         raise Invalid(f"size {value!r} is larger than any pool")
     return size
+
+
+class CreateProgress:
+    """How far the making of one volume is: its stage and bytes, fed by the image fetch
+    (read through `source`) and by the driver's copy (through `copied`, from its thread)."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.total = 0
+        self.done = 0
+        self.source: Callable[[], int] | None = None
+
+    def copied(self, done: int) -> bool:
+        self.done = done
+        return False  # never cancel
+
+    def snapshot(self) -> dict[str, Any]:
+        done = self.source() if self.source is not None else self.done
+        return {"stage": self.stage, "done": done, "total": self.total}
 
 
 class BlockService:
@@ -227,6 +248,7 @@ class BlockService:
             "actual_size": None,
             "snapshots": [],
             "snapshots_done": [],
+            "progress": None,  # while creating: {stage, done, total} of the image work
             "created_at": now,
             "updated_at": now,
         }
@@ -386,31 +408,59 @@ class BlockService:
 
     async def _create(self, volume: dict[str, Any], driver: BlockDriver) -> None:
         vid = volume["id"]
+        progress = CreateProgress()
+        reporter = asyncio.create_task(self._report_progress(vid, progress))
         try:
             image_path = image_format = None
             if volume["image_id"]:
+                record = self.images.resolve(volume["image_id"])
+                progress.stage, progress.total = "fetching image", record["size"]
+                progress.source = lambda: self.images.fetched_bytes.get(record["id"], 0)
                 image = await self.images.ensure_local(volume["image_id"])
                 image_path = self.images.files.path(image["fingerprint"])
                 image_format = image["format"]
+                progress.stage, progress.source = "copying image", None
             info = await asyncio.to_thread(
-                driver.create, vid, volume["size"], image_path, image_format, volume["overlay"]
+                driver.create,
+                vid,
+                volume["size"],
+                image_path,
+                image_format,
+                volume["overlay"],
+                progress.copied,
             )
         except SymphonyError as exc:
-            await self._set(vid, status="failed", status_message=exc.message)
+            await self._set(vid, status="failed", status_message=exc.message, progress=None)
             log.warning("volume %s failed: %s", vid, exc.message, extra={"resource": vid})
             return
         except OSError as exc:
-            await self._set(vid, status="failed", status_message=str(exc))
+            await self._set(vid, status="failed", status_message=str(exc), progress=None)
             return
+        finally:
+            reporter.cancel()
         await self._set(
             vid,
             status="ready",
             status_message="",
+            progress=None,
             format=info.format,
             allocated=info.allocated,
             actual_size=info.size,
         )
         log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
+
+    async def _report_progress(self, volume_id: str, progress: CreateProgress) -> None:
+        """Record how far a volume's image work is, once per PROGRESS_EVERY while it runs."""
+        last = None
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            now = progress.snapshot()
+            if now["stage"] is None or now == last:
+                continue
+            last = now
+            body = {"id": volume_id, "fields": {"progress": now}, "expect_status": "creating"}
+            with contextlib.suppress(SymphonyError):
+                await self.cluster.propose(Entry(EntryType.VOLUME_UPDATE, body))
 
     def _footprint(self) -> tuple[Any, ...]:
         """What this node's pools hold, as the store says: when it changes (a volume made,

@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
 
+# Called with the bytes of the image copied so far; returning True cancels the copy.
+Progress = Callable[[int], bool]
+
 
 class NotSupported(Invalid):
     """The driver cannot do this (see its capabilities)."""
@@ -74,6 +77,7 @@ class BlockDriver(Protocol):
         image: str | None = None,
         image_format: str | None = None,
         overlay: bool = False,
+        progress: Progress | None = None,
     ) -> VolumeInfo: ...
     def resize(self, volume_id: str, size: int) -> VolumeInfo: ...
     def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo: ...

@@ -27,6 +27,7 @@ from symphonyd.block.driver import (
     NotSupported,
     PoolFull,
     PoolInfo,
+    Progress,
     VolumeExists,
     VolumeInfo,
     register,
@@ -97,6 +98,7 @@ class FileDriver:
         image: str | None = None,
         image_format: str | None = None,
         overlay: bool = False,
+        progress: Progress | None = None,
     ) -> VolumeInfo:
         if size <= 0:
             raise Invalid("a volume needs a size above zero")
@@ -131,7 +133,7 @@ class FileDriver:
                             f"the image ({os.fstat(src).st_size} bytes) is larger than the "
                             f"volume ({size} bytes)"
                         )
-                    sparse_copy(src, fd)
+                    sparse_copy(src, fd, progress)
                 finally:
                     os.close(src)
             current = os.stat(path).st_size

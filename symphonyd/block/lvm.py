@@ -38,6 +38,7 @@ from symphonyd.block.driver import (
     NotSupported,
     PoolFull,
     PoolInfo,
+    Progress,
     VolumeExists,
     VolumeInfo,
     register,
@@ -224,7 +225,13 @@ def zero_device(path: str, length: int) -> None:
         os.close(fd)
 
 
-def write_image(device: str, image: str, image_format: str, qemu_img: str | None) -> None:
+def write_image(
+    device: str,
+    image: str,
+    image_format: str,
+    qemu_img: str | None,
+    progress: Progress | None = None,
+) -> None:
     """Write a verified image into a block device already zeroed: holes are skipped."""
     device_size = _device_size(device)
     if image_format == "qcow2":
@@ -247,7 +254,7 @@ def write_image(device: str, image: str, image_format: str, qemu_img: str | None
             )
         dst = os.open(device, os.O_WRONLY)
         try:
-            sparse_copy(src, dst)
+            sparse_copy(src, dst, progress)
             os.fsync(dst)
         finally:
             os.close(dst)
@@ -334,6 +341,7 @@ class LvmDriver:
         image: str | None = None,
         image_format: str | None = None,
         overlay: bool = False,
+        progress: Progress | None = None,
     ) -> VolumeInfo:
         lv = self._lv(volume_id)
         if size <= 0:
@@ -363,7 +371,7 @@ class LvmDriver:
             if not self.metadata_only:
                 zero_device(info.path, info.size)
                 if image is not None:
-                    write_image(info.path, image, image_format or "raw", self.qemu_img)
+                    write_image(info.path, image, image_format or "raw", self.qemu_img, progress)
         except BaseException:
             with contextlib.suppress(DriverError, NotSupported):
                 self._remove_lv(lv)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import click
 
-from symphonyd.cli.images import human_size
+from symphonyd.cli.images import human_size, progress_bar
 from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, NotFound
@@ -33,27 +34,44 @@ WAIT_LIMIT = 1800.0
 def wait_volume(
     client: Client, record: dict[str, Any], *, gone_ok: bool = False
 ) -> dict[str, Any] | None:
-    """Follow a volume until its work is done: ready or failed (or gone, for rm)."""
+    """Follow a volume until its work is done: ready or failed (or gone, for rm). On a
+    terminal, the image work (fetch from another node, copy into the volume) shows as a
+    progress bar."""
     deadline = time.monotonic() + WAIT_LIMIT
-    while time.monotonic() < deadline:
-        if record["status"] == "failed":
-            raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
-        if record["status_message"].startswith("last change failed"):
-            raise DriverError(f"volume {record['name']}: {record['status_message']}")
-        busy = (
-            record["status"] in ("pending", "creating", "deleting")
-            or set(record["snapshots"]) - set(record["snapshots_done"])
-            or (record["status"] == "ready" and (record.get("actual_size") or 0) < record["size"])
-        )
-        if not busy:
-            return record
-        time.sleep(0.2)
-        try:
-            record = client.request("GET", resource_path("volumes", record["id"]))
-        except NotFound:
-            if gone_ok:
-                return None
-            raise
+    with progress_bar(sys.stderr.isatty()) as bar:
+        task = bar.add_task("waiting", total=None)
+        while time.monotonic() < deadline:
+            if record["status"] == "failed":
+                raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
+            if record["status_message"].startswith("last change failed"):
+                raise DriverError(f"volume {record['name']}: {record['status_message']}")
+            busy = (
+                record["status"] in ("pending", "creating", "deleting")
+                or set(record["snapshots"]) - set(record["snapshots_done"])
+                or (
+                    record["status"] == "ready"
+                    and (record.get("actual_size") or 0) < record["size"]
+                )
+            )
+            if not busy:
+                return record
+            work = record.get("progress") or {}
+            if work.get("stage"):
+                bar.update(
+                    task,
+                    description=work["stage"],
+                    completed=work["done"],
+                    total=work["total"] or None,
+                )
+            else:
+                bar.update(task, description=record["status"])
+            time.sleep(0.2)
+            try:
+                record = client.request("GET", resource_path("volumes", record["id"]))
+            except NotFound:
+                if gone_ok:
+                    return None
+                raise
     raise DriverError(
         f"volume {record['name']} is still {record['status']} after {WAIT_LIMIT:.0f} s"
     )

@@ -69,7 +69,7 @@ class _Counting(io.RawIOBase):
         return data
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -108,7 +108,7 @@ def import_image(
             },
         )
         return wait_for_import(client, record, size, show_progress) if wait else record
-    with _progress(show_progress) as progress, open(path, "rb") as f:
+    with progress_bar(show_progress) as progress, open(path, "rb") as f:
         task = progress.add_task("uploading", total=size)
         body = _Counting(f, progress, task)
         query = {"name": name, "description": description, "sha256": sha256}
@@ -128,7 +128,7 @@ def wait_for_import(
 ) -> dict[str, Any]:
     """Follow an import until it is ready or failed (no news for 10 minutes: give up)."""
     last_change, last_progress = time.monotonic(), -1
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("importing", total=size)
         while record["status"] == "importing":
             if record.get("progress", 0) != last_progress:

@@ -72,6 +72,7 @@ class ImageService:
         self.fingerprint = fingerprint  # the cluster certificate's, to pin peers
         self.credential = credential  # bearer token for calls to other members
         self.fetching: dict[str, asyncio.Task[Any]] = {}
+        self.fetched_bytes: dict[str, int] = {}  # by image id, while a fetch runs
         self.files_lock = asyncio.Lock()
         self.running: dict[str, asyncio.Task[Any]] = {}
         # Fingerprints published but not yet recorded, and ids of imports writing a temp
@@ -414,6 +415,7 @@ class ImageService:
 
             async def write(chunk: bytes) -> None:
                 await _in_thread(stream.write, chunk)
+                self.fetched_bytes[image_id] = self.fetched_bytes.get(image_id, 0) + len(chunk)
 
             for attempt in range(FETCH_ATTEMPTS):
                 client = sources[attempt % len(sources)]
@@ -456,6 +458,7 @@ class ImageService:
             os.close(dst)
             self.files.discard_temp(image_id)
             self.importing.discard(image_id)
+            self.fetched_bytes.pop(image_id, None)
 
     def _sources(self, record: dict[str, Any]) -> list[NodeClient]:
         """Clients for the other holders, the ones this node is connected to first."""
