@@ -192,10 +192,18 @@ class LvmHost:
         self.run(["vgremove", *self.change_flags, name], f"vgremove {name}")
 
 
+def check_device_path(device: object) -> str:
+    """An absolute device path without `..`, spaces or control characters (any host)."""
+    if not isinstance(device, str) or not device.startswith("/") or ".." in device.split("/"):
+        raise Invalid(f"{device!r} is not an absolute device path (e.g. /dev/sdb)")
+    if any(c.isspace() or ord(c) < 32 for c in device):
+        raise Invalid(f"{device!r} is not a device path")
+    return device
+
+
 def check_device(device: str) -> None:
-    """An absolute path to an existing block device, without `..`."""
-    if not device.startswith("/") or ".." in device.split("/") or "\0" in device:
-        raise Invalid(f"{device!r} is not an absolute device path")
+    """An existing block device of this host, at a path `check_device_path` accepts."""
+    check_device_path(device)
     try:
         mode = os.stat(device).st_mode
     except FileNotFoundError:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from symphonyd.block.lvm import LvmHost
+from symphonyd.block.lvm import LvmHost, check_device_path
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
@@ -71,10 +71,7 @@ class LvmResources:
     # -- API verbs ----------------------------------------------------------------------------
 
     async def create_pv(self, device: object, service_ref: object) -> dict[str, Any]:
-        if not isinstance(device, str) or not device.startswith("/") or ".." in device.split("/"):
-            raise Invalid(f"{device!r} is not an absolute device path (e.g. /dev/sdb)")
-        if any(c.isspace() or ord(c) < 32 for c in device):
-            raise Invalid(f"{device!r} is not a device path")
+        device = check_device_path(device)
         if not isinstance(service_ref, str) or not service_ref:
             raise Invalid("a physical volume needs the id of an lvm service")
         service = self._lvm_service(service_ref)
