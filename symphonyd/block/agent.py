@@ -404,7 +404,10 @@ class BlockService:
                     done.append(snap)
                     await self._set(vid, snapshots_done=done)
         except SymphonyError as exc:
-            await self._set(vid, status_message=f"last change failed: {exc.message}")
+            with contextlib.suppress(Conflict):  # deleted meanwhile: the message is moot
+                await self._set(
+                    vid, expect="ready", status_message=f"last change failed: {exc.message}"
+                )
 
     async def _create(self, volume: dict[str, Any], driver: BlockDriver) -> None:
         vid = volume["id"]

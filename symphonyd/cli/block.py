@@ -43,7 +43,9 @@ def wait_volume(
         while time.monotonic() < deadline:
             if record["status"] == "failed":
                 raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
-            if record["status_message"].startswith("last change failed"):
+            if record["status"] == "ready" and record["status_message"].startswith(
+                "last change failed"
+            ):
                 raise DriverError(f"volume {record['name']}: {record['status_message']}")
             busy = (
                 record["status"] in ("pending", "creating", "deleting")
