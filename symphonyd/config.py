@@ -65,6 +65,8 @@ class Settings:
     # What `service new` enables when not told: {driver, pool, options}; file driver, pool
     # "default" unless set.
     block: dict[str, Any] = field(default_factory=dict)
+    # Directories of lifecycle modules besides `<data-dir>/lifecycles/`.
+    lifecycle_dirs: list[str] = field(default_factory=list)
 
     @property
     def listen(self) -> str:
@@ -129,5 +131,9 @@ def validate(settings: Settings) -> None:
     driver = settings.block.get("driver", "file")
     settings.block["options"] = check_options(driver, settings.block.get("options", {}))
     check_name(settings.block.get("pool", "default"), what="[block] pool")
+    if not isinstance(settings.lifecycle_dirs, list) or not all(
+        isinstance(d, str) and os.path.isabs(d) for d in settings.lifecycle_dirs
+    ):
+        raise Invalid("lifecycle_dirs must be a list of absolute directory paths")
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")

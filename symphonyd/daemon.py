@@ -45,6 +45,7 @@ from symphonyd.errors import (
 from symphonyd.image import copier
 from symphonyd.image.files import ImageFiles
 from symphonyd.image.service import ImageService
+from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType
 from symphonyd.raft.fsm import FSM
@@ -78,6 +79,7 @@ class Daemon:
         self.cluster: Cluster | None = None
         self.images: ImageService | None = None
         self.block: BlockService | None = None
+        self.lifecycles: LifecycleService | None = None
         self.secret: str | None = None
         self.fingerprint: str | None = None
         self.started_at = time.time()
@@ -215,6 +217,15 @@ class Daemon:
             defaults=self.settings.block,
         )
         self._start_task(self.block.run_agent())
+        self.lifecycles = LifecycleService(
+            self.cluster,
+            self.settings.name,
+            self.settings.address,
+            self.settings.data_dir,
+            self.secret,
+            self.settings.lifecycle_dirs,
+        )
+        self._start_task(self.lifecycles.run_agent())
 
     def _start_task(self, work: Coroutine[Any, Any, Any]) -> None:
         """A background loop of this node; one that dies says so in the log at once."""
@@ -257,6 +268,10 @@ class Daemon:
                     await task
             self.images = None
             self.block = None
+        if self.lifecycles is not None:
+            # its agent's task was cancelled above; the processes it supervises stop here
+            await asyncio.to_thread(self.lifecycles.supervisor.close)
+            self.lifecycles = None
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             cluster.close()
@@ -338,6 +353,11 @@ class Daemon:
         self.require_cluster()
         assert self.block is not None
         return self.block
+
+    def require_lifecycles(self) -> LifecycleService:
+        self.require_cluster()
+        assert self.lifecycles is not None
+        return self.lifecycles
 
     def require_images(self) -> ImageService:
         self.require_cluster()

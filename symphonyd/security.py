@@ -6,6 +6,8 @@
 * cluster certificate: one self-signed ECDSA certificate shared by every member's HTTPS
   API; clients pin its SHA-256 fingerprint (carried by join tokens).
 * API tokens: `<id>.<secret>`; the store keeps only SHA-256(secret).
+* sealed values: a lifecycle's secrets (passwords) are kept in the replicated store only
+  as `sealed:v1:<Fernet token>` under a key derived from the cluster secret.
 * join tokens: `sy1.<base64url(json)>` carrying the cluster id, the members' API
   addresses, the token id and secret, and the certificate fingerprint.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -77,6 +80,34 @@ def node_credential(cluster_secret: str) -> str:
     """The bearer token members use to call each other, derived from the cluster secret."""
     digest = hmac.new(cluster_secret.encode(), b"symphonyd node api", hashlib.sha256)
     return "node." + digest.hexdigest()
+
+
+SEALED_PREFIX = "sealed:v1:"
+
+
+def _sealing_key(cluster_secret: str) -> Fernet:
+    digest = hmac.new(cluster_secret.encode(), b"symphonyd sealed values", hashlib.sha256)
+    return Fernet(base64.urlsafe_b64encode(digest.digest()))
+
+
+def seal(cluster_secret: str, text: str) -> str:
+    """Encrypt and authenticate `text` with the cluster secret."""
+    return SEALED_PREFIX + _sealing_key(cluster_secret).encrypt(text.encode()).decode()
+
+
+def is_sealed(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+
+
+def unseal(cluster_secret: str, sealed: str) -> str:
+    """The text `seal` was given; Invalid if it was not sealed by this cluster's secret."""
+    if not is_sealed(sealed):
+        raise Invalid("not a sealed value")
+    try:
+        plain = _sealing_key(cluster_secret).decrypt(sealed[len(SEALED_PREFIX) :].encode())
+    except InvalidToken:
+        raise Invalid("a sealed value does not open with this cluster's secret") from None
+    return plain.decode()
 
 
 # -- cluster certificate ------------------------------------------------------------------

@@ -126,6 +126,11 @@ def test_entry_type_codes_are_never_reused() -> None:
         "VG_CREATE": 63,
         "VG_UPDATE": 64,
         "VG_DELETE": 65,
+        "LIFECYCLE_CATALOG": 70,
+        "DEPLOYMENT_CREATE": 71,
+        "DEPLOYMENT_STEP": 72,
+        "DEPLOYMENT_UPDATE": 73,
+        "DEPLOYMENT_DELETE": 74,
     }
 
 
@@ -590,6 +595,147 @@ def check_vg_delete(fsm: FSM, before: dict[str, Any]) -> None:
     assert fsm.store.get("pvs", "pv1")["vg_id"] is None  # the device is free again
 
 
+def _step(index: int, after: list[int]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "node": "n1",
+        "lifecycle": "WebServer",
+        "action": "enter",
+        "state": ["Installed", "Configured"][index],
+        "provide": "enter",
+        "values": {},
+        "inputs": [],
+        "after": after,
+        "status": "pending",
+        "error": None,
+        "returns": None,
+    }
+
+
+DEPLOYMENT = {
+    "id": "d1",
+    "kind": "deploy",
+    "target": "WebServer/Configured/enter",
+    "node": "n1",
+    "simulate": False,
+    "undoes": None,
+    "steps": [_step(0, []), _step(1, [0])],
+    "result_step": 1,
+    "result": None,
+    "created_at": "2026-11-22T00:00:00Z",
+    "updated_at": "2026-11-22T00:00:00Z",
+}
+
+
+def finish_step(fsm: FSM, index: int, applied: list[str], status: str = "done") -> dict[str, Any]:
+    change = {
+        "node": "n1",
+        "lifecycle": "WebServer",
+        "applied": applied,
+        "data": {"port": 8080},
+        "call": {"provide": f"{applied[-1]}/enter", "values": {}, "returns": {"x": index}},
+    }
+    body = {
+        "id": "d1",
+        "index": index,
+        "expect": "running",
+        "fields": {"status": status, "returns": {"x": index}},
+        "lifecycle": change if status == "done" else None,
+        "at": "2026-11-22T00:00:01Z",
+    }
+    return apply_entry(fsm, EntryType.DEPLOYMENT_STEP, body)
+
+
+def claim_step(fsm: FSM, index: int) -> dict[str, Any]:
+    body = {
+        "id": "d1",
+        "index": index,
+        "expect": "pending",
+        "fields": {"status": "running"},
+        "lifecycle": None,
+        "at": "2026-11-22T00:00:01Z",
+    }
+    return apply_entry(fsm, EntryType.DEPLOYMENT_STEP, body)
+
+
+def check_lifecycle_catalog(fsm: FSM, before: dict[str, Any]) -> None:
+    catalog = {"node": "n1", "lifecycles": {"WebServer": "builtin"}, "broken": {"m": "boom"}}
+    assert apply_entry(fsm, EntryType.LIFECYCLE_CATALOG, {"catalog": catalog})["ok"]
+    assert fsm.store.get("lifecycle_catalogs", "n1")["broken"] == {"m": "boom"}
+
+
+def check_deployment_create(fsm: FSM, before: dict[str, Any]) -> None:
+    created = apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": DEPLOYMENT})
+    assert created["ok"] and created["deployment"]["status"] == "running"
+    again = apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": DEPLOYMENT})
+    assert again["ok"] is False and "already exists" in again["error"]["message"]
+    empty = {**DEPLOYMENT, "id": "d0", "steps": [], "result_step": None}
+    assert (
+        apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": empty})["deployment"]["status"]
+        == "done"
+    )
+
+
+def check_deployment_step(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": DEPLOYMENT})
+    assert claim_step(fsm, 0)["ok"]
+    twice = claim_step(fsm, 0)  # a second agent cannot claim it
+    assert twice["ok"] is False and "is running, not pending" in twice["error"]["message"]
+    assert finish_step(fsm, 0, ["NotInstalled", "Installed"])["ok"]
+    record = fsm.store.get("lifecycles", "n1/WebServer")
+    assert record["applied"] == ["NotInstalled", "Installed"]  # in the same revision
+    assert record["calls"]["Installed/enter"]["returns"] == {"x": 0}
+    claim_step(fsm, 1)
+    done = finish_step(fsm, 1, ["NotInstalled", "Installed", "Configured"])
+    assert done["deployment"]["status"] == "done" and done["deployment"]["result"] == {"x": 1}
+    # leaving a state forgets the calls that held in it
+    apply_entry(
+        fsm,
+        EntryType.DEPLOYMENT_CREATE,
+        {"deployment": {**DEPLOYMENT, "id": "d2", "steps": [_step(0, [])], "result_step": 0}},
+    )
+    body = {
+        "id": "d2",
+        "index": 0,
+        "expect": None,
+        "fields": {"status": "done"},
+        "lifecycle": {
+            "node": "n1",
+            "lifecycle": "WebServer",
+            "applied": ["NotInstalled"],
+            "data": {},
+            "call": None,
+        },
+        "at": "2026-11-22T00:00:02Z",
+    }
+    apply_entry(fsm, EntryType.DEPLOYMENT_STEP, body)
+    assert fsm.store.get("lifecycles", "n1/WebServer")["calls"] == {}
+    missing = apply_entry(fsm, EntryType.DEPLOYMENT_STEP, {**body, "index": 7})
+    assert missing["ok"] is False and "no step 7" in missing["error"]["message"]
+
+
+def check_deployment_update(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": DEPLOYMENT})
+    claim_step(fsm, 0)
+    failed = finish_step(fsm, 0, ["NotInstalled"], status="failed")
+    assert failed["deployment"]["status"] == "failed"
+    steps = [{**s, "status": "pending"} for s in failed["deployment"]["steps"]]
+    resumed = apply_entry(
+        fsm, EntryType.DEPLOYMENT_UPDATE, {"id": "d1", "fields": {"steps": steps}}
+    )
+    assert resumed["deployment"]["status"] == "running"
+
+
+def check_deployment_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.DEPLOYMENT_CREATE, {"deployment": DEPLOYMENT})
+    busy = apply_entry(fsm, EntryType.DEPLOYMENT_DELETE, {"id": "d1"})
+    assert busy["ok"] is False and "running" in busy["error"]["message"]
+    claim_step(fsm, 0)
+    finish_step(fsm, 0, ["NotInstalled"], status="failed")
+    assert apply_entry(fsm, EntryType.DEPLOYMENT_DELETE, {"id": "d1"})["ok"]
+    assert fsm.store.get("deployments", "d1") is None
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -620,6 +766,11 @@ CHECKS = {
     EntryType.VG_CREATE: check_vg_create,
     EntryType.VG_UPDATE: check_vg_update,
     EntryType.VG_DELETE: check_vg_delete,
+    EntryType.LIFECYCLE_CATALOG: check_lifecycle_catalog,
+    EntryType.DEPLOYMENT_CREATE: check_deployment_create,
+    EntryType.DEPLOYMENT_STEP: check_deployment_step,
+    EntryType.DEPLOYMENT_UPDATE: check_deployment_update,
+    EntryType.DEPLOYMENT_DELETE: check_deployment_delete,
 }
 
 

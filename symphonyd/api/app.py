@@ -6,7 +6,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from symphonyd.api import block, cluster, events, images, kv, nodes, openapi, prometheus
+from symphonyd.api import (
+    block,
+    cluster,
+    events,
+    images,
+    kv,
+    lifecycles,
+    nodes,
+    openapi,
+    prometheus,
+)
 from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
 
@@ -24,6 +34,7 @@ def all_routes() -> list[Route]:
         *kv.ROUTES,
         *images.ROUTES,
         *block.ROUTES,
+        *lifecycles.ROUTES,
         *events.ROUTES,
         *openapi.ROUTES,
         *prometheus.ROUTES,

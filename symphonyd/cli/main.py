@@ -501,3 +501,7 @@ from symphonyd.cli import lvm as _lvm  # noqa: E402 (registers `block pv|vg|lv`)
 _images.register(main, Context, run_safely, json_option)
 _block.register(main, run_safely, json_option)
 _lvm.register(main, run_safely, json_option)
+
+from symphonyd.cli import lifecycles as _lifecycles  # noqa: E402 (lifecycle, deploy, deployment)
+
+_lifecycles.register(main, run_safely, json_option)

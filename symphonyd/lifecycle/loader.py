@@ -26,7 +26,7 @@ from symphonyd.lifecycle.model import Catalog, Lifecycle
 
 log = logging.getLogger("symphonyd.lifecycle")
 
-BUILTIN_MODULES: tuple[str, ...] = ()  # filled as built-in lifecycles are added
+BUILTIN_MODULES: tuple[str, ...] = ("symphonyd.lifecycle.builtin.web",)
 
 
 @dataclass

@@ -32,12 +32,15 @@ import inspect
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, overload
 
 from symphonyd.errors import Conflict, Invalid, NotFound
 from symphonyd.lifecycle.paths import find_cycle, reachable, shortest_forward
 from symphonyd.lifecycle.variables import Variable, check_variable_name, validate_values
 from symphonyd.validation import check_name
+
+if TYPE_CHECKING:
+    from symphonyd.lifecycle.context import NodeContext
 
 __all__ = [
     "AnyRequire",
@@ -58,7 +61,9 @@ CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
 PROVIDE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _STEP_RE = re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_]{0,62})$")
 # not provides: State's own methods and attributes
-RESERVED = frozenset({"leave", "cross", "provides", "get_provide", "name", "label", "help"})
+RESERVED = frozenset(
+    {"leave", "cross", "ensure", "context", "provides", "get_provide", "name", "label", "help"}
+)
 MAX_NARGS = 1000
 
 Nargs: TypeAlias = int | Literal["?", "*"]
@@ -555,6 +560,7 @@ class State:
         for name, item in cls._provides.items():
             problems += [f"provide {name}: {problem}" for problem in item.problems()]
         problems += signature_problems(cls.leave, [], "leave")
+        problems += signature_problems(cls.ensure, [], "ensure")
         if _parameters(cls.cross) is None:
             problems.append("cross must take only keyword arguments (the flags)")
         if problems:
@@ -575,8 +581,14 @@ class State:
                 f"state {cls.name} has no provide {name!r} (provides: {known})"
             ) from None
 
+    context: NodeContext  # set by the executor on each instance before a body runs
+
     def leave(self) -> None:
         """Undo what entering did; nothing by default."""
+
+    def ensure(self) -> None:
+        """Make true again what being in this state promises (a server runs) after the
+        node restarts; called on every applied state, bottom up. Nothing by default."""
 
     def cross(self, **flags: object) -> None:
         """React to a provide with flags called on a state below; nothing by default."""

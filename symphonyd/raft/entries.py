@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class EntryType(IntEnum):
@@ -58,10 +58,16 @@ class EntryType(IntEnum):
     VG_CREATE = 63
     VG_UPDATE = 64
     VG_DELETE = 65
+    LIFECYCLE_CATALOG = 70  # a node publishes the lifecycles it loaded
+    DEPLOYMENT_CREATE = 71
+    DEPLOYMENT_STEP = 72  # a step claimed or finished, with the lifecycle change it made
+    DEPLOYMENT_UPDATE = 73  # resume (failed steps back to pending)
+    DEPLOYMENT_DELETE = 74
 
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
-# leader's scheduler, LVM physical volumes and volume groups), and bodies changed since
+# leader's scheduler, LVM physical volumes and volume groups; schema 4: lifecycles and
+# deployments), and bodies changed since
 # version 1 (none yet). IMAGE_DELETE refuses an image used by a volume since schema 2; a
 # schema-1 node cannot tell, but no volume can exist while one runs (VOLUME_CREATE is
 # refused until every member speaks schema 2), so both apply it alike.
@@ -79,6 +85,11 @@ INTRODUCED: dict[int, int] = {
     EntryType.VG_CREATE: 3,
     EntryType.VG_UPDATE: 3,
     EntryType.VG_DELETE: 3,
+    EntryType.LIFECYCLE_CATALOG: 4,
+    EntryType.DEPLOYMENT_CREATE: 4,
+    EntryType.DEPLOYMENT_STEP: 4,
+    EntryType.DEPLOYMENT_UPDATE: 4,
+    EntryType.DEPLOYMENT_DELETE: 4,
 }
 BODY_VERSIONS: dict[int, int] = {}
 

@@ -22,7 +22,17 @@ from typing import Any
 import msgpack
 
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_version, decode
-from symphonyd.state import cluster, images, kv, lvm, nodes, services, tokens, volumes
+from symphonyd.state import (
+    cluster,
+    images,
+    kv,
+    lifecycles,
+    lvm,
+    nodes,
+    services,
+    tokens,
+    volumes,
+)
 from symphonyd.state.store import Store, failure
 
 log = logging.getLogger("symphonyd.raft.fsm")
@@ -176,6 +186,26 @@ def apply_image_remove_holder(store: Store, body: dict[str, Any]) -> Result:
     return images.remove_holder(store, body["id"], body["node"], body["now"])
 
 
+def apply_lifecycle_catalog(store: Store, body: dict[str, Any]) -> Result:
+    return lifecycles.set_catalog(store, body["catalog"])
+
+
+def apply_deployment_create(store: Store, body: dict[str, Any]) -> Result:
+    return lifecycles.create_deployment(store, body["deployment"])
+
+
+def apply_deployment_step(store: Store, body: dict[str, Any]) -> Result:
+    return lifecycles.update_step(store, body)
+
+
+def apply_deployment_update(store: Store, body: dict[str, Any]) -> Result:
+    return lifecycles.update_deployment(store, body["id"], body["fields"])
+
+
+def apply_deployment_delete(store: Store, body: dict[str, Any]) -> Result:
+    return lifecycles.delete_deployment(store, body["id"])
+
+
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
@@ -206,6 +236,11 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.VG_CREATE: apply_vg_create,
     EntryType.VG_UPDATE: apply_vg_update,
     EntryType.VG_DELETE: apply_vg_delete,
+    EntryType.LIFECYCLE_CATALOG: apply_lifecycle_catalog,
+    EntryType.DEPLOYMENT_CREATE: apply_deployment_create,
+    EntryType.DEPLOYMENT_STEP: apply_deployment_step,
+    EntryType.DEPLOYMENT_UPDATE: apply_deployment_update,
+    EntryType.DEPLOYMENT_DELETE: apply_deployment_delete,
 }
 
 

@@ -90,7 +90,20 @@ class Table:
 class Store:
     """All tables, the global revision, history and subscribers."""
 
-    TABLES = ("cluster", "nodes", "tokens", "kv", "images", "services", "volumes", "pvs", "vgs")
+    TABLES = (
+        "cluster",
+        "nodes",
+        "tokens",
+        "kv",
+        "images",
+        "services",
+        "volumes",
+        "pvs",
+        "vgs",
+        "lifecycle_catalogs",
+        "lifecycles",
+        "deployments",
+    )
 
     def __init__(self) -> None:
         self.revision = 0
