@@ -56,6 +56,8 @@ class NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
         self.raft_port = free_port()
+        while self.raft_port == self.api_port:  # the OS may hand out a port twice
+            self.raft_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "daemon.log"
 

@@ -25,7 +25,7 @@ import pytest
 from symphonyd.api.app import all_routes
 from symphonyd.client import UnixHTTPConnection
 from symphonyd.security import JoinToken, decode_join_token
-from tests.nodes import NodeProcess, NodeSet
+from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -648,6 +648,11 @@ def test_used_join_token_is_409(nodeset: NodeSet) -> None:
     joined = local(second, "POST", "/v1/cluster/join", body)
     assert joined.status == 201, joined.body
     assert member_names(first) == ["n1", "n2"]
+    wait_until(  # a new member's own first write: the lifecycles it loaded
+        lambda: first.client().request("GET", "/v1/nodes/n2/lifecycles")["published"],
+        20,
+        "n2 to publish its lifecycles",
+    )
     before = revision(first)
 
     third = nodeset.new("n3")

@@ -28,7 +28,8 @@ def local_copy(node: NodeProcess, fingerprint: str) -> Path:
 
 def test_images_are_replicated_fetched_and_repaired(nodeset: NodeSet, tmp_path: Path) -> None:
     n1, n2, n3 = nodeset.form(3)
-    assert n1.client().request("GET", "/v1/cluster/config")["config"] == {"images.min_replicas": 2}
+    config = n1.client().request("GET", "/v1/cluster/config")["config"]
+    assert config["images.min_replicas"] == 2
     data = random.Random(7).randbytes(12 * MiB + 5)
     digest = hashlib.sha256(data).hexdigest()
     path = tmp_path / "disk.img"

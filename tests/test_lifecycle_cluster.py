@@ -130,13 +130,14 @@ def test_bad_input_is_refused_before_anything_runs(nodeset: NodeSet) -> None:
     cases = [
         (["Nothing//start", "--yes"], "no provide matches 'Nothing//start'"),
         (["//start", "--yes"], "is ambiguous: it matches"),
-        (["WebSite//start", "--yes", "--set", "x=1"], "No such option"),
         (["WebSite//start"], "values missing or invalid (--yes takes the suggestions)"),
         (["Proxy//start", "--yes", "--node", "n9"], "n9 is not a cluster member"),
     ]
     for args, message in cases:
         result = deploy(n1, *args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+    typo = deploy(n1, "WebSite//start", "--yes", "--set", "prot=1", "--plan")
+    assert typo.returncode == 0 and "the answer 'prot' matches no question" in typo.stderr
     bad = n1.cli("lifecycle", "goto", "WebServer", "Configured", "--set", "port=99999")
     assert bad.returncode == 1 and "port" in bad.stderr and "65535" in bad.stderr
     unknown = n1.cli("lifecycle", "goto", "WebServer", "Nowhere")
@@ -223,3 +224,21 @@ def test_interactive_prompts_on_a_terminal(nodeset: NodeSet, tmp_path: Path) -> 
     replay = json.loads(saved.read_text())
     assert replay["/n1/WebServer/Configured/enter/port"] == str(port)
     assert "<strong>n1</strong>" in fetch(f"http://127.0.0.1:{port}/")
+
+
+def test_a_step_on_a_lost_node_fails_after_the_patience_then_resumes(nodeset: NodeSet) -> None:
+    n1, _n2, n3 = nodeset.form(3)
+    assert n1.cli("config", "set", "deployments.step_patience", "3").returncode == 0
+    wait_until(lambda: n1.client().request("GET", "/v1/nodes/n3/lifecycles")["published"], 20, "n3")
+    n3.kill()
+    port = free_port()
+    started = time.monotonic()
+    lost = deploy(n1, "WebServer//start", "--node", "n3", "--yes", "--set", f"port={port}")
+    assert lost.returncode == 1
+    assert "node n3 is unreachable (waited 3 s)" in lost.stderr, lost.stderr
+    assert time.monotonic() - started < 60
+    n3.start()
+    wait_until(lambda: n3.status()["has_quorum"], 30, "n3 back in the cluster")
+    resumed = deploy(n1, "WebServer//start", "--node", "n3", "--yes", "--set", f"port={port}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"url: http://127.0.0.1:{port}/" in resumed.stdout

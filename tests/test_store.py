@@ -34,6 +34,9 @@ def test_a_new_store_is_empty_at_revision_zero() -> None:
         "volumes",
         "pvs",
         "vgs",
+        "lifecycle_catalogs",
+        "lifecycles",
+        "deployments",
     }
     assert all(len(t) == 0 for t in store.tables.values())
 

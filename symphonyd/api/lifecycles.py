@@ -70,6 +70,7 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
         "missing": [q.id for q in plan.missing],
         "steps": steps,
         "reused": plan.reused,
+        "unused_answers": plan.unused,
     }
 
 

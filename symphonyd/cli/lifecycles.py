@@ -137,6 +137,10 @@ def plan_with_answers(
             raise Invalid("the plan cannot be carried out: " + "; ".join(plan["problems"]))
         missing = [q for q in plan["questions"] if q["id"] in plan["missing"]]
         if not missing:
+            for key in plan.get("unused_answers", []):
+                click.echo(
+                    f"warning: the answer {key!r} matches no question of this plan", err=True
+                )
             return plan
         if not interactive:
             listing = "; ".join(f"{q['id']}: {q['error'] or 'no value'}" for q in missing)
@@ -336,6 +340,13 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
         type=click.Path(dir_okay=False),
         help="Write the answers used to this file, to replay (secrets left out).",
     )
+    @click.option(
+        "--set",
+        "values",
+        multiple=True,
+        metavar="VAR=VALUE",
+        help="An answer (a variable name or a tail of its question id).",
+    )
     @click.option("--yes", "-y", is_flag=True, help="Take the suggestions for unset values.")
     @click.option("--plan", "plan_only", is_flag=True, help="Print the plan; change nothing.")
     @click.option("--simulate", is_flag=True, help="Run the plan without running the bodies.")
@@ -350,6 +361,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
         node: str | None,
         answers_file: str | None,
         save_answers: str | None,
+        values: tuple[str, ...],
         yes: bool,
         plan_only: bool,
         simulate: bool,
@@ -369,6 +381,7 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
             if not xpath:
                 raise click.UsageError("give the provide to deploy, e.g. WebSite//start")
             answers = load_answers(answers_file) if answers_file else {}
+            answers.update(_assignments(values))
             body: dict[str, Any] = {"xpath": xpath, "yes": yes, "simulate": simulate}
             if node:
                 body["node"] = node

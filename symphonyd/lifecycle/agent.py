@@ -10,7 +10,8 @@ again (the state change it would have made was not recorded). At start, every ap
 state on this node is re-ensured (`State.ensure`: the web server runs again).
 
 On the leader, a step that waits on a node without a live Raft connection for
-`STEP_PATIENCE` seconds is failed with that reason; `deploy` run again resumes it.
+`deployments.step_patience` seconds (a cluster setting, default 30) is failed with that
+reason; `deploy` run again resumes it.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from symphonyd.lifecycle.planner import Plan, PlannedStep, Planner, View, undo_s
 from symphonyd.lifecycle.supervisor import Supervisor
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.security import is_sealed, new_id, now_rfc3339, seal, unseal
+from symphonyd.security import new_id, now_rfc3339, seal, unseal
+from symphonyd.state import cluster as cluster_config
 from symphonyd.state import lifecycles, nodes
 
 log = logging.getLogger("symphonyd.lifecycle")
 
-STEP_PATIENCE = 30.0
 WAKE_EVERY = 5.0
 TABLES = {"deployments", "lifecycles", "nodes", "lifecycle_catalogs"}
 
@@ -265,6 +266,7 @@ class LifecycleService:
         now = time.monotonic()
         store = self.cluster.store
         with store.lock:
+            patience = float(cluster_config.config(store)["deployments.step_patience"])
             deployments = [d for d in lifecycles.all_deployments(store) if d["status"] == "running"]
         waiting: set[tuple[str, int]] = set()
         for deployment in deployments:
@@ -277,12 +279,12 @@ class LifecycleService:
                 key = (deployment["id"], step["index"])
                 waiting.add(key)
                 since = self._waiting_since.setdefault(key, now)
-                if now - since < STEP_PATIENCE:
+                if now - since < patience:
                     continue
                 fields = {
                     "status": "failed",
                     "error": f"node {step['node']} is unreachable "
-                    f"(waited {STEP_PATIENCE:.0f} s); run the deployment again to resume",
+                    f"(waited {patience:.0f} s); run the deployment again to resume",
                     "finished_at": now_rfc3339(),
                 }
                 await self.cluster.propose(
@@ -505,4 +507,4 @@ def _step_xpath(step: Mapping[str, Any]) -> str:
     return f"{step['lifecycle']}/{step['state']}/{step['provide'] or step['action']}"
 
 
-__all__ = ["STEP_PATIENCE", "LifecycleService", "is_sealed"]
+__all__ = ["LifecycleService"]

@@ -1,4 +1,5 @@
-"""Lifecycles declared as Python classes, checked when they are defined, and found by xpath.
+"""Lifecycles declared as Python classes: states, transitions and provides, checked when
+they are defined.
 
 A `Lifecycle` subclass declares its `states` (`State` subclasses), its `transitions`
 (pairs (source, destination), as classes or names) and its `initial_state`. The applied
@@ -7,21 +8,22 @@ states form a stack from the initial state up (see `paths`): entering a state ru
 applied above its own run `cross(**flags)`.
 
 A provide is a method decorated with `@provide(requires=..., returns=..., ...)`. It is
-called with keyword arguments: each variable of its `Require`s, each `provide_args` and
-`provide_ret` variable of a `RequireLocal` or a single `RequireExternal`; a
-`RequireExternal` with `nargs` other than 1 gives one argument, named after the require,
-holding a list of such dicts (one per node).
+called with keyword arguments, one for each value its requires give (see `requires`).
 
 Checks happen while the class statements run, so a module with a bad declaration fails to
 import with the reason: bad names, a malformed require, a provide whose signature does not
 take what its requires give, an unknown state in a transition, a transition to itself, an
 unreachable state, a cycle (a transition that would enter a state that is still applied).
-`Catalog.check` then checks what lifecycles say of each other (xpaths, provide_args and
-provide_ret against the target, from_xpath, cycles of requires).
+`Catalog.check` (see `catalog`) then checks what lifecycles say of each other.
 
-An xpath names provides: `[/<node> | //] <Lifecycle>/<State>/<provide>` where `/` is one
-level, `//` any number of levels and `*` any name; `WebSite//start`,
-`//WebSite//start` (any node), `WebServer/Active/start`, `/node-1/WebSite//start`, `//start`.
+The rest of the model sits beside this module, imported in one direction only:
+`xpath` (names of provides) <- `requires` (what a provide needs) <- this module <-
+`catalog` (the lifecycles a node knows). `ProvideRef` is defined here because
+`Lifecycle.provides` returns it; `catalog` re-exports it. Every name in `__all__` stays
+importable from here, and so does `_ProvideRequire` (the old name of
+`requires.ProvideRequire`); new code imports a name from the module that defines it.
+`Catalog` is handed out lazily (a module `__getattr__`) since `catalog` imports this
+module: this module must not import `catalog` at import time.
 
 This module only describes; it never runs a provide body and does no I/O.
 """
@@ -30,16 +32,26 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, overload
 
-from symphonyd.errors import Conflict, Invalid, NotFound
-from symphonyd.lifecycle.paths import find_cycle, reachable, shortest_forward
-from symphonyd.lifecycle.variables import Variable, check_variable_name, validate_values
-from symphonyd.validation import check_name
+from symphonyd.errors import Invalid, NotFound
+from symphonyd.lifecycle.paths import find_cycle, reachable
+from symphonyd.lifecycle.requires import (
+    AnyRequire,
+    Nargs,
+    ProvideRequire,
+    Require,
+    RequireExternal,
+    RequireLocal,
+    _variable_problems,
+)
+from symphonyd.lifecycle.variables import Variable, validate_values
+from symphonyd.lifecycle.xpath import XPath
 
 if TYPE_CHECKING:
+    from symphonyd.lifecycle.catalog import Catalog
     from symphonyd.lifecycle.context import NodeContext
 
 __all__ = [
@@ -59,281 +71,10 @@ __all__ = [
 
 CLASS_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
 PROVIDE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_STEP_RE = re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_]{0,62})$")
 # not provides: State's own methods and attributes
 RESERVED = frozenset(
     {"leave", "cross", "ensure", "context", "provides", "get_provide", "name", "label", "help"}
 )
-MAX_NARGS = 1000
-
-Nargs: TypeAlias = int | Literal["?", "*"]
-
-
-# -- xpaths ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class XPath:
-    """A parsed xpath. `node` is set by `/<node>/...`; each step is (any_depth, name)."""
-
-    text: str
-    node: str | None
-    steps: tuple[tuple[bool, str], ...]
-
-    @classmethod
-    def parse(cls, text: object) -> XPath:
-        def bad(reason: str) -> Invalid:
-            return Invalid(f"bad xpath {text!r}: {reason}")
-
-        if not isinstance(text, str) or not text:
-            raise Invalid(f"bad xpath {text!r}: give e.g. WebSite//start or WebServer/Active/start")
-        if any(char.isspace() or not char.isprintable() for char in text):
-            raise bad("it contains spaces or control characters")
-        node: str | None = None
-        rest = text
-        any_depth = False
-        if rest.startswith("//"):
-            any_depth, rest = True, rest[2:]
-        elif rest.startswith("/"):
-            node, sep, rest = rest[1:].partition("/")
-            try:
-                check_name(node, what="node name")
-            except Invalid as exc:
-                raise bad(exc.message) from None
-            if not sep:
-                raise bad("it names a node but no provide")
-            if rest.startswith("/"):
-                any_depth, rest = True, rest[1:]
-        steps: list[tuple[bool, str]] = []
-        for part in rest.split("/"):
-            if not part:
-                if any_depth:
-                    raise bad("'///' or a '/' at the end")
-                any_depth = True
-                continue
-            if not _STEP_RE.match(part):
-                raise bad(f"{part!r} is not a name or '*'")
-            steps.append((any_depth, part))
-            any_depth = False
-        if any_depth:
-            raise bad("it ends with '/'")
-        if len(steps) > 3:
-            raise bad("more than 3 names: use <Lifecycle>/<State>/<provide>")
-        return cls(text, node, tuple(steps))
-
-    def matches(self, lifecycle: str, state: str, provide: str) -> bool:
-        """Whether the provide at <lifecycle>/<state>/<provide> is selected (any node)."""
-        path = (lifecycle, state, provide)
-        steps = self.steps
-
-        def match(step: int, level: int) -> bool:
-            if step == len(steps):
-                return level == len(path)
-            any_depth, name = steps[step]
-            levels = range(level, len(path)) if any_depth else range(level, min(level + 1, 3))
-            return any(
-                (name == "*" or name == path[at]) and match(step + 1, at + 1) for at in levels
-            )
-
-        return match(0, 0)
-
-    @property
-    def last(self) -> str:
-        return self.steps[-1][1]
-
-    def __str__(self) -> str:
-        return self.text
-
-
-# -- requires ----------------------------------------------------------------------------
-
-
-def _variable_problems(variables: Sequence[object], what: str) -> list[str]:
-    problems = []
-    seen: set[str] = set()
-    for index, variable in enumerate(variables, 1):
-        if not isinstance(variable, Variable):
-            problems.append(f"{what} #{index} is {type(variable).__name__}, not a variable")
-            continue
-        if variable.name in seen:
-            problems.append(f"{what}: two variables named {variable.name!r}")
-        seen.add(variable.name)
-        if variable.from_xpath is not None:
-            try:
-                XPath.parse(variable.from_xpath)
-            except Invalid as exc:
-                problems.append(f"variable {variable.name!r}: from_xpath: {exc.message}")
-    return problems
-
-
-class Require:
-    """Values from the user (or their defaults); the provide receives each variable as a
-    keyword argument of the same name."""
-
-    def __init__(
-        self,
-        variables: Iterable[Variable[Any]],
-        *,
-        name: str = "values",
-        label: str | None = None,
-        help: str = "",
-    ) -> None:
-        self.variables: tuple[Variable[Any], ...] = tuple(variables)
-        self.name = name
-        self.label = label if label is not None else name.replace("_", " ")
-        self.help = help
-
-    def problems(self) -> list[str]:
-        problems = _name_problems(self.name, "require name")
-        return problems + _variable_problems(self.variables, f"require {self.name!r}")
-
-    def arguments(self) -> dict[str, Variable[Any]]:
-        return {variable.name: variable for variable in self.variables}
-
-    def validate(
-        self, values: Mapping[str, object], *, members: Collection[str] | None = None
-    ) -> dict[str, Any]:
-        """`validate_values` over this require's variables."""
-        what = f"values of {self.name!r}"
-        return validate_values(self.variables, values, members=members, what=what)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "type": "user",
-            "name": self.name,
-            "label": self.label,
-            "help": self.help,
-            "variables": [variable.describe() for variable in self.variables],
-        }
-
-    def __repr__(self) -> str:
-        return f"Require({list(self.variables)!r}, name={self.name!r})"
-
-
-class _ProvideRequire:
-    """A provide another node (or this one) must have been called with `provide_args`;
-    its `provide_ret` values come back to the requirer."""
-
-    local: ClassVar[bool]
-
-    def __init__(
-        self,
-        xpath: str,
-        provide_args: Iterable[Variable[Any]] = (),
-        provide_ret: Iterable[Variable[Any]] = (),
-        *,
-        nargs: Nargs = 1,
-        name: str | None = None,
-        label: str | None = None,
-        help: str = "",
-    ) -> None:
-        self.xpath_text = xpath
-        self.xpath: XPath | None
-        self.xpath_problem: str | None = None
-        try:
-            self.xpath = XPath.parse(xpath)
-        except Invalid as exc:
-            self.xpath, self.xpath_problem = None, exc.message
-        self.provide_args: tuple[Variable[Any], ...] = tuple(provide_args)
-        self.provide_ret: tuple[Variable[Any], ...] = tuple(provide_ret)
-        self.nargs = nargs
-        default_name = self.xpath.last if self.xpath and self.xpath.last != "*" else "provide"
-        self.name = name if name is not None else default_name
-        self.label = label if label is not None else self.name.replace("_", " ")
-        self.help = help
-
-    def problems(self) -> list[str]:
-        what = f"require {self.name!r}"
-        problems = _name_problems(self.name, "require name")
-        if self.xpath_problem is not None:
-            problems.append(f"{what}: {self.xpath_problem}")
-        elif self.local and self.xpath is not None and self.xpath.node is not None:
-            problems.append(f"{what}: a local require cannot name a node ({self.xpath_text!r})")
-        nargs = self.nargs
-        if not (
-            nargs in ("?", "*")
-            or (isinstance(nargs, int) and not isinstance(nargs, bool) and 1 <= nargs <= MAX_NARGS)
-        ):
-            problems.append(
-                f"{what}: nargs must be a count 1-{MAX_NARGS}, '?' or '*', not {nargs!r}"
-            )
-        problems += _variable_problems(self.provide_args, f"{what} provide_args")
-        problems += _variable_problems(self.provide_ret, f"{what} provide_ret")
-        both = {v.name for v in self.provide_args if isinstance(v, Variable)} & {
-            v.name for v in self.provide_ret if isinstance(v, Variable)
-        }
-        if both:
-            problems.append(f"{what}: {sorted(both)} in both provide_args and provide_ret")
-        return problems
-
-    @property
-    def multiple(self) -> bool:
-        return self.nargs != 1
-
-    def nargs_range(self) -> tuple[int, int | None]:
-        """The least and the most providers: (1, 1), (n, n), (0, 1) for '?', (0, None) for '*'."""
-        if self.nargs == "?":
-            return (0, 1)
-        if self.nargs == "*":
-            return (0, None)
-        return (int(self.nargs), int(self.nargs))
-
-    def arguments(self) -> dict[str, Any]:
-        if self.multiple:
-            return {self.name: self}
-        return {variable.name: variable for variable in (*self.provide_args, *self.provide_ret)}
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "type": "local" if self.local else "external",
-            "name": self.name,
-            "xpath": self.xpath_text,
-            "nargs": self.nargs,
-            "label": self.label,
-            "help": self.help,
-            "provide_args": [variable.describe() for variable in self.provide_args],
-            "provide_ret": [variable.describe() for variable in self.provide_ret],
-        }
-
-    def __repr__(self) -> str:
-        nargs = f", nargs={self.nargs!r}" if self.nargs != 1 else ""
-        return f"{type(self).__name__}({self.xpath_text!r}, name={self.name!r}{nargs})"
-
-
-class RequireLocal(_ProvideRequire):
-    """A provide of another lifecycle that must have been called on the same node."""
-
-    local = True
-
-    def __init__(
-        self,
-        xpath: str,
-        provide_args: Iterable[Variable[Any]] = (),
-        provide_ret: Iterable[Variable[Any]] = (),
-        *,
-        name: str | None = None,
-        label: str | None = None,
-        help: str = "",
-    ) -> None:
-        super().__init__(xpath, provide_args, provide_ret, name=name, label=label, help=help)
-
-
-class RequireExternal(_ProvideRequire):
-    """A provide that must have been called on other nodes: exactly `nargs` of them, or
-    '?' (none or one) or '*' (any number)."""
-
-    local = False
-
-
-AnyRequire: TypeAlias = Require | RequireLocal | RequireExternal
-
-
-def _name_problems(name: object, what: str) -> list[str]:
-    try:
-        check_variable_name(name)
-    except Invalid:
-        return [f"{what} {name!r} is not an identifier"]
-    return []
 
 
 # -- provides ----------------------------------------------------------------------------
@@ -374,7 +115,7 @@ class Provide:
         """Keyword argument name -> the variable (or multiple require) that gives it."""
         result: dict[str, Any] = {}
         for require in self.requires:
-            if isinstance(require, Require | _ProvideRequire):
+            if isinstance(require, Require | ProvideRequire):
                 result.update(require.arguments())
         return result
 
@@ -798,171 +539,16 @@ class ProvideRef:
         return self.xpath
 
 
-# -- the catalog -------------------------------------------------------------------------
+# -- names defined elsewhere, still exported from here -----------------------------------
 
+_ProvideRequire = ProvideRequire  # its old name: executor.py imports it from here
 
-class Catalog:
-    """The lifecycles a node knows, by name; finds provides by xpath and checks the
-    references between lifecycles."""
+if not TYPE_CHECKING:  # mypy reads the import of Catalog under TYPE_CHECKING above
 
-    def __init__(self, lifecycles: Iterable[type[Lifecycle]] = ()) -> None:
-        self._lifecycles: dict[str, type[Lifecycle]] = {}
-        for lifecycle in lifecycles:
-            self.add(lifecycle)
+    def __getattr__(name: str) -> object:
+        """`Catalog`, imported on first use: `catalog` imports this module (PEP 562)."""
+        if name == "Catalog":
+            from symphonyd.lifecycle.catalog import Catalog
 
-    def add(self, lifecycle: type[Lifecycle]) -> None:
-        if not (isinstance(lifecycle, type) and issubclass(lifecycle, Lifecycle)):
-            raise Invalid(f"{lifecycle!r} is not a Lifecycle subclass")
-        if not lifecycle._by_name:
-            raise Invalid(f"{lifecycle.__qualname__} is abstract: it declares no states")
-        if lifecycle.name in self._lifecycles:
-            raise Conflict(f"a lifecycle named {lifecycle.name} is already loaded")
-        self._lifecycles[lifecycle.name] = lifecycle
-
-    def __iter__(self) -> Iterator[type[Lifecycle]]:
-        return iter(self._lifecycles.values())
-
-    def __len__(self) -> int:
-        return len(self._lifecycles)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._lifecycles
-
-    def names(self) -> list[str]:
-        return sorted(self._lifecycles)
-
-    def get(self, name: str) -> type[Lifecycle]:
-        try:
-            return self._lifecycles[name]
-        except KeyError:
-            known = ", ".join(self.names()) or "none"
-            raise NotFound(f"no lifecycle {name!r} (lifecycles: {known})") from None
-
-    def provides(self) -> list[ProvideRef]:
-        return [ref for lifecycle in self for ref in lifecycle.provides()]
-
-    def find(self, xpath: str | XPath) -> list[ProvideRef]:
-        """Every provide the xpath selects (its node part is not looked at here)."""
-        parsed = xpath if isinstance(xpath, XPath) else XPath.parse(xpath)
-        return [
-            ref
-            for ref in self.provides()
-            if parsed.matches(ref.lifecycle.name, ref.state.name, ref.provide.name)
-        ]
-
-    def resolve(self, xpath: str | XPath) -> ProvideRef:
-        """The one provide the xpath selects: NotFound if none, Invalid if several (listed)."""
-        parsed = xpath if isinstance(xpath, XPath) else XPath.parse(xpath)
-        found = self.find(parsed)
-        if len(found) == 1:
-            return found[0]
-        if found:
-            listing = ", ".join(ref.xpath for ref in found)
-            raise Invalid(
-                f"xpath {parsed.text!r} is ambiguous: it matches {listing}",
-                matches=[ref.xpath for ref in found],
-            )
-        raise NotFound(f"no provide matches {parsed.text!r}; {self._hint(parsed)}")
-
-    def _hint(self, xpath: XPath) -> str:
-        named = [name for _, name in xpath.steps if name in self._lifecycles]
-        if named:
-            lifecycle = self._lifecycles[named[0]]
-            return f"{lifecycle.name} has " + ", ".join(ref.xpath for ref in lifecycle.provides())
-        return "lifecycles: " + (", ".join(self.names()) or "none")
-
-    def problems(self) -> dict[str, list[str]]:
-        """Lifecycle name -> what is wrong with its references to others (none: not listed)."""
-        problems: dict[str, list[str]] = {}
-        depends: dict[str, set[str]] = {}
-        for ref in self.provides():
-            found = self._ref_problems(ref, depends.setdefault(ref.xpath, set()))
-            if found:
-                problems.setdefault(ref.lifecycle.name, []).extend(
-                    f"{ref.xpath}: {problem}" for problem in found
-                )
-            state = ref.state.name
-            if ref.provide.name != "enter":
-                depends[ref.xpath].add(f"{ref.lifecycle.name}/{state}/enter")
-            elif state != ref.lifecycle.initial():
-                way = shortest_forward(ref.lifecycle.edges(), ref.lifecycle.initial(), state)
-                before = [ref.lifecycle.initial(), *(way or [])][-2]
-                depends[ref.xpath].add(f"{ref.lifecycle.name}/{before}/enter")
-        cycle = find_cycle(depends)
-        if cycle is not None:
-            name = cycle[0].split("/")[0]
-            problems.setdefault(name, []).append("requires form a cycle: " + " -> ".join(cycle))
-        return problems
-
-    def check(self) -> None:
-        """Raise Invalid naming every problem `problems()` finds."""
-        problems = self.problems()
-        if problems:
-            listing = [problem for name in sorted(problems) for problem in problems[name]]
-            raise Invalid("lifecycles are inconsistent: " + "; ".join(listing), problems=listing)
-
-    def _ref_problems(self, ref: ProvideRef, depends: set[str]) -> list[str]:
-        problems: list[str] = []
-        variables: list[Variable[Any]] = list(ref.provide.returns)
-        for require in ref.provide.requires:
-            if isinstance(require, Require):
-                variables += require.variables
-                continue
-            variables += [*require.provide_args, *require.provide_ret]
-            what = f"require {require.name!r}"
-            target = self._target(require.xpath_text, what, problems)
-            if target is None:
-                continue
-            depends.add(target.xpath)
-            if require.local and target.lifecycle is ref.lifecycle:
-                problems.append(f"{what}: a provide cannot require its own lifecycle locally")
-            offered = {v.name: v for v in target.provide.user_variables()}
-            returned = {v.name: v for v in target.provide.returns}
-            problems += _matching(require.provide_args, offered, f"{what} provide_args", target)
-            problems += _matching(require.provide_ret, returned, f"{what} provide_ret", target)
-        for variable in variables:
-            if variable.from_xpath is None:
-                continue
-            what = f"variable {variable.name!r} from_xpath"
-            target = self._target(variable.from_xpath, what, problems)
-            if target is None:
-                continue
-            sources = {**target.provide.arguments(), **{v.name: v for v in target.provide.returns}}
-            source = sources.get(variable.name)
-            if not isinstance(source, Variable):
-                problems.append(
-                    f"{what}: {target.xpath} takes or returns no variable {variable.name!r}"
-                )
-            elif source.kind != variable.kind:
-                problems.append(
-                    f"{what}: {target.xpath} has {variable.name!r} as {source.kind}, "
-                    f"not {variable.kind}"
-                )
-        return problems
-
-    def _target(self, xpath: str, what: str, problems: list[str]) -> ProvideRef | None:
-        try:
-            return self.resolve(xpath)
-        except (Invalid, NotFound) as exc:
-            problems.append(f"{what}: {exc.message}")
-            return None
-
-
-def _matching(
-    variables: Sequence[Variable[Any]],
-    available: Mapping[str, Variable[Any]],
-    what: str,
-    target: ProvideRef,
-) -> list[str]:
-    problems = []
-    for variable in variables:
-        other = available.get(variable.name)
-        if other is None:
-            known = ", ".join(available) or "none"
-            problems.append(f"{what}: {target.xpath} has no {variable.name!r} (it has: {known})")
-        elif other.kind != variable.kind:
-            problems.append(
-                f"{what}: {variable.name!r} is {variable.kind} here but {other.kind} "
-                f"in {target.xpath}"
-            )
-    return problems
+            return Catalog
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -152,6 +152,7 @@ class Plan:
     result: tuple[str, str, str] | None = None  # the provider call the target is
     result_step: int | None = None
     reused: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # answers no question took
 
     @property
     def missing(self) -> list[Question]:
@@ -195,7 +196,16 @@ class Planner:
             self.plan.result = provider
             step = self._planned.get(provider, -1)
             self.plan.result_step = step if step >= 0 else None
+        self._check_answers_used()
         return self.plan
+
+    def _check_answers_used(self) -> None:
+        """An answer no question takes (a typo, a wrong id, or a value for a step the plan
+        no longer needs because it already holds) is listed in `unused`, never silently."""
+        for key in self.answers:
+            text = key.strip("/")
+            if not any(q == key or q.endswith("/" + text) for q in self.plan.questions):
+                self.plan.unused.append(key)
 
     def goto(self, node: str, lifecycle: str, state: str) -> Plan:
         """Plan making `state` the current state of `lifecycle` on `node`."""
@@ -204,6 +214,7 @@ class Planner:
         self.plan = Plan(target=f"{lifecycle}/{state}", node=node)
         if self._check_node(node, target):
             self._moves_to(node, target, state, {}, why="goto")
+        self._check_answers_used()
         return self.plan
 
     # -- planning ----------------------------------------------------------------------

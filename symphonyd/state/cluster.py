@@ -26,7 +26,11 @@ def init(store: Store, info: dict[str, Any]) -> dict[str, Any]:
 # Cluster-wide settings: name -> (minimum, maximum, default). Integers for now.
 SETTINGS: dict[str, tuple[int, int, int]] = {
     "images.min_replicas": (1, 100, 2),
+    "deployments.step_patience": (1, 86400, 30),  # seconds a step waits on a lost node
 }
+# Settings added after schema 1: the schema every member needs before one is set (an
+# older node would refuse the key, and the store would diverge).
+INTRODUCED = {"deployments.step_patience": 4}
 
 
 def config(store: Store) -> dict[str, Any]:
