@@ -113,6 +113,10 @@ def test_proxy_over_two_websites_deployed_restarted_resumed_and_undone(
     assert lifecycle_states(n2, "n2")["WebSite"] == "Active"
     wait_until(lambda: any("<strong>n2</strong>" in fetch(url) for _ in range(2)), 10, "the proxy")
 
+    # a web server the proxy's sites still use cannot be stopped from under them
+    refused = n1.cli("lifecycle", "goto", "WebServer", "Configured", "--node", "n2")
+    assert refused.returncode == 1
+    assert "WebSite/Active/enter on n2 uses its Active/start" in refused.stderr
     deployment_id = record["id"]
     undone = deploy(n1, "--undo", deployment_id[:8])
     assert undone.returncode == 0, undone.stderr

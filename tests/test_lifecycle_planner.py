@@ -256,3 +256,24 @@ def test_undo_leaves_what_was_entered_newest_first() -> None:
         ("Server", "Installed"),
     ]
     assert all(s.after == [s.index - 1] for s in steps[1:])
+
+
+def test_a_provider_state_in_use_cannot_be_left_before_its_consumer() -> None:
+    applied = {
+        ("n1", "Server"): ["Off", "Installed", "Configured", "Active"],
+        ("n1", "Site"): ["Off", "Templated", "Active"],
+    }
+    calls = {
+        ("n1", "Server"): {"Active/start": {"values": {}, "returns": {"url": "http://x/"}}},
+        ("n1", "Site"): {
+            "Active/enter": {"values": {}, "uses": [["n1", "Server", "Active/start"]]},
+        },
+    }
+    plan = Planner(CATALOG, view(applied=applied, calls=calls)).goto("n1", "Server", "Off")
+    assert plan.problems == [
+        "cannot leave Server/Active on n1: Site/Active/enter on n1 uses its Active/start "
+        "(leave or undo that first)"
+    ]
+    # leaving the consumer first is fine
+    site_down = Planner(CATALOG, view(applied=applied, calls=calls)).goto("n1", "Site", "Off")
+    assert site_down.problems == []

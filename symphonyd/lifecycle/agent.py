@@ -29,7 +29,14 @@ from symphonyd.lifecycle import loader
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.executor import Outcome, ensure_applied, run_step
 from symphonyd.lifecycle.model import Catalog, XPath
-from symphonyd.lifecycle.planner import Plan, PlannedStep, Planner, View, undo_steps
+from symphonyd.lifecycle.planner import (
+    Plan,
+    PlannedStep,
+    Planner,
+    View,
+    leave_problems,
+    undo_steps,
+)
 from symphonyd.lifecycle.supervisor import Supervisor
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
@@ -454,6 +461,9 @@ class LifecycleService:
             )
         plan = Plan(target=f"undo {record['id']}", node=record["node"])
         plan.steps = undo_steps(record, view.applied, initial)
+        problems = leave_problems(plan.steps, view)
+        if problems:
+            raise Conflict("; ".join(problems), problems=problems)
         return await self.create(
             "undo", plan, simulate=bool(record.get("simulate")), undoes=record["id"]
         )

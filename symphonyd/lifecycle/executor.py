@@ -144,6 +144,8 @@ def _run(
         "returns": returned,
         "deployment": deployment,
         "at": now,
+        # the provider calls it consumed: leaving their states is refused while it holds
+        "uses": [list(p) for given in step.get("inputs") or [] for p in given["providers"]],
     }
     change = {"applied": new_applied, "data": context.data, "call": call}
     return Outcome("done", returns=returned, lifecycle=_change(step, change))

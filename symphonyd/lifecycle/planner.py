@@ -44,7 +44,16 @@ from symphonyd.lifecycle.model import (
 from symphonyd.lifecycle.paths import Move, moves
 from symphonyd.lifecycle.variables import MASK, Variable
 
-__all__ = ["Input", "Plan", "PlannedStep", "Planner", "Question", "View", "undo_steps"]
+__all__ = [
+    "Input",
+    "Plan",
+    "PlannedStep",
+    "Planner",
+    "Question",
+    "View",
+    "leave_problems",
+    "undo_steps",
+]
 
 Key = tuple[str, str]  # (node, lifecycle)
 
@@ -197,6 +206,7 @@ class Planner:
             step = self._planned.get(provider, -1)
             self.plan.result_step = step if step >= 0 else None
         self._check_answers_used()
+        self.plan.problems += leave_problems(self.plan.steps, self.view)
         return self.plan
 
     def _check_answers_used(self) -> None:
@@ -215,6 +225,7 @@ class Planner:
         if self._check_node(node, target):
             self._moves_to(node, target, state, {}, why="goto")
         self._check_answers_used()
+        self.plan.problems += leave_problems(self.plan.steps, self.view)
         return self.plan
 
     # -- planning ----------------------------------------------------------------------
@@ -580,3 +591,30 @@ def undo_steps(
                 )
             )
     return steps
+
+
+def leave_problems(steps: list[PlannedStep], view: View) -> list[str]:
+    """Leaving a state whose provides another lifecycle consumed (the `uses` of its calls)
+    is refused while that consumer still holds, unless the plan leaves the consumer's
+    state first: dependents are never left dangling."""
+    left: set[tuple[str, str, str]] = set()
+    problems = []
+    for step in steps:
+        if step.action != "leave":
+            continue
+        for (node, lifecycle), calls in sorted(view.calls.items()):
+            for provide, call in calls.items():
+                consumer = (node, lifecycle, provide.split("/", 1)[0])
+                if consumer in left:
+                    continue
+                for used in call.get("uses") or []:
+                    if (used[0], used[1]) == (step.node, step.lifecycle) and used[2].split("/", 1)[
+                        0
+                    ] == step.state:
+                        problems.append(
+                            f"cannot leave {step.lifecycle}/{step.state} on {step.node}: "
+                            f"{lifecycle}/{provide} on {node} uses its {used[2]} "
+                            "(leave or undo that first)"
+                        )
+        left.add((step.node, step.lifecycle, step.state))
+    return problems
