@@ -4,6 +4,7 @@ failure, re-run as a no-op and undone; the interactive prompts on a pseudo-termi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -246,3 +247,70 @@ def test_a_step_on_a_lost_node_fails_after_the_patience_then_resumes(nodeset: No
     resumed = deploy(n1, "WebServer//start", "--node", "n3", "--yes", "--set", f"port={port}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"url: http://127.0.0.1:{port}/" in resumed.stdout
+
+
+VAULT_MODULE = """
+import hashlib
+
+from symphonyd.lifecycle.model import Lifecycle, Require, State, provide
+from symphonyd.lifecycle.variables import Password, Str
+
+
+class Vault(Lifecycle):
+    class Sealed(State):
+        pass
+
+    class Open(State):
+        @provide(
+            requires=[Require([Password("passphrase"), Str("label", default="main")])],
+            returns=[Str("digest")],
+        )
+        def enter(self, passphrase, label):
+            digest = hashlib.sha256(passphrase.reveal().encode()).hexdigest()
+            with open(self.context.path(label), "w") as f:
+                f.write(digest)
+            return {"digest": digest}
+
+    states = [Sealed, Open]
+    transitions = [(Sealed, Open)]
+    initial_state = Sealed
+"""
+
+
+def test_module_directory_secrets_sealed_and_broken_modules_listed(
+    nodeset: NodeSet, tmp_path: Path
+) -> None:
+    modules = tmp_path / "n1" / "lifecycles"
+    modules.mkdir(parents=True)
+    (modules / "vault.py").write_text(VAULT_MODULE)
+    (modules / "broken.py").write_text("raise RuntimeError('this module is broken')\n")
+    (n1,) = nodeset.form(1)
+    listed = json.loads(n1.cli("lifecycle", "list", "--json").stdout)["nodes"][0]
+    assert "Vault" in {item["name"] for item in listed["lifecycles"]}
+    (error,) = listed["broken"].values()
+    assert error == "RuntimeError: this module is broken"
+
+    passphrase = "correct horse battery staple"
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"passphrase": passphrase}))
+    saved = tmp_path / "saved.json"
+    result = deploy(
+        n1, "Vault/Open/enter", "--answers", str(answers), "--yes", "--save-answers", str(saved)
+    )
+    assert result.returncode == 0, result.stderr
+    digest = hashlib.sha256(passphrase.encode()).hexdigest()
+    assert f"digest: {digest}" in result.stdout
+    assert "1 secret answers were not saved" in result.stderr
+    assert passphrase not in saved.read_text()
+    work = tmp_path / "n1" / "lifecycle-work" / "Vault" / "main"
+    assert work.read_text() == digest  # the body got the real passphrase
+
+    shown = json.loads(n1.cli("lifecycle", "show", "Vault", "--json").stdout)
+    assert shown["calls"]["Open/enter"]["values"]["passphrase"] == "********"
+    listing = n1.cli("deployment", "list", "--json").stdout
+    assert "sealed:" not in listing and passphrase not in listing
+    # nowhere on the node's disk (journal, snapshots, logs) is the passphrase in clear
+    n1.stop()
+    for path in (tmp_path / "n1").rglob("*"):
+        if path.is_file():
+            assert passphrase.encode() not in path.read_bytes(), path

@@ -388,7 +388,12 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
             interactive = sys.stdin.isatty() and not yes and not as_json
             plan = plan_with_answers(client, body, answers, interactive=interactive)
             if save_answers:
-                secret = {q["id"] for q in plan["questions"] if q["secret"]}
+                secret_ids = [q["id"] for q in plan["questions"] if q["secret"]]
+                secret = {
+                    key
+                    for key in answers
+                    if any(i == key or i.endswith("/" + key.strip("/")) for i in secret_ids)
+                }
                 left = write_answers(save_answers, answers, secret)
                 if left:
                     click.echo(f"{left} secret answers were not saved.", err=True)
