@@ -86,6 +86,7 @@ def test_proxy_over_two_websites_deployed_restarted_resumed_and_undone(
     resumed = deploy(n1, "Proxy//start", "--answers", str(answers), "--yes")
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming deployment" in resumed.stderr
+    assert f"info: proxying http://127.0.0.1:{ports['n1']}/ to http" in resumed.stderr
     url = resumed.stdout.strip().splitlines()[-1].removeprefix("url: ")
     assert url == f"http://127.0.0.1:{ports['n1']}/"
     pages = {fetch(url) for _ in range(4)}  # round robin over both sites

@@ -167,6 +167,8 @@ def follow(client: Client, record: dict[str, Any], *, quiet: bool = False) -> di
                 line += f": {step['error']}"
             if not quiet:
                 click.echo(line, err=True)
+                for logged in step.get("log") or []:
+                    click.echo(f"    {logged}", err=True)
         if record["status"] != "running":
             return record
         if time.monotonic() > deadline:

@@ -214,6 +214,7 @@ class LifecycleService:
                 "status": outcome.status,
                 "error": outcome.error,
                 "returns": outcome.returns,
+                "log": outcome.log,
                 "finished_at": now_rfc3339(),
             }
             await self.cluster.propose_ok(

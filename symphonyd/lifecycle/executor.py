@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,6 +46,7 @@ class Outcome:
     error: str | None = None
     returns: dict[str, Any] | None = None
     lifecycle: dict[str, Any] | None = None  # {node, lifecycle, applied, data, call}
+    log: list[str] = field(default_factory=list)  # what the bodies logged (context.log)
 
 
 def run_step(
@@ -63,8 +64,11 @@ def run_step(
     now: str,
     simulate: bool = False,
 ) -> Outcome:
+    capture = _LogCapture()
+    logger = logging.getLogger(f"symphonyd.lifecycle.{step['lifecycle']}")
+    logger.addHandler(capture)
     try:
-        return _run(
+        outcome = _run(
             catalog,
             step,
             record,
@@ -79,7 +83,25 @@ def run_step(
             simulate,
         )
     except StepFailed as exc:
-        return Outcome("failed", exc.message)
+        outcome = Outcome("failed", exc.message)
+    finally:
+        logger.removeHandler(capture)
+    outcome.log = capture.lines
+    return outcome
+
+
+class _LogCapture(logging.Handler):
+    """The lines a step's bodies log through `context.log` (bounded), for its record."""
+
+    LIMIT = 50
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < self.LIMIT:
+            self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}"[:500])
 
 
 def _run(

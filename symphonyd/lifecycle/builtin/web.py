@@ -229,6 +229,7 @@ class WebServer(Lifecycle):
             context.supervisor.ensure(WEBSERVER_PROCESS, argv)
             wait_listening(context, WEBSERVER_PROCESS, port)
             url = url_of(context.address, port)
+            context.log.info("serving %s at %s", root, url)
             context.data["url"] = url
             return url
 
@@ -274,9 +275,9 @@ class WebSite(Lifecycle):
         def enter(self, path: str, document_root: str, title: str) -> None:
             """Write index.html (the title and the node's name) into the document root."""
             make_directory(document_root, "the document root")
-            write_atomically(
-                os.path.join(document_root, "index.html"), page(self.context.node, title)
-            )
+            index = os.path.join(document_root, "index.html")
+            write_atomically(index, page(self.context.node, title))
+            self.context.log.info("wrote %s", index)
             self.context.data["document_root"] = document_root
             self.context.data["title"] = title
 
@@ -411,6 +412,7 @@ class Proxy(Lifecycle):
             context.supervisor.ensure(PROXY_PROCESS, argv)
             wait_listening(context, PROXY_PROCESS, port)
             url = url_of(context.address, port)
+            context.log.info("proxying %s to %s", url, ", ".join(backends) or "no backends")
             context.data["url"] = url
             return url
 
