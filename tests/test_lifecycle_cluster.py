@@ -160,6 +160,14 @@ def test_goto_call_simulate_and_show_on_one_node(nodeset: NodeSet) -> None:
     assert "url: (simulated url)" in simulated.stdout
     assert set(lifecycle_states(n1, "n1").values()) == {"NotInstalled"}  # nothing ran
 
+    checked = n1.client().request(
+        "POST",
+        "/v1/nodes/n1/lifecycles/provides/WebServer%2F%2Fstart/validate",
+        body={"values": {"port": "99999"}},
+    )
+    assert checked["valid"] is False
+    assert list(checked["errors"]) == ["/n1/WebServer/Configured/enter/port"]
+    assert "65535" in checked["errors"]["/n1/WebServer/Configured/enter/port"]
     goto = n1.cli("lifecycle", "goto", "WebServer", "Active", "--set", f"port={port}")
     assert goto.returncode == 0, goto.stderr
     assert "<strong>" not in (fetch_or_none(f"http://127.0.0.1:{port}/") or "<strong>")

@@ -277,3 +277,33 @@ def test_a_provider_state_in_use_cannot_be_left_before_its_consumer() -> None:
     # leaving the consumer first is fine
     site_down = Planner(CATALOG, view(applied=applied, calls=calls)).goto("n1", "Site", "Off")
     assert site_down.problems == []
+
+
+class Pinned(Lifecycle):
+    class Off(State):
+        pass
+
+    class On(State):
+        @provide(requires=[RequireExternal("/n3/Site//start", provide_ret=[Url("url")])])
+        def enter(self, url):
+            pass
+
+    states = [Off, On]
+    transitions = [(Off, On)]
+    initial_state = Off
+
+
+def test_an_external_xpath_naming_a_node_pins_the_choice() -> None:
+    catalog = Catalog([Server, Site, Pinned])
+    members = {m: set(catalog.names()) for m in MEMBERS}
+    plan = Planner(catalog, View(MEMBERS, members), take_suggestions=True).deploy(
+        "Pinned/On/enter", "n1"
+    )
+    question = plan.questions["/n1/Pinned/On/enter/start"]
+    assert question.choices == ["n3"] and question.value == ["n3"]
+    other = Planner(catalog, View(MEMBERS, members), {"start": ["n2"]}).deploy(
+        "Pinned/On/enter", "n1"
+    )
+    assert "n2 cannot provide it (nodes that can: n3)" in (
+        other.questions["/n1/Pinned/On/enter/start"].error or ""
+    )

@@ -479,6 +479,9 @@ class Planner:
             for member in self.view.members
             if member != node and target.lifecycle.name in self.view.catalogs.get(member, set())
         ]
+        pinned = require.xpath.node if require.xpath is not None else None
+        if pinned is not None:  # `/n2/WebSite//start`: that node only
+            eligible = [member for member in eligible if member == pinned]
         provide = f"{target.state.name}/{target.provide.name}"
         holders = [
             m for m in eligible if provide in self.view.calls.get((m, target.lifecycle.name), {})
