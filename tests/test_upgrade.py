@@ -73,7 +73,9 @@ def test_a_newer_node_joins_and_follows_then_the_rest_upgrade(tmp_path: Path) ->
                 f"{old.name} to run 0.2.0",
             )
         final = nodes.nodes[0]
-        assert set(versions(final).values()) == {("0.2.0", NEXT)}
+        wait_until(  # the last record update reaches every member, this one too
+            lambda: set(versions(final).values()) == {("0.2.0", NEXT)}, 20, "n1's view"
+        )
         assert final.client().request("GET", "/v1/kv/upgrade/a", query={"raw": "1"}) == b"old"
         assert "different symphonyd versions" not in final.cli("status").stderr
     finally:
