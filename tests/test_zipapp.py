@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.nodes import NodeProcess, NodeSet
+from tests.nodes import NodeProcess, NodeSet, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -85,6 +87,17 @@ def test_the_zipapp_runs_a_cluster_with_only_the_system_python(
     assert result.returncode == 0, result.stderr
     status = node.cli("status")
     assert status.returncode == 0 and "native" in status.stdout, status.stdout
+    # the built-in lifecycles run their servers from the zipapp too
+    site_port, proxy_port = free_port(), free_port()
+    site = node.cli("deploy", "WebSite//start", "--yes", "--set", f"port={site_port}")
+    assert site.returncode == 0, site.stderr
+    with urllib.request.urlopen(f"http://127.0.0.1:{site_port}/", timeout=5) as response:
+        assert b"<strong>n1</strong>" in response.read()
+    proxy = node.cli("deploy", "Proxy//start", "--yes", "--set", f"port={proxy_port}")
+    assert proxy.returncode == 0, proxy.stderr
+    with pytest.raises(urllib.error.HTTPError) as no_backends:  # a proxy with no sites
+        urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/", timeout=5)
+    assert no_backends.value.code == 503
     assert node.stop() == 0, node.log()  # SIGTERM: a clean stop
     leftovers = list((node.data_dir / "images" / "tmp").iterdir())
     assert leftovers == [] and not (node.data_dir / "control.sock").exists()
