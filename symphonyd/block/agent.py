@@ -36,6 +36,7 @@ SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGN
 UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = 1 << 50
 HEALTH_EVERY = 10.0
+ORPHANS_EVERY = 60.0  # a full scan of the pools for volumes without a record
 PROGRESS_EVERY = 1.0  # seconds between progress entries while a volume is made
 
 
@@ -93,6 +94,8 @@ class BlockService:
         self.defaults = defaults or {}  # the node's `[block]` settings
         self.drivers: dict[tuple[str, str], BlockDriver] = {}
         self.busy: set[str] = set()
+        self._scanned_ids: set[str] | None = None  # this node's volumes at the last scan
+        self._scanned_at = 0.0
         self.lvm = LvmResources(cluster, node)
         self.first_tried: dict[str, float] = {}  # the scheduler's patience, by volume
 
@@ -324,7 +327,15 @@ class BlockService:
             finally:
                 self.busy.discard(volume["id"])
         await self.lvm.converge(my_services)
-        await self._remove_orphans(mine, my_services)
+        # Listing every pool (`lvs`, `vgs`, a directory walk) on each wake-up is wasted work:
+        # scan when one of this node's records went away, else once a minute (what a crash
+        # may leave behind).
+        ids = {v["id"] for v in mine}
+        now = asyncio.get_running_loop().time()
+        gone = self._scanned_ids is None or bool(self._scanned_ids - ids)
+        if gone or now - self._scanned_at >= ORPHANS_EVERY:
+            await self._remove_orphans(mine, my_services)
+            self._scanned_ids, self._scanned_at = ids, now
 
     def _pools(self, mine: list[dict[str, Any]], my_services: dict[str, Any]) -> list[Any]:
         """Every (service, pool) of this node: each service's own pool, the pools its
