@@ -99,7 +99,9 @@ def test_lvm_service_end_to_end(
     assert {v["name"] for v in ok(n1, "block", "lv", "list")["lvs"]} == {"scratch", "data"}
     assert ok(n1, "volume", "resize", "data", "--size", "128M")["actual_size"] == 128 * MiB
     snap = refused(n1, "volume", "snapshot", "data")
-    assert "metadata-only" in snap
+    assert "metadata-only mode (no device-mapper): no snapshots" in snap
+    # refused before anything is written: nothing for the agent to retry for ever
+    assert ok(n1, "volume", "show", "data")["snapshots"] == []
 
     # Bad input, refused before anything is written.
     assert "above zero" in refused(n1, "block", "lv", "create", "0", group["id"])

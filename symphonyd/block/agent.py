@@ -20,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from symphonyd import metrics, scheduler
-from symphonyd.block.driver import BlockDriver, NoSuchVolume, check_options, make_driver
+from symphonyd.block.driver import (
+    BlockDriver,
+    NoSuchVolume,
+    NotSupported,
+    capabilities,
+    check_options,
+    make_driver,
+)
 from symphonyd.block.lvm_agent import LvmResources
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
 from symphonyd.image.service import ImageService
@@ -296,6 +303,12 @@ class BlockService:
         snap = check_name(name or f"snap-{len(volume['snapshots']) + 1}", what="snapshot name")
         if snap in volume["snapshots"]:
             raise Conflict(f"volume {volume['name']} already has a snapshot {snap!r}")
+        with self.cluster.store.lock:
+            service = services.get(self.cluster.store, volume["service_id"] or "")
+        if service is not None:
+            able, why = capabilities(service["driver"], service.get("options", {}))
+            if not able.snapshots:
+                raise NotSupported(f"volume {volume['name']}: {why}")
         await self._set(volume["id"], snapshots=[*volume["snapshots"], snap])
         return self.resolve(volume["id"])
 
@@ -411,7 +424,17 @@ class BlockService:
             done = list(volume["snapshots_done"])
             for snap in volume["snapshots"]:
                 if snap not in done:
-                    await asyncio.to_thread(driver.snapshot, vid, snap)
+                    try:
+                        await asyncio.to_thread(driver.snapshot, vid, snap)
+                    except NotSupported as exc:  # never possible here: drop it, say why
+                        asked = [s for s in volume["snapshots"] if s != snap]
+                        await self._set(
+                            vid,
+                            expect="ready",
+                            snapshots=asked,
+                            status_message=f"last change failed: snapshot {snap}: {exc.message}",
+                        )
+                        return
                     done.append(snap)
                     await self._set(vid, snapshots_done=done)
         except SymphonyError as exc:

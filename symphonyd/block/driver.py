@@ -94,6 +94,17 @@ DRIVER_MODULES = {"file": "symphonyd.block.file", "lvm": "symphonyd.block.lvm"}
 DRIVER_OPTIONS: dict[str, dict[str, type]] = {"file": {}, "lvm": {"metadata_only": bool}}
 
 
+def capabilities(name: str, options: dict[str, Any]) -> tuple[Capabilities, str]:
+    """What a driver with these options can do, known without opening it (the node that
+    answers a request may not have the driver's tools), and why not where it cannot."""
+    if name == "lvm" and options.get("metadata_only"):
+        why = "the lvm pool is in metadata-only mode (no device-mapper): no snapshots"
+        return Capabilities(snapshots=False, image_overlay=False), why
+    if name == "lvm":
+        return Capabilities(snapshots=True, image_overlay=False), ""
+    return Capabilities(snapshots=True, image_overlay=True), ""
+
+
 def check_options(name: str, options: object) -> dict[str, Any]:
     """Driver options with their declared types ("true"/"false" text becomes a bool)."""
     if name not in DRIVER_OPTIONS:
