@@ -27,7 +27,7 @@ from symphonyd import metrics, scheduler
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
 from symphonyd.lifecycle import loader
 from symphonyd.lifecycle.context import NodeContext
-from symphonyd.lifecycle.executor import Outcome, ensure_applied, run_step
+from symphonyd.lifecycle.executor import Outcome, StepEnv, ensure_applied, run_step
 from symphonyd.lifecycle.model import Catalog, XPath
 from symphonyd.lifecycle.planner import (
     Plan,
@@ -191,11 +191,7 @@ class LifecycleService:
                 step["action"],
                 _step_xpath(step),
             )
-            outcome: Outcome = await asyncio.to_thread(
-                run_step,
-                self.catalog,
-                step,
-                record,
+            env = StepEnv(
                 node=self.node,
                 returns_of=lambda n, lc, p: self._returns_of(deployment_id, n, lc, p),
                 make_context=self._context_factory(),
@@ -206,6 +202,7 @@ class LifecycleService:
                 now=now_rfc3339(),
                 simulate=bool(deployment.get("simulate")),
             )
+            outcome: Outcome = await asyncio.to_thread(run_step, self.catalog, step, record, env)
             if outcome.status == "failed":
                 log.warning(
                     "deployment %s: step %d failed: %s", deployment_id[:8], index, outcome.error

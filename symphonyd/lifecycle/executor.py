@@ -49,39 +49,29 @@ class Outcome:
     log: list[str] = field(default_factory=list)  # what the bodies logged (context.log)
 
 
+@dataclass(frozen=True)
+class StepEnv:
+    """What running a step on this node needs besides the step and the lifecycle record."""
+
+    node: str
+    returns_of: Returns
+    make_context: Callable[[str, dict[str, Any]], NodeContext]
+    seal: Callable[[str], str]
+    unseal: Callable[[str], str]
+    members: list[str]
+    deployment: str
+    now: str
+    simulate: bool = False
+
+
 def run_step(
-    catalog: Catalog,
-    step: Mapping[str, Any],
-    record: Mapping[str, Any] | None,
-    *,
-    node: str,
-    returns_of: Returns,
-    make_context: Callable[[str, dict[str, Any]], NodeContext],
-    seal: Callable[[str], str],
-    unseal: Callable[[str], str],
-    members: list[str],
-    deployment: str,
-    now: str,
-    simulate: bool = False,
+    catalog: Catalog, step: Mapping[str, Any], record: Mapping[str, Any] | None, env: StepEnv
 ) -> Outcome:
     capture = _LogCapture()
     logger = logging.getLogger(f"symphonyd.lifecycle.{step['lifecycle']}")
     logger.addHandler(capture)
     try:
-        outcome = _run(
-            catalog,
-            step,
-            record,
-            node,
-            returns_of,
-            make_context,
-            seal,
-            unseal,
-            members,
-            deployment,
-            now,
-            simulate,
-        )
+        outcome = _run(catalog, step, record, env)
     except StepFailed as exc:
         outcome = Outcome("failed", exc.message)
     finally:
@@ -105,19 +95,10 @@ class _LogCapture(logging.Handler):
 
 
 def _run(
-    catalog: Catalog,
-    step: Mapping[str, Any],
-    record: Mapping[str, Any] | None,
-    node: str,
-    returns_of: Returns,
-    make_context: Callable[[str, dict[str, Any]], NodeContext],
-    seal: Callable[[str], str],
-    unseal: Callable[[str], str],
-    members: list[str],
-    deployment: str,
-    now: str,
-    simulate: bool,
+    catalog: Catalog, step: Mapping[str, Any], record: Mapping[str, Any] | None, env: StepEnv
 ) -> Outcome:
+    node, make_context, seal, unseal = env.node, env.make_context, env.seal, env.unseal
+    members, simulate = env.members, env.simulate
     if step["node"] != node:
         raise StepFailed(f"step for {step['node']} handed to {node}")
     if step["lifecycle"] not in catalog:
@@ -142,7 +123,7 @@ def _run(
         return Outcome("done", returns=result)
     kwargs = dict(values)
     for given in step.get("inputs") or []:
-        kwargs.update(_input(item, given, node, returns_of, unseal, members))
+        kwargs.update(_input(item, given, node, env.returns_of, unseal, members))
     context = make_context(lifecycle.name, data)
     instance = _instance(lifecycle, state, context)
     try:
@@ -164,8 +145,8 @@ def _run(
         "provide": f"{state}/{item.name}",
         "values": stored_values,
         "returns": returned,
-        "deployment": deployment,
-        "at": now,
+        "deployment": env.deployment,
+        "at": env.now,
         # the provider calls it consumed: leaving their states is refused while it holds
         "uses": [list(p) for given in step.get("inputs") or [] for p in given["providers"]],
     }
