@@ -7,10 +7,9 @@ import io
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol, cast
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 from symphonyd.client import Client
@@ -50,7 +49,7 @@ def print_image(record: dict[str, Any]) -> None:
 class _Counting(io.RawIOBase):
     """A file wrapper that advances a progress bar as http.client reads it."""
 
-    def __init__(self, f: io.BufferedReader, progress: Progress | None, task: Any) -> None:
+    def __init__(self, f: io.BufferedReader, progress: ProgressBar | None, task: Any) -> None:
         self.f, self.progress, self.task = f, progress, task
 
     def fileno(self) -> int:
@@ -69,15 +68,44 @@ class _Counting(io.RawIOBase):
         return data
 
 
-def progress_bar(enabled: bool) -> Progress:
-    return Progress(
+class ProgressBar(Protocol):
+    """What the commands use of a progress display (rich's `Progress`, or nothing)."""
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: Any) -> Any: ...
+    def add_task(self, description: str, *, total: float | None = None) -> Any: ...
+    def update(self, task: Any, **fields: Any) -> None: ...
+
+
+class _NoProgressBar:
+    """No terminal: nothing to draw, and rich is not even imported (it costs start-up)."""
+
+    def __enter__(self) -> _NoProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, *, total: float | None = None) -> int:
+        return 0
+
+    def update(self, task: Any, **fields: Any) -> None:
+        return None
+
+
+def progress_bar(enabled: bool) -> ProgressBar:
+    if not enabled:
+        return _NoProgressBar()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
-        disable=not enabled,
         transient=True,
     )
+    return cast(ProgressBar, bar)  # its keyword-typed update() is wider than the protocol says
 
 
 def import_image(

@@ -16,7 +16,6 @@ import urllib.parse
 from typing import Any
 
 import click
-import yaml
 
 from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 from symphonyd.client import Client
@@ -53,6 +52,8 @@ def load_answers(path: str) -> dict[str, Any]:
             text = f.read()
     except OSError as exc:
         raise Invalid(f"cannot read answers file {path}: {exc.strerror}") from None
+    import yaml  # here, not at start-up: only answers files need it
+
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
@@ -66,6 +67,8 @@ def load_answers(path: str) -> dict[str, Any]:
 
 def write_answers(path: str, answers: dict[str, Any], secret_ids: set[str]) -> int:
     """Write the answers (secrets left out: never written in clear); how many were left out."""
+    import yaml
+
     kept = {k: v for k, v in answers.items() if k not in secret_ids}
     text = (
         json.dumps(kept, indent=2, sort_keys=True) + "\n"

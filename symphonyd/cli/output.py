@@ -1,16 +1,32 @@
-"""Human and JSON output for the CLI: aligned tables (rich) and pretty JSON."""
+"""Human and JSON output for the CLI: aligned tables (rich) and pretty JSON.
+
+rich is imported when a table is printed, not before: a command that prints JSON or one
+line starts faster without it."""
 
 from __future__ import annotations
 
 import json
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-_console = Console(highlight=False, soft_wrap=True)
+
+@cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _table(**options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(box=None, show_edge=False, pad_edge=False, **options)
 
 
 def print_json(data: Any) -> None:
@@ -18,21 +34,21 @@ def print_json(data: Any) -> None:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    table = _table(header_style="bold")
     for header in headers:
         table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*("-" if v is None else str(v) for v in row))
-    _console.print(table)
+    _console().print(table)
 
 
 def print_kv_table(pairs: Sequence[tuple[str, Any]]) -> None:
-    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False)
+    table = _table(show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in pairs:
         table.add_row(str(key), "-" if value is None else str(value))
-    _console.print(table)
+    _console().print(table)
 
 
 def resource_path(kind: str, ref: str) -> str:
