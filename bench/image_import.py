@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -28,33 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.testfiles import make_dense, make_sparse, warm
 from symphonyd.image import copier
 from tests.nodes import NodeProcess, NodeSet
 
 MiB = 1024 * 1024
-
-
-def make_dense(path: Path, size: int) -> None:
-    rng = random.Random(1)
-    with open(path, "wb") as f:
-        for _ in range(size // (16 * MiB)):
-            f.write(rng.randbytes(16 * MiB))
-
-
-def make_sparse(path: Path, size: int, data: int) -> None:
-    rng = random.Random(2)
-    pieces = 16
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for i in range(pieces):
-            f.seek(i * (size // pieces))
-            f.write(rng.randbytes(data // pieces))
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(16 * MiB):
-            pass
 
 
 def best_of(runs: int, fn, between=None) -> float:  # type: ignore[no-untyped-def]

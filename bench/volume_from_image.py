@@ -34,7 +34,6 @@ import contextlib
 import functools
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.testfiles import make_dense, make_sparse, warm
 from symphonyd.block import file as file_module
 from symphonyd.block.file import FileDriver
 from symphonyd.image import copier
@@ -55,30 +55,6 @@ from tests.nodes import NodeProcess, NodeSet
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 QEMU_IMG = shutil.which("qemu-img") or "qemu-img"
-
-
-def make_dense(path: Path, size: int) -> None:
-    rng = random.Random(1)
-    with open(path, "wb") as f:
-        for _ in range(size // (16 * MiB)):
-            f.write(rng.randbytes(16 * MiB))
-
-
-def make_sparse(path: Path, size: int, data: int) -> None:
-    """`data` bytes of random data in 16 pieces spread evenly over `size`; the rest holes."""
-    rng = random.Random(2)
-    pieces = 16
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for i in range(pieces):
-            f.seek(i * (size // pieces))
-            f.write(rng.randbytes(data // pieces))
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(16 * MiB):
-            pass
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:

@@ -306,12 +306,16 @@ def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
         body = {**body, "values": _assignments(flags["values"]), "simulate": flags["simulate"]}
         if flags["plan_only"]:
             plan = client.request("POST", path, body={**body, "plan": True})
-            print_json(plan) if flags["as_json"] else print_plan(plan)
+            if flags["as_json"]:
+                print_json(plan)
+            else:
+                print_plan(plan)
             return
         record = client.request("POST", path, body=body)
-        if not flags["no_wait"]:
-            record = follow(client, record, quiet=flags["as_json"])
-        finish(record, flags["as_json"]) if not flags["no_wait"] else print_json(record)
+        if flags["no_wait"]:
+            print_json(record)
+            return
+        finish(follow(client, record, quiet=flags["as_json"]), flags["as_json"])
 
     @lifecycle.command("goto")
     @click.argument("name", metavar="LIFECYCLE")

@@ -33,6 +33,7 @@ from symphonyd.lifecycle.planner import (
     Plan,
     PlannedStep,
     Planner,
+    SecretValue,
     View,
     leave_problems,
     undo_steps,
@@ -87,16 +88,17 @@ class LifecycleService:
             "broken": dict(self.loaded.broken),
             "updated_at": now_rfc3339(),
         }
-        for attempt in range(60):
+        attempt = 0
+        while True:  # no quorum yet, or members too old for the entry: keep trying
             try:
                 await self.cluster.propose_ok(
                     Entry(EntryType.LIFECYCLE_CATALOG, {"catalog": catalog}), idempotent=True
                 )
                 break
             except (SymphonyError, OSError) as exc:
-                if attempt == 59:
-                    raise
-                log.info("lifecycles: publishing the catalog: %s; retrying", exc)
+                if attempt % 60 == 0:
+                    log.info("lifecycles: publishing the catalog: %s; retrying", exc)
+                attempt += 1
                 await asyncio.sleep(1.0)
         with self.cluster.store.lock:
             records = [dict(r) for r in lifecycles.on_node(self.cluster.store, self.node)]
@@ -124,18 +126,23 @@ class LifecycleService:
                     metrics.RECONCILE_ERRORS.labels("lifecycle").inc()
                     log.exception("lifecycle agent: unexpected error")
                 await self.cluster.wait_for_tables(TABLES, seen, WAKE_EVERY)
-        finally:
+        finally:  # the daemon closes the supervisor (its processes stop with the node)
             watcher.cancel()
             for task in self._busy.values():
                 task.cancel()
-            await asyncio.to_thread(self.supervisor.close)
 
     # -- running steps ------------------------------------------------------------------
 
+    def _running_deployments(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [
+                d
+                for d in lifecycles.all_deployments(self.cluster.store)
+                if d["status"] == "running"
+            ]
+
     def _start_runnable(self) -> None:
-        store = self.cluster.store
-        with store.lock:
-            deployments = [d for d in lifecycles.all_deployments(store) if d["status"] == "running"]
+        deployments = self._running_deployments()
         running_elsewhere = {
             step["lifecycle"]
             for d in deployments
@@ -147,8 +154,7 @@ class LifecycleService:
             for step in steps:
                 if step["node"] != self.node or step["lifecycle"] in self._busy:
                     continue
-                waiting = any(steps[i]["status"] != "done" for i in step["after"])
-                if step["status"] == "pending" and not waiting:
+                if step["status"] == "pending" and not _waits(steps, step):
                     if step["lifecycle"] in running_elsewhere:
                         continue
                     claim = True
@@ -269,17 +275,17 @@ class LifecycleService:
     async def _fail_unreachable(self) -> None:
         reachable = scheduler.reachable_nodes(self.cluster, self.node)
         now = time.monotonic()
-        store = self.cluster.store
-        with store.lock:
-            patience = float(cluster_config.config(store)["deployments.step_patience"])
-            deployments = [d for d in lifecycles.all_deployments(store) if d["status"] == "running"]
+        with self.cluster.store.lock:
+            config = cluster_config.config(self.cluster.store)
+        patience = float(config["deployments.step_patience"])
+        deployments = self._running_deployments()
         waiting: set[tuple[str, int]] = set()
         for deployment in deployments:
             steps = deployment["steps"]
             for step in steps:
                 if step["status"] not in ("pending", "running") or step["node"] in reachable:
                     continue
-                if any(steps[i]["status"] != "done" for i in step["after"]):
+                if _waits(steps, step):
                     continue
                 key = (deployment["id"], step["index"])
                 waiting.add(key)
@@ -348,7 +354,6 @@ class LifecycleService:
                 + "; ".join(f"{q.id}: {q.error or 'no value'}" for q in missing),
                 questions=[q.describe() for q in missing],
             )
-        self.cluster.require_schema(EntryType.DEPLOYMENT_CREATE)
         now = now_rfc3339()
         record = {
             "id": new_id(),
@@ -374,7 +379,7 @@ class LifecycleService:
     def _step_record(self, step: PlannedStep) -> dict[str, Any]:
         def sealed(values: Mapping[str, Any]) -> dict[str, Any]:
             return {
-                k: seal(self.secret, str(v)) if type(v).__name__ == "_SecretValue" else v
+                k: seal(self.secret, v) if isinstance(v, SecretValue) else v
                 for k, v in values.items()
             }
 
@@ -509,6 +514,11 @@ def _step_entry(
             "at": now_rfc3339(),
         },
     )
+
+
+def _waits(steps: list[dict[str, Any]], step: dict[str, Any]) -> bool:
+    """Whether a step still waits for one it comes after."""
+    return any(steps[i]["status"] != "done" for i in step["after"])
 
 
 def _step_xpath(step: Mapping[str, Any]) -> str:

@@ -28,6 +28,7 @@ from symphonyd.errors import Invalid, SymphonyError
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.model import Catalog, Lifecycle, Provide, State, _ProvideRequire
 from symphonyd.lifecycle.variables import Variable, dump_values, validate_values
+from symphonyd.security import is_sealed
 
 log = logging.getLogger("symphonyd.lifecycle")
 
@@ -246,7 +247,7 @@ def _input(
 
 
 def _open(value: Any, unseal: Callable[[str], str]) -> Any:
-    if isinstance(value, str) and value.startswith("sealed:"):
+    if is_sealed(value):
         try:
             return unseal(value)
         except Invalid as exc:

@@ -43,6 +43,7 @@ from symphonyd.lifecycle.model import (
 )
 from symphonyd.lifecycle.paths import Move, moves
 from symphonyd.lifecycle.variables import MASK, Variable
+from symphonyd.security import is_sealed
 
 __all__ = [
     "Input",
@@ -50,7 +51,9 @@ __all__ = [
     "PlannedStep",
     "Planner",
     "Question",
+    "SecretValue",
     "View",
+    "answer_matches",
     "leave_problems",
     "undo_steps",
 ]
@@ -205,17 +208,19 @@ class Planner:
             self.plan.result = provider
             step = self._planned.get(provider, -1)
             self.plan.result_step = step if step >= 0 else None
-        self._check_answers_used()
+        return self._finish()
+
+    def _finish(self) -> Plan:
+        """Checks on the whole plan: an answer no question takes (a typo, a wrong id, or a
+        value for a step not needed because it already holds) is listed in `unused`, never
+        ignored silently; states left under a consumer are problems."""
+        self.plan.unused = [
+            key
+            for key in self.answers
+            if not any(answer_matches(q, key) for q in self.plan.questions)
+        ]
         self.plan.problems += leave_problems(self.plan.steps, self.view)
         return self.plan
-
-    def _check_answers_used(self) -> None:
-        """An answer no question takes (a typo, a wrong id, or a value for a step the plan
-        no longer needs because it already holds) is listed in `unused`, never silently."""
-        for key in self.answers:
-            text = key.strip("/")
-            if not any(q == key or q.endswith("/" + text) for q in self.plan.questions):
-                self.plan.unused.append(key)
 
     def goto(self, node: str, lifecycle: str, state: str) -> Plan:
         """Plan making `state` the current state of `lifecycle` on `node`."""
@@ -224,9 +229,7 @@ class Planner:
         self.plan = Plan(target=f"{lifecycle}/{state}", node=node)
         if self._check_node(node, target):
             self._moves_to(node, target, state, {}, why="goto")
-        self._check_answers_used()
-        self.plan.problems += leave_problems(self.plan.steps, self.view)
-        return self.plan
+        return self._finish()
 
     # -- planning ----------------------------------------------------------------------
 
@@ -388,7 +391,7 @@ class Planner:
         return all(
             recorded.get(name) == value
             for name, value in values.items()
-            if not isinstance(value, _SecretValue)
+            if not isinstance(value, SecretValue)
         )
 
     def _reuse(self, provider: tuple[str, str, str], note: str) -> None:
@@ -401,9 +404,8 @@ class Planner:
     def _answer(self, question_id: str) -> tuple[bool, object]:
         best: tuple[int, object] | None = None
         for key, value in self.answers.items():
-            text = key.strip("/")
-            if question_id == key or question_id.endswith("/" + text):
-                weight = len(text)
+            if answer_matches(question_id, key):
+                weight = len(key.strip("/"))
                 if best is None or weight > best[0]:
                     best = (weight, value)
         return (False, None) if best is None else (True, best[1])
@@ -463,7 +465,7 @@ class Planner:
                     value = (call.get(source) or {}).get(variable.name)
                     if value is not None and not isinstance(value, str | int | float | bool):
                         continue
-                    if value is not None and not _is_sealed(value):
+                    if value is not None and not is_sealed(value):
                         return value
         return None
 
@@ -551,7 +553,12 @@ class Planner:
         return list(raw)
 
 
-class _SecretValue(str):
+def answer_matches(question_id: str, key: str) -> bool:
+    """An answer's key names a question by its whole id or any tail of it at a `/`."""
+    return question_id == key or question_id.endswith("/" + key.strip("/"))
+
+
+class SecretValue(str):
     """Marks a revealed secret inside a plan (never compared, never shown)."""
 
 
@@ -559,11 +566,7 @@ def _json(variable: Variable[Any], value: Any) -> Any:
     if value is None:
         return None
     data = variable.to_json(value, reveal=True)
-    return _SecretValue(data) if variable.is_secret and isinstance(data, str) else data
-
-
-def _is_sealed(value: object) -> bool:
-    return isinstance(value, str) and value.startswith("sealed:")
+    return SecretValue(data) if variable.is_secret and isinstance(data, str) else data
 
 
 def undo_steps(
