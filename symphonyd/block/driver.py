@@ -9,11 +9,13 @@ writes the replicated store. Every method may block: callers run it in a thread.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
+from symphonyd.validation import NAME_RE
 
 # Called with the bytes of the image copied so far; returning True cancels the copy.
 Progress = Callable[[int], bool]
@@ -33,6 +35,11 @@ class NoSuchVolume(NotFound):
 
 class PoolFull(DriverError):
     """Not enough free space in the pool."""
+
+
+# What a driver accepts as a volume id (the store's uuid4 hex) and as a snapshot name.
+VOLUME_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SNAPSHOT_NAME_RE = NAME_RE
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import subprocess
 from typing import Any
 
 from symphonyd import durable
 from symphonyd.block.driver import (
+    SNAPSHOT_NAME_RE,
+    VOLUME_ID_RE,
     Capabilities,
     Health,
     NoSuchVolume,
@@ -34,9 +35,6 @@ from symphonyd.block.driver import (
 )
 from symphonyd.errors import DriverError, Invalid
 from symphonyd.image.copier import CopyError, sparse_copy
-
-_ID = re.compile(r"^[0-9a-f]{32}$")
-_SNAPSHOT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class FileDriver:
@@ -68,7 +66,7 @@ class FileDriver:
         found = {}
         for entry in os.scandir(self.root):
             stem, _, ext = entry.name.rpartition(".")
-            if ext in ("raw", "qcow2") and _ID.match(stem):
+            if ext in ("raw", "qcow2") and VOLUME_ID_RE.match(stem):
                 found[stem] = self._info(stem, entry.path, ext)
         return found
 
@@ -78,7 +76,7 @@ class FileDriver:
         return VolumeInfo(volume_id, size, st.st_blocks * 512, path, fmt)
 
     def _path(self, volume_id: str, fmt: str) -> str:
-        if not _ID.match(volume_id):
+        if not VOLUME_ID_RE.match(volume_id):
             raise Invalid(f"bad volume id {volume_id!r}")
         return os.path.join(self.root, f"{volume_id}.{fmt}")
 
@@ -199,7 +197,7 @@ class FileDriver:
         return self._find(volume_id)
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo:
-        if not _SNAPSHOT.match(snapshot_id):
+        if not SNAPSHOT_NAME_RE.match(snapshot_id):
             raise Invalid(f"bad snapshot name {snapshot_id!r}")
         info = self._find(volume_id)
         if info.format == "qcow2":

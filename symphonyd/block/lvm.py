@@ -32,6 +32,8 @@ from typing import Any
 
 from symphonyd import durable
 from symphonyd.block.driver import (
+    SNAPSHOT_NAME_RE,
+    VOLUME_ID_RE,
     Capabilities,
     Health,
     NoSuchVolume,
@@ -46,9 +48,7 @@ from symphonyd.block.driver import (
 from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
 from symphonyd.image.copier import CopyError, sparse_copy
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
 _VOLUME_LV = re.compile(r"^sy-([0-9a-f]{32})$")
-_SNAPSHOT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _VG_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NOISE = (
     "WARNING: Activation disabled",
@@ -330,7 +330,7 @@ class LvmDriver:
         return f"/dev/{self.vg}/{lv}"
 
     def _lv(self, volume_id: str) -> str:
-        if not _ID.match(volume_id):
+        if not VOLUME_ID_RE.match(volume_id):
             raise Invalid(f"bad volume id {volume_id!r}")
         return f"sy-{volume_id}"
 
@@ -405,7 +405,7 @@ class LvmDriver:
         return self._find(volume_id)
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo:
-        if not _SNAPSHOT.match(snapshot_id):
+        if not SNAPSHOT_NAME_RE.match(snapshot_id):
             raise Invalid(f"bad snapshot name {snapshot_id!r}")
         if not self.capabilities.snapshots:
             raise NotSupported(
