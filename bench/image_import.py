@@ -9,9 +9,10 @@ Usage (repository root, symphonyd installed):
 
 It makes the files in a temp dir (removed at the end), reads each once so every tool
 starts from the page cache, starts two one-node clusters (one with SYMPHONYD_NATIVE=0),
-times each command --runs times and reports the best. Every process it starts is stopped
-by its PID. Targets (issue 3): dense import within 1.2x of openssl and at least 1.3x faster
-than the fallback; sparse copy without hash within 1.5x of `cp --sparse=always`.
+runs every command once per round for --runs rounds and reports the best of each. Every
+process it starts is stopped by its PID. Targets (issue 3): dense import within 1.2x of
+openssl and at least 1.3x faster than the fallback; sparse copy without hash within 1.5x of
+`cp --sparse=always`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,15 +37,12 @@ from tests.nodes import NodeProcess, NodeSet
 MiB = 1024 * 1024
 
 
-def best_of(runs: int, fn, between=None) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(runs):
-        if between is not None:
-            between()  # not timed
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def timed(fn: Callable[[], None], prepare: Callable[[], None] | None) -> float:
+    if prepare is not None:
+        prepare()  # not timed
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def run(cmd: list[str]) -> None:
@@ -106,56 +106,74 @@ def main() -> None:
         assert python.status()["image_copier"]["implementation"] == "python"
         assert native.status()["image_copier"]["implementation"] == "native"
         copy = base / "copy.img"
-        rows: list[tuple[str, str, float]] = []
-
-        def measure(label: str, kind: str, fn, between=None) -> float:  # type: ignore[no-untyped-def]
-            seconds = best_of(args.runs, fn, between)
-            rows.append((label, kind, seconds))
-            print(f"  {kind:6} {label:46} {seconds:7.3f} s", flush=True)
-            return seconds
 
         def cp_then_sum(src: Path) -> None:
             copy.unlink(missing_ok=True)
             run(["cp", str(src), str(copy)])
             run(["sha256sum", str(copy)])
 
-        results = {}
-        for kind, path in (("dense", dense), ("sparse", sparse)):
-            results[kind, "native"] = measure(
-                "symphonyd image new (native)",
-                kind,
-                lambda p=path: image_new(native, p, "b"),
-                lambda: clear_images(native),
-            )
-            results[kind, "python"] = measure(
-                "symphonyd image new (pure-Python fallback)",
-                kind,
-                lambda p=path: image_new(python, p, "b"),
-                lambda: clear_images(python),
-            )
-            for impl in ("native", "python"):
-                results[kind, f"engine-{impl}"] = measure(
-                    f"copier alone, {impl} (copy + SHA-256, no fsync)",
-                    kind,
-                    lambda p=path, i=impl: engine(p, copy, i),
-                )
-            results[kind, "cp+sum"] = measure(
-                "cp, then sha256sum", kind, lambda p=path: cp_then_sum(p)
-            )
-            results[kind, "openssl"] = measure(
-                "openssl dgst -sha256 (the limit)",
-                kind,
-                lambda p=path: run(["openssl", "dgst", "-sha256", str(p)]),
-            )
-        results["sparse", "copy"] = measure(
-            "native sparse copy, no hash", "sparse", lambda: sparse_copy_native(sparse, copy)
-        )
-
         def cp_sparse() -> None:
             copy.unlink(missing_ok=True)
             run(["cp", "--sparse=always", str(sparse), str(copy)])
 
-        results["sparse", "cp"] = measure("cp --sparse=always", "sparse", cp_sparse)
+        # (key, label, run, untimed preparation)
+        Case = tuple[tuple[str, str], str, Callable[[], None], Callable[[], None] | None]
+        cases: list[Case] = []
+        for kind, path in (("dense", dense), ("sparse", sparse)):
+            cases += [
+                (
+                    (kind, "native"),
+                    "symphonyd image new (native)",
+                    partial(image_new, native, path, "b"),
+                    partial(clear_images, native),
+                ),
+                (
+                    (kind, "python"),
+                    "symphonyd image new (pure-Python fallback)",
+                    partial(image_new, python, path, "b"),
+                    partial(clear_images, python),
+                ),
+            ]
+            cases += [
+                (
+                    (kind, f"engine-{impl}"),
+                    f"copier alone, {impl} (copy + SHA-256, no fsync)",
+                    partial(engine, path, copy, impl),
+                    None,
+                )
+                for impl in ("native", "python")
+            ]
+            cases += [
+                ((kind, "cp+sum"), "cp, then sha256sum", partial(cp_then_sum, path), None),
+                (
+                    (kind, "openssl"),
+                    "openssl dgst -sha256 (the limit)",
+                    partial(run, ["openssl", "dgst", "-sha256", str(path)]),
+                    None,
+                ),
+            ]
+        cases += [
+            (
+                ("sparse", "copy"),
+                "native sparse copy, no hash",
+                partial(sparse_copy_native, sparse, copy),
+                None,
+            ),
+            (("sparse", "cp"), "cp --sparse=always", cp_sparse, None),
+        ]
+        # Rounds, each running every case once, so that the machine's drift over the
+        # minutes of a run (other tenants, clock) reaches every figure alike; best of rounds.
+        times: dict[tuple[str, str], list[float]] = {key: [] for key, *_ in cases}
+        for round_number in range(1, args.runs + 1):
+            print(f"round {round_number} of {args.runs}", flush=True)
+            for key, label, fn, prepare in cases:
+                times[key].append(timed(fn, prepare))
+                print(f"  {key[0]:6} {label:46} {times[key][-1]:7.3f} s", flush=True)
+        results = {key: min(values) for key, values in times.items()}
+        print()
+        print("best of the rounds:")
+        for key, label, *_ in cases:
+            print(f"  {key[0]:6} {label:46} {results[key]:7.3f} s")
         print()
         print(
             f"machine: {os.cpu_count()} CPUs, {dense_size // MiB} MiB dense, "

@@ -11,7 +11,9 @@ Usage (from the repository root, symphonyd installed editable):
 
 Options: --seq N (sequential writes per run), --seq-time S, --pipe-time S, --pipe-max N,
 --clients N (API concurrency), --inflight N (bare pysyncobj in-flight writes),
---only api,bare,nofsync (subset), --keep (keep the temp dir with the daemons' logs),
+--only api,bare,nofsync (subset), --api-nodes N (daemons in the API run, default 3;
+1 measures a one-node cluster, the quick start's), --keep (keep the temp dir with the
+daemons' logs),
 --quiet-wait S (before each phase, wait up to S s for other work on the machine to stop),
 --node-class MODULE:CLASS (bare runs use this RaftNode subclass: try a change to
 symphonyd/raft/node.py in a scratch file and measure it before making it; with
@@ -588,9 +590,12 @@ def bench_api(args: argparse.Namespace, base: Path, profiler: Profiler) -> dict[
 
     nodeset = make_nodeset(base / "api", args.node_class if args.api_variant else None)
     try:
-        print("api: starting 3 symphonyd processes (init, token, join) ...", flush=True)
+        print(
+            f"api: starting {args.api_nodes} symphonyd processes (init, token, join) ...",
+            flush=True,
+        )
         t0 = time.monotonic()
-        members = nodeset.form(3)
+        members = nodeset.form(args.api_nodes)
         leader = nodeset.leader(members)
         print(
             f"api: cluster formed in {time.monotonic() - t0:.1f}s; leader {leader.name} "
@@ -954,7 +959,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     bare_name = (args.node_class or "RaftNode").rpartition(":")[2]
     api_name = f"API ({bare_name})" if args.api_variant and args.node_class else "API"
     rows = [
-        ("api", f"{api_name}: HTTPS PUT /v1/kv, 3 daemons"),
+        ("api", f"{api_name}: HTTPS PUT /v1/kv, {args.api_nodes} daemons"),
         ("bare", f"bare {bare_name}, fsync (durable)"),
         ("nofsync", f"bare {bare_name}, fsync disabled"),
     ]
@@ -983,13 +988,13 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         )
     print(
         "(fsync/entry: fsyncs per committed entry, leader first; adds/entry: journal adds per "
-        "committed entry;\n CPU ms/entry: all three nodes plus this process; all three from "
-        "the pipelined phase)"
+        "committed entry;\n CPU ms/entry: all the nodes plus this process, from the pipelined "
+        "phase)"
     )
     if results.get("api", {}).get("spread"):
         sp = results["api"]["spread"]
         print(
-            f"{'API, clients spread over 3 members':36} {'':>8} {'':>8} {'':>5} | "
+            f"{'API, clients spread over the members':36} {'':>8} {'':>8} {'':>5} | "
             f"{fmt(sp['writes_per_s'], ',.0f'):>9} {fmt(sp['latency']['p50_ms']):>7} "
             f"{fmt(sp['latency']['p99_ms']):>7} "
             f"{sum(sp['errors'].values()) if isinstance(sp['errors'], dict) else 0:>5} |"
@@ -1101,6 +1106,9 @@ def main() -> int:
         "--api-variant", action="store_true", help="the API cluster's daemons also use --node-class"
     )
     parser.add_argument("--only", default="api,bare,nofsync", help="subset to run")
+    parser.add_argument(
+        "--api-nodes", type=int, default=3, help="daemons in the API run (1: a one-node cluster)"
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,

@@ -251,6 +251,12 @@ class RaftNode(SyncObj):
             del self._SyncObj__sendAppendEntries
         if due:
             self._SyncObj__sendAppendEntries()
+            if not self._SyncObj__otherNodes:
+                # A leader alone commits what it appended at the start of the next tick,
+                # and no acknowledgement will wake the poll: without this every write on
+                # a one-node cluster waited out the poll's 50 ms. The journal is still
+                # synced first (the tick's callbacks run before the poll).
+                self._SyncObj__pipeNotifier.notify()
 
     # -- fixes to pysyncobj's append handling -------------------------------------------
 
