@@ -95,6 +95,7 @@ def main() -> None:
         dense, sparse = base / "dense.img", base / "sparse.img"
         make_dense(dense, dense_size)
         make_sparse(sparse, sparse_size * MiB, sparse_data * MiB)
+        os.sync()  # their writeback must not land in the first round
         for path in (dense, sparse):
             warm(path)
         (native,) = native_nodes.form(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -140,6 +141,43 @@ class NodeProcess:
             input=input.decode() if input is not None else None,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
+
+    def cli_on_terminal(self, *args: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run the CLI with a pseudo-terminal as stdin, stdout and stderr, as a person would;
+        returns the exit code and everything it drew. Killed by PID if it overruns."""
+        master, slave = os.openpty()
+        proc = subprocess.Popen(
+            [*self.program, "--data-dir", str(self.data_dir), *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**self.environment(), "COLUMNS": "120"},
+            close_fds=True,
+        )
+        os.close(slave)
+        output: list[bytes] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:  # EIO: the terminal's last user is gone
+                        chunk = b""
+                    if chunk:
+                        output.append(chunk)
+                        continue
+                    break
+                if proc.poll() is not None:
+                    break
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            os.close(master)
+        return code, b"".join(output).decode(errors="replace")
 
     def status(self) -> dict[str, Any]:
         return dict(self.client(timeout=5).request("GET", "/v1/cluster"))

@@ -104,6 +104,36 @@ def test_upload_over_https_and_same_content_stored_once(
     wait_until(lambda: images_on_disk(n) == [], 10, "the shared file to go")
 
 
+def test_image_new_on_a_terminal_draws_progress_then_the_record(
+    node: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    nodes, n = node
+    path = tmp_path / "big.img"
+    digest = random_file(path, 48 * MiB, seed=7)
+    # On the local socket the node reads the file in place and the CLI follows the import.
+    code, text = n.cli_on_terminal("image", "new", "on a terminal", "tty-local", str(path))
+    assert code == 0, text
+    assert "importing" in text and "\x1b[" in text  # the bar, drawn with escape codes
+    assert "tty-local" in text and digest in text and "ready" in text
+    # Over HTTPS with the original CLI's flag the file is uploaded, with its own bar.
+    code, text = n.cli_on_terminal(
+        "--manager-addr",
+        f"127.0.0.1:{n.api_port}",
+        "--token",
+        str(nodes.admin_token),
+        "image",
+        "new",
+        "uploaded from a terminal",
+        "tty-upload",
+        str(path),
+    )
+    assert code == 0, text
+    assert "uploading" in text and "tty-upload" in text and digest in text
+    for name in ("tty-local", "tty-upload"):
+        cli_json(n, "image", "rm", name)
+    wait_until(lambda: images_on_disk(n) == [], 10, "the file to be removed")
+
+
 def test_checksum_mismatch_keeps_nothing(node: tuple[NodeSet, NodeProcess], tmp_path: Path) -> None:
     _, n = node
     path = tmp_path / "x.img"
