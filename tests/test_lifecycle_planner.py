@@ -307,3 +307,98 @@ def test_an_external_xpath_naming_a_node_pins_the_choice() -> None:
     assert "n2 cannot provide it (nodes that can: n3)" in (
         other.questions["/n1/Pinned/On/enter/start"].error or ""
     )
+
+
+class Blog(Lifecycle):
+    """A second requirer of Server's create_root, with another path by default."""
+
+    class Off(State):
+        pass
+
+    class On(State):
+        @provide(
+            requires=[
+                RequireLocal(
+                    "//Server//create_root",
+                    provide_args=[Str("path", default="www/blog")],
+                    provide_ret=[Str("root")],
+                )
+            ]
+        )
+        def enter(self, path, root):
+            pass
+
+    states = [Off, On]
+    transitions = [(Off, On)]
+    initial_state = Off
+
+
+class Both(Lifecycle):
+    """Needs the site and the blog on its node."""
+
+    class Off(State):
+        pass
+
+    class On(State):
+        @provide(
+            requires=[
+                RequireLocal("//Site//start", provide_ret=[Url("url")], name="site"),
+                RequireLocal("//Blog/On/enter", name="blog"),
+            ]
+        )
+        def enter(self, url):
+            pass
+
+    states = [Off, On]
+    transitions = [(Off, On)]
+    initial_state = Off
+
+
+class Tuned(Lifecycle):
+    """Requires the server configured on another port than its default."""
+
+    class Off(State):
+        pass
+
+    class On(State):
+        @provide(requires=[RequireLocal("//Server/Configured/enter", provide_args=[Port("port")])])
+        def enter(self, port):
+            pass
+
+    states = [Off, On]
+    transitions = [(Off, On)]
+    initial_state = Off
+
+
+def test_one_provider_asked_for_two_sets_of_values_is_a_problem_not_a_silent_choice() -> None:
+    catalog = Catalog([Server, Site, Blog, Both])
+    assert catalog.problems() == {}
+    members = {m: set(catalog.names()) for m in MEMBERS}
+    plan = Planner(catalog, View(MEMBERS, members), take_suggestions=True).deploy(
+        "Both/On/enter", "n1"
+    )
+    assert not plan.ready
+    (problem,) = plan.problems
+    assert "/n1/Server/Configured/create_root is needed with path='www/blog'" in problem
+    assert "this plan has 'www/site'" in problem and "/n1/Blog/On/enter" in problem
+    # answering one path for both requirers makes a plan that calls the provider once
+    answers = {"Site/Templated/enter/path": "www/shared", "Blog/On/enter/path": "www/shared"}
+    planner = Planner(catalog, View(MEMBERS, members), answers, take_suggestions=True)
+    plan = planner.deploy("Both/On/enter", "n1")
+    assert plan.ready, plan.problems
+    calls = [s for s in plan.steps if s.xpath == "Server/Configured/create_root"]
+    assert [s.values for s in calls] == [{"path": "www/shared"}]
+
+
+def test_a_state_already_entered_with_other_values_is_not_reused_silently() -> None:
+    catalog = Catalog([Server, Tuned])
+    members = {m: set(catalog.names()) for m in MEMBERS}
+    applied = {("n1", "Server"): ["Off", "Installed", "Configured"]}
+    calls = {("n1", "Server"): {"Configured/enter": {"values": {"port": 80}, "returns": {}}}}
+    held = View(MEMBERS, members, applied=applied, calls=calls)  # type: ignore[arg-type]
+    plan = Planner(catalog, held, {"port": 8081}).deploy("Tuned/On/enter", "n1")
+    assert not plan.ready
+    assert any("port=8081 (it holds 80)" in p for p in plan.problems), plan.problems
+    same = Planner(catalog, held, {"port": 80}).deploy("Tuned/On/enter", "n1")
+    assert same.ready, same.problems
+    assert [s.xpath for s in same.steps] == ["Tuned/On/enter"]

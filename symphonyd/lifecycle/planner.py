@@ -240,6 +240,14 @@ class Planner:
         the plan cannot get there: the reason is in `problems`)."""
         lifecycle, state, name = ref.lifecycle, ref.state.name, ref.provide.name
         provider = (node, lifecycle.name, f"{state}/{name}")
+        if provider in self._planned or (name == "enter" and state in self._stack(node, lifecycle)):
+            conflict = self._other_values(provider, ref, given)
+            if conflict:
+                self.plan.problems.append(
+                    f"/{node}/{ref.xpath} is needed with {conflict} ({why}); a provide holds "
+                    "one set of values at a time: answer the same values, or leave it first"
+                )
+                return None
         if provider in self._planned:
             return provider
         if (node, ref.xpath) in self._in_progress:
@@ -393,6 +401,39 @@ class Planner:
             for name, value in values.items()
             if not isinstance(value, SecretValue)
         )
+
+    def _other_values(
+        self, provider: tuple[str, str, str], ref: ProvideRef, given: dict[str, Any]
+    ) -> str:
+        """What `given` (a requirer's provide_args) asks differently from the values the
+        provider is planned with in this plan, or holds with; "" when nothing differs."""
+        index = self._planned.get(provider, -1)
+        if index >= 0:
+            held, source = self.plan.steps[index].values, "this plan has"
+        else:
+            node, lifecycle, provide = provider
+            call = self.view.calls.get((node, lifecycle), {}).get(provide) or {}
+            held, source = call.get("values") or {}, "it holds"
+        variables = {
+            variable.name: variable
+            for require in ref.provide.requires
+            if isinstance(require, Require)
+            for variable in require.variables
+        }
+        differ = []
+        for name, value in sorted(given.items()):
+            variable, have = variables.get(name), held.get(name)
+            if variable is None or variable.is_secret or value is None or have is None:
+                continue
+            if isinstance(have, SecretValue) or is_sealed(have):
+                continue
+            try:
+                wanted = _json(variable, variable.parse(value, members=self.view.members))
+            except Invalid:
+                wanted = value  # its own question says what is wrong with it
+            if wanted != have:
+                differ.append(f"{name}={wanted!r} ({source} {have!r})")
+        return ", ".join(differ)
 
     def _reuse(self, provider: tuple[str, str, str], note: str) -> None:
         self._planned.setdefault(provider, -1)
