@@ -182,6 +182,20 @@ class NodeProcess:
     def status(self) -> dict[str, Any]:
         return dict(self.client(timeout=5).request("GET", "/v1/cluster"))
 
+    def settled_revision(self, quiet_for: float = 1.0, timeout: float = 20.0) -> int:
+        """The store's revision once the node's own start-up writes (its lifecycle catalog,
+        its services' health) have landed: unchanged for `quiet_for` seconds. For tests
+        that assert a request wrote nothing."""
+        seen = [self.status()["revision"], time.monotonic()]
+
+        def quiet() -> int | None:
+            revision = self.status()["revision"]
+            if revision != seen[0]:
+                seen[:] = [revision, time.monotonic()]
+            return revision if time.monotonic() - seen[1] >= quiet_for else None
+
+        return int(wait_until(quiet, timeout, f"{self.name}'s start-up writes", interval=0.1))
+
     def kill(self) -> None:
         """kill -9, by PID."""
         if self.proc is not None and self.proc.poll() is None:

@@ -149,6 +149,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     try:
         (node,) = nodeset.form(1)
         assert nodeset.admin_token
+        node.settled_revision()  # tests compare revisions: the node's own writes come first
         yield Api(nodeset, node, nodeset.admin_token)
     finally:
         nodeset.cleanup()

@@ -1,8 +1,8 @@
 """The Raft port is closed to anyone without the cluster secret.
 
 pysyncobj frames messages as `<length><zlib(pickle)>`; unpickling attacker bytes would run
-their code. With the cluster secret set, every frame must decrypt (Fernet) before anything
-is unpickled, so a peer without the secret can neither run code, read, nor join.
+their code. With the cluster secret set, every frame must decrypt (AES-GCM, `raft/wire.py`) before
+anything is unpickled, so a peer without the secret can neither run code, read, nor join.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _frame(obj: object) -> bytes:
 def test_unauthenticated_peer_cannot_execute_or_read(nodeset: NodeSet, tmp_path: Path) -> None:
     (node,) = nodeset.form(1)
     marker = tmp_path / "executed"
-    before = node.status()["revision"]
+    before = node.settled_revision()
     with socket.create_connection(("127.0.0.1", node.raft_port), timeout=5) as conn:
         # What pysyncobj without a password would accept: a hello then a command.
         frames = [
