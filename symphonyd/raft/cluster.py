@@ -48,6 +48,7 @@ _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()
 
 MAX_IN_FLIGHT = 4096
 QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
+STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
     "conflict": Conflict,
@@ -166,11 +167,20 @@ class Cluster:
                         future.set_exception(NoQuorum(message))
 
     async def _await_election(self, deadline: float) -> None:
-        """No leader known. Cut off from the majority: fail at once. Connected to it (an
-        election is running, e.g. just after a restart): wait for its outcome, briefly."""
+        """No leader known. Cut off from the majority: fail (once a fresh status says so:
+        the Raft thread refreshes it every ~50 ms, and a node that has just joined can
+        apply the entries it was sent before its status shows the connection they came
+        by). Connected to it (an election is running, e.g. just after a restart): wait
+        for its outcome, briefly."""
         until = min(deadline, time.monotonic() + ELECTION_WAIT)
+        cut_off_since: float | None = None
         while not self.has_leader():
-            if not self.node.status().get("has_quorum") or time.monotonic() >= until:
+            now = time.monotonic()
+            if self.node.status().get("has_quorum"):
+                cut_off_since = None
+            elif cut_off_since is None:
+                cut_off_since = now
+            if now >= until or (cut_off_since is not None and now - cut_off_since >= STALE_STATUS):
                 raise NoQuorum(self.no_quorum_message())
             await asyncio.sleep(0.05)
 
