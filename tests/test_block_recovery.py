@@ -75,7 +75,16 @@ def test_a_node_killed_while_creating_finishes_the_volume(nodeset: NodeSet, tmp_
     n2.kill()
     assert volume(n1, "big")["status"] == "creating"  # nobody else touches n2's work
     n2.start()
-    wait_until(lambda: volume(n1, "big")["status"] == "ready", 90, "n2 to finish it", 0.2)
+
+    def finished() -> bool:
+        record = volume(n1, "big")
+        assert record["status"] != "failed", (record, n2.log())
+        return bool(record["status"] == "ready")
+
+    try:
+        wait_until(finished, 90, "n2 to finish it", 0.2)
+    except AssertionError as exc:  # say where n2 is, not only that it is late
+        raise AssertionError(f"{exc}\nvolume: {volume(n1, 'big')}\nn2's log:\n{n2.log()}") from None
     done = volume(n1, "big")
     assert done["actual_size"] == 512 * MiB and done["id"] == made["id"]
     assert done["progress"] is None
