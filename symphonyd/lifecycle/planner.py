@@ -240,16 +240,8 @@ class Planner:
         the plan cannot get there: the reason is in `problems`)."""
         lifecycle, state, name = ref.lifecycle, ref.state.name, ref.provide.name
         provider = (node, lifecycle.name, f"{state}/{name}")
-        if provider in self._planned or (name == "enter" and state in self._stack(node, lifecycle)):
-            conflict = self._other_values(provider, ref, given)
-            if conflict:
-                self.plan.problems.append(
-                    f"/{node}/{ref.xpath} is needed with {conflict} ({why}); a provide holds "
-                    "one set of values at a time: answer the same values, or leave it first"
-                )
-                return None
         if provider in self._planned:
-            return provider
+            return provider if self._agrees(provider, ref, given, why) else None
         if (node, ref.xpath) in self._in_progress:
             chain = " -> ".join(f"{n}:{x}" for n, x in self._in_progress)
             self.plan.problems.append(f"requires form a cycle: {chain} -> {node}:{ref.xpath}")
@@ -261,6 +253,8 @@ class Planner:
             stack = self._stack(node, lifecycle)
             if name == "enter":
                 if state in stack:
+                    if not self._agrees(provider, ref, given, why):
+                        return None
                     self._reuse(provider, f"{node}: {lifecycle.name} is already in {state}")
                     return provider
                 return provider if self._moves_to(node, lifecycle, state, given, why) else None
@@ -401,6 +395,19 @@ class Planner:
             for name, value in values.items()
             if not isinstance(value, SecretValue)
         )
+
+    def _agrees(
+        self, provider: tuple[str, str, str], ref: ProvideRef, given: dict[str, Any], why: str
+    ) -> bool:
+        """Whether a provider already planned or holding can serve a requirer that passes
+        `given`; if not, the plan says which values differ (a provide holds one set)."""
+        conflict = self._other_values(provider, ref, given)
+        if conflict:
+            self.plan.problems.append(
+                f"/{provider[0]}/{ref.xpath} is needed with {conflict} ({why}); a provide "
+                "holds one set of values at a time: answer the same values, or leave it first"
+            )
+        return not conflict
 
     def _other_values(
         self, provider: tuple[str, str, str], ref: ProvideRef, given: dict[str, Any]
