@@ -456,8 +456,8 @@ def test_a_new_document_root_is_served_and_a_default_one_is_made(
     url = f"http://127.0.0.1:{port}/"
     assert fetch(url + "a.txt") == (200, b"default root")
 
-    other = tmp_path / "elsewhere"
-    root = call(WebServer, "Configured", "create_document_root", server, path=str(other))
+    other = tmp_path / "n1" / "WebServer" / "elsewhere"
+    root = call(WebServer, "Configured", "create_document_root", server, path="elsewhere")
     assert root == {"document_root": str(other)}
     (other / "b.txt").write_text("new root")
     state(WebServer, "Active", server).cross(reload=True)  # its flag, as the executor does
@@ -532,8 +532,9 @@ def test_proxy_spreads_requests_over_websites(
     assert refused(url)
 
 
-def test_proxyserver_imports_only_the_standard_library() -> None:
-    tree = ast.parse(Path(web.PROXYSERVER).read_text())
+@pytest.mark.parametrize("program", [web.PROXYSERVER, web.STATICSERVER])
+def test_server_programs_import_only_the_standard_library(program: str) -> None:
+    tree = ast.parse(Path(program).read_text())
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -5,8 +5,12 @@ The executor gives every state instance a `NodeContext` before calling `enter`, 
 never reach into the daemon:
 
 * `node` and `address`: this node's name and the address other nodes reach it by;
-* `work_dir`: a directory of this lifecycle's own on this node (created; relative paths a
-  body is given are taken under it, never under the daemon's working directory);
+* `work_dir`: a directory of this lifecycle's own on this node (created). `path(text)` is
+  the only way from a value a user gave to a file: it resolves `text` inside `work_dir` and
+  refuses what would leave it (an absolute path, `..`, a symlink pointing out), so a body
+  never touches the host's files on a user's say;
+* `lifecycles_dir`: the parent of every lifecycle's work dir on this node; a path another
+  lifecycle handed over (a provider's return) is checked with `check_inside_node`;
 * `data`: this lifecycle's runtime data on this node (JSON values), saved in the
   replicated store after every step, so what a body remembers survives a restart. Never
   put a secret in it: it is stored in clear;
@@ -25,7 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["NodeContext", "ProcessSupervisor"]
+from symphonyd.errors import Invalid
+
+__all__ = ["NodeContext", "ProcessSupervisor", "confined_path", "is_inside"]
 
 
 class ProcessSupervisor(Protocol):
@@ -56,5 +62,46 @@ class NodeContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("symphonyd.lifecycle"))
 
     def path(self, text: str) -> str:
-        """An absolute path: `text` itself if absolute, else under `work_dir`."""
-        return os.path.normpath(os.path.join(self.work_dir, text))
+        """The absolute path of `text` inside `work_dir` (see `confined_path`)."""
+        return confined_path(self.work_dir, text)
+
+    @property
+    def lifecycles_dir(self) -> str:
+        return os.path.dirname(os.path.normpath(self.work_dir))
+
+    def check_inside_node(self, path: str, what: str) -> str:
+        """`path` (absolute, handed over by another lifecycle of this node), or Invalid when
+        it resolves outside this node's lifecycle work dirs."""
+        if not os.path.isabs(path) or not is_inside(self.lifecycles_dir, path):
+            raise Invalid(
+                f"{what} {path!r} is outside this node's lifecycle work directories "
+                f"({self.lifecycles_dir}); it was made by an older version: create it again"
+            )
+        return path
+
+
+def is_inside(root: str, path: str) -> bool:
+    """Whether `path`, with every symlink on the way resolved, is `root` or below it."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return os.path.commonpath([real_root, real]) == real_root
+
+
+def confined_path(root: str, text: str) -> str:
+    """The absolute path of the relative path `text` under `root`, or Invalid when `text` is
+    absolute, climbs out with `..`, holds a NUL, or leads out of `root` through a symlink
+    that exists now (a link made later, between this check and the use, is the body's to
+    guard against: the built-in servers check again on every request)."""
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise Invalid(f"bad path {text!r}: give a non-empty relative path")
+    if os.path.isabs(text):
+        raise Invalid(
+            f"path {text!r} is absolute: give a path relative to the lifecycle's work "
+            f"directory {root}"
+        )
+    if ".." in text.split("/"):
+        raise Invalid(f"path {text!r} climbs out with '..': give a path inside {root}")
+    path = os.path.normpath(os.path.join(root, text))
+    if not is_inside(root, path):
+        raise Invalid(f"path {text!r} leads out of {root} through a symbolic link")
+    return path

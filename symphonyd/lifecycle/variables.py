@@ -36,6 +36,7 @@ __all__ = [
     "List",
     "Node",
     "Password",
+    "Path",
     "Port",
     "Secret",
     "Str",
@@ -336,6 +337,30 @@ class Str(Variable[str]):
             "min_length": self.min_length,
             "max_length": self.max_length,
         }
+
+
+class Path(Str):
+    """A relative path inside the lifecycle's own work directory on its node: never
+    absolute, never climbing out with `..` (bodies resolve it with `context.path`, which also
+    refuses a symlink that leads out)."""
+
+    kind = "path"
+
+    def __init__(self, name: str, **options: Unpack[VariableOptions]) -> None:
+        super().__init__(name, min_length=1, max_length=4096, **options)
+
+    def _from_text(self, text: str) -> str:
+        return text.strip()
+
+    def _constrain(self, value: str, members: Collection[str] | None) -> None:
+        super()._constrain(value, members)
+        if value.startswith("/"):
+            raise ValueError(
+                f"{_show(value)} is absolute: give a path relative to the lifecycle's work "
+                "directory"
+            )
+        if ".." in value.split("/"):
+            raise ValueError(f"{_show(value)} climbs out with '..'")
 
 
 class Int(Variable[int]):

@@ -1,12 +1,14 @@
 """Built-in lifecycles for serving web pages: `WebServer`, `WebSite` and `Proxy`.
 
-* `WebServer` runs Python's `http.server` on a port, serving one document root;
+* `WebServer` serves one document root on a port (`staticserver.py`, run as its own
+  process, never serving a file outside the root);
 * `WebSite` writes a page into a document root it asks the local `WebServer` for, and is
   published at the web server's URL;
 * `Proxy` forwards requests, round robin, to the `WebSite`s of any number of nodes
   (`proxyserver.py`, run as its own process).
 
-Bodies work only through `self.context` (a `NodeContext`): files under its paths, runtime
+Bodies work only through `self.context` (a `NodeContext`): files only inside the node's
+lifecycle work directories (a path a user gives goes through `context.path`), runtime
 values in `context.data` (no secret there), processes through `context.supervisor`. This
 module must not import the daemon, the store, Raft or the API, nor run anything but
 through the supervisor.
@@ -23,7 +25,7 @@ import time
 from typing import Any
 
 from symphonyd.errors import Conflict, DriverError
-from symphonyd.lifecycle.context import NodeContext
+from symphonyd.lifecycle.context import NodeContext, is_inside
 from symphonyd.lifecycle.model import (
     Lifecycle,
     Require,
@@ -32,13 +34,22 @@ from symphonyd.lifecycle.model import (
     State,
     provide,
 )
-from symphonyd.lifecycle.variables import Port, Str, Url
+from symphonyd.lifecycle.variables import Path, Port, Str, Url
 
-__all__ = ["PROXYSERVER", "PROXY_PROCESS", "WEBSERVER_PROCESS", "Proxy", "WebServer", "WebSite"]
+__all__ = [
+    "PROXYSERVER",
+    "PROXY_PROCESS",
+    "STATICSERVER",
+    "WEBSERVER_PROCESS",
+    "Proxy",
+    "WebServer",
+    "WebSite",
+]
 
 WEBSERVER_PROCESS = "webserver"
 PROXY_PROCESS = "proxy"
 PROXYSERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxyserver.py")
+STATICSERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "staticserver.py")
 READY_TIMEOUT = 5.0  # how long a started server has to accept connections
 DEFAULT_DOCUMENT_ROOT = "www"
 
@@ -127,7 +138,7 @@ def page(node: str, title: str) -> str:
 
 
 class WebServer(Lifecycle):
-    """Serves the files of one document root over HTTP (Python's http.server)."""
+    """Serves the files of one document root over HTTP (`staticserver.py`)."""
 
     label = "Web server"
 
@@ -137,7 +148,7 @@ class WebServer(Lifecycle):
         label = "Not installed"
 
     class Installed(State):
-        """The server program is there: Python's own http.server, nothing to install."""
+        """The server program is there: it ships with symphonyd, nothing to install."""
 
         label = "Installed"
 
@@ -158,12 +169,11 @@ class WebServer(Lifecycle):
             requires=[
                 Require(
                     [
-                        Str(
+                        Path(
                             "path",
                             default=DEFAULT_DOCUMENT_ROOT,
-                            min_length=1,
-                            help="a directory; a relative path is under the web server's "
-                            "work directory",
+                            help="a directory inside the web server's work directory "
+                            "(relative; no '..')",
                         )
                     ]
                 )
@@ -223,9 +233,16 @@ class WebServer(Lifecycle):
             if not isinstance(root, str):
                 root = context.path(DEFAULT_DOCUMENT_ROOT)
                 context.data["document_root"] = root
+            if not is_inside(context.work_dir, root):  # recorded by a version without checks
+                raise Conflict(
+                    f"the document root {root} is outside the web server's work directory "
+                    f"{context.work_dir}: create a document root again"
+                )
             make_directory(root, "the document root")
-            argv = [sys.executable, "-I", "-m", "http.server", str(port)]
-            argv += ["--bind", context.address, "--directory", root]
+            if not os.path.isfile(STATICSERVER):
+                raise DriverError(f"the web server program {STATICSERVER} is missing")
+            argv = [sys.executable, "-I", STATICSERVER, "--bind", context.address]
+            argv += ["--port", str(port), "--directory", root]
             context.supervisor.ensure(WEBSERVER_PROCESS, argv)
             wait_listening(context, WEBSERVER_PROCESS, port)
             url = url_of(context.address, port)
@@ -260,7 +277,7 @@ class WebSite(Lifecycle):
             requires=[
                 RequireLocal(
                     "//WebServer//create_document_root",
-                    provide_args=[Str("path", default="www/website", min_length=1)],
+                    provide_args=[Path("path", default="www/website")],
                     provide_ret=[Str("document_root")],
                     help="the local web server makes the directory the site lives in",
                 ),
@@ -274,6 +291,7 @@ class WebSite(Lifecycle):
         )
         def enter(self, path: str, document_root: str, title: str) -> None:
             """Write index.html (the title and the node's name) into the document root."""
+            self.context.check_inside_node(document_root, "the document root")
             make_directory(document_root, "the document root")
             index = os.path.join(document_root, "index.html")
             write_atomically(index, page(self.context.node, title))
@@ -285,7 +303,9 @@ class WebSite(Lifecycle):
             """Remove the page."""
             root = self.context.data.pop("document_root", None)
             self.context.data.pop("title", None)
-            if isinstance(root, str):
+            if isinstance(root, str) and not is_inside(self.context.lifecycles_dir, root):
+                self.context.log.warning("not removing a page outside the work dirs: %s", root)
+            elif isinstance(root, str):
                 try:
                     os.unlink(os.path.join(root, "index.html"))
                 except FileNotFoundError:

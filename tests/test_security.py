@@ -1,0 +1,149 @@
+"""Security findings of issue 14, each reproduced as the probe did it and shown closed.
+
+Confined lifecycle paths: a lifecycle variable given by a user never reaches a file outside
+the lifecycle's work directory, and the built-in web server never serves a file outside its
+document root (a real node, its real API, a real HTTP fetch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from symphonyd.errors import Invalid, SymphonyError
+from symphonyd.lifecycle.context import confined_path
+from symphonyd.lifecycle.variables import Path as PathVariable
+from tests.nodes import NodeProcess, NodeSet, free_port, wait_until
+
+CALL = "/v1/nodes/n1/lifecycles/provides/WebServer%2F%2Fcreate_document_root/call"
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def refused_call(node: NodeProcess, path: str) -> SymphonyError:
+    with pytest.raises(SymphonyError) as caught:
+        node.client().request("POST", CALL, body={"values": {"path": path}})
+    return caught.value
+
+
+# -- the rule, without a node ----------------------------------------------------------------
+
+
+def test_confined_path_refuses_what_leaves_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "inner").mkdir()
+    os.symlink(tmp_path, root / "out")  # a link leading out
+    os.symlink(root / "inner", root / "in")  # a link staying inside
+    assert confined_path(str(root), "www/site") == str(root / "www" / "site")
+    assert confined_path(str(root), "in/x") == str(root / "in" / "x")
+    assert confined_path(str(root), "./a//b/") == str(root / "a" / "b")
+    for bad in ("/etc", "../x", "a/../../x", "..", "out", "out/secret", "", "a\x00b"):
+        with pytest.raises(Invalid):
+            confined_path(str(root), bad)
+
+
+def test_path_variable_refuses_absolute_and_climbing_values() -> None:
+    variable = PathVariable("path", default="www")
+    assert variable.parse("www/site") == "www/site"
+    for bad in ("/etc", "../../x", "a/../b", "", "x" * 5000):
+        with pytest.raises(Invalid) as caught:
+            variable.parse(bad)
+        assert "path" in caught.value.details["fields"]
+    with pytest.raises(Invalid):
+        variable.parse(["not", "text"])
+
+
+# -- the finding, on a real node ---------------------------------------------------------
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_lifecycle_path_cannot_serve_the_hosts_files(nodeset: NodeSet) -> None:
+    """Finding 1: create_document_root with `../../..<data-dir>` or `/etc` made the web
+    server serve the cluster secret, the TLS key and /etc/shadow without authentication."""
+    (n1,) = nodeset.form(1)
+    port = free_port()
+    up = n1.cli("lifecycle", "goto", "WebServer", "Active", "--set", f"port={port}")
+    assert up.returncode == 0, up.stderr
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: status_of(base + "/") == 200, 10, "the web server answers")
+
+    climb = "../" * 12 + str(n1.data_dir).lstrip("/")
+    for path in (climb, str(n1.data_dir), "/etc", "www/../../.."):
+        error = refused_call(n1, path)
+        assert error.http_status == 400, (path, error)
+        assert "path" in error.message
+    for leaked in ("/secret", "/tls/key.pem", "/shadow", "/identity.json"):
+        assert status_of(base + leaked) == 404, leaked
+
+    # a symlink placed inside the document root that points out is not followed either
+    root = Path(n1.data_dir) / "lifecycle-work" / "WebServer" / "www"
+    assert root.is_dir()
+    os.symlink(n1.data_dir, root / "data")
+    os.symlink(Path(n1.data_dir) / "secret", root / "secret.txt")
+    (root / "page.txt").write_text("inside")
+    assert status_of(base + "/data/secret") == 404
+    assert status_of(base + "/secret.txt") == 404
+    assert status_of(base + "/page.txt") == 200  # the root itself is still served
+
+    # a confined path is still accepted, and served after the restart it causes
+    made = n1.cli(
+        "lifecycle", "call", "WebServer//create_document_root", "--set", "path=www/other", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    other = json.loads(made.stdout)["result"]["document_root"]
+    assert other == str(root.parent / "www" / "other")
+    Path(other, "hello.txt").write_text("hello")
+    wait_until(lambda: status_of(base + "/hello.txt") == 200, 10, "the new root is served")
+    down = n1.cli("lifecycle", "goto", "WebServer", "NotInstalled")
+    assert down.returncode == 0, down.stderr
+
+
+def test_paths_handed_over_or_recorded_outside_are_refused(tmp_path: Path) -> None:
+    """A document root recorded by an older version, or handed to WebSite, that lies
+    outside the node's lifecycle work dirs is neither served nor written to."""
+    from symphonyd.lifecycle.builtin.web import WebServer, WebSite
+    from symphonyd.lifecycle.context import NodeContext
+    from symphonyd.lifecycle.supervisor import Supervisor
+
+    supervisor = Supervisor(tmp_path / "run")
+    try:
+        work = tmp_path / "lifecycle-work"
+        (work / "WebServer").mkdir(parents=True)
+        (work / "WebSite").mkdir()
+        server = NodeContext("n1", "127.0.0.1", str(work / "WebServer"), supervisor)
+        server.data.update(port=free_port(), document_root="/etc")
+        active = WebServer.get_state("Active")()
+        active.context = server
+        with pytest.raises(SymphonyError, match="outside the web server's work directory"):
+            active.ensure()
+        assert supervisor.status("webserver")["running"] is False
+
+        site = NodeContext("n1", "127.0.0.1", str(work / "WebSite"), supervisor)
+        templated = WebSite.get_state("Templated")()
+        templated.context = site
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        with pytest.raises(Invalid, match="outside this node's lifecycle work directories"):
+            templated.get_provide("enter").func(
+                templated, path="www", document_root=str(outside), title="t"
+            )
+        assert list(outside.iterdir()) == []
+        (outside / "index.html").write_text("not ours")
+        site.data["document_root"] = str(outside)
+        templated.leave()  # an old record pointing out: the file there is left alone
+        assert (outside / "index.html").read_text() == "not ours"
+    finally:
+        supervisor.close()
