@@ -29,8 +29,10 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd import __version__, metrics, systemd
-from symphonyd.block.agent import BlockService
+from symphonyd import __version__, metrics, scheduler, systemd
+from symphonyd.block.agent import VolumeAgent
+from symphonyd.block.lvm_agent import LvmAgent
+from symphonyd.block.service import BlockService
 from symphonyd.client import NodeClient
 from symphonyd.config import Settings
 from symphonyd.durable import write_file_durably
@@ -45,6 +47,7 @@ from symphonyd.errors import (
 from symphonyd.image import copier
 from symphonyd.image.files import ImageFiles
 from symphonyd.image.service import ImageService
+from symphonyd.leader import LeaderLoops
 from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType
@@ -80,6 +83,7 @@ class Daemon:
         self.images: ImageService | None = None
         self.block: BlockService | None = None
         self.lifecycles: LifecycleService | None = None
+        self.leader_loops: LeaderLoops | None = None
         self.secret: str | None = None
         self.fingerprint: str | None = None
         self.started_at = time.time()
@@ -216,7 +220,13 @@ class Daemon:
             self.settings.data_dir,
             defaults=self.settings.block,
         )
-        self._start_task(self.block.run_agent())
+        cluster, name = self.cluster, self.settings.name
+        self._start_task(self.block.run_health())
+        self._start_task(VolumeAgent(cluster, name, self.block.drivers, self.images).run())
+        self._start_task(LvmAgent(cluster, name, self.block.lvm).run())
+        self.leader_loops = LeaderLoops(cluster)
+        self.leader_loops.add("placement", lambda: scheduler.place_volumes(cluster, name))
+        self.leader_loops.start()
         self.lifecycles = LifecycleService(
             self.cluster,
             self.settings.name,
@@ -254,9 +264,14 @@ class Daemon:
             ) from exc
 
     async def _stop_raft(self) -> None:
-        for task in self._tasks:
+        if self.leader_loops is not None:
+            await self.leader_loops.close()
+            self.leader_loops = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        self._tasks = []
+        if tasks:  # agents wait for their blocking calls (a copy stops at its next chunk)
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
         site, self._tcp_site = self._tcp_site, None
         if site is not None and self._runner is not None and site in self._runner.sites:
             await site.stop()

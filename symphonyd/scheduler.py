@@ -2,8 +2,8 @@
 
 The API handler checks that a placement exists (so a request that cannot be served is
 refused before anything is written) and records the volume unplaced; the leader alone
-places it (`schedule`, run by the leader's block agent), so two volumes created at once
-on two nodes never both count on the same free space. A candidate is a healthy block
+places it (`place_volumes`, a leader-only loop, see `leader.py`), so two volumes created
+at once on two nodes never both count on the same free space. A candidate is a healthy block
 service on a node this node is connected to, with the asked pool and node if any, whose
 free space minus what its pending volumes will take holds the volume; among them, one on
 a node that already holds the image wins, then the one with the most room.
@@ -138,6 +138,22 @@ async def schedule(cluster: Cluster, self_name: str, first_tried: dict[str, floa
             extra={"resource": volume["id"]},
         )
     return waiting
+
+
+async def place_volumes(cluster: Cluster, self_name: str) -> None:
+    """The leader's placement loop: place what waits, after every change of the tables a
+    placement depends on (and every second while a volume waits for a place)."""
+    first_tried: dict[str, float] = {}
+    while True:
+        seen = cluster.store.revision
+        try:
+            waiting = await schedule(cluster, self_name, first_tried)
+        except (SymphonyError, OSError) as exc:
+            log.warning("placement: %s", exc)
+            waiting = True
+        await cluster.wait_for_tables(
+            {"volumes", "services", "nodes", "images"}, seen, 1.0 if waiting else 30.0
+        )
 
 
 async def _fail(cluster: Cluster, volume_id: str, message: str) -> None:

@@ -5,7 +5,9 @@ deletion, bad input, and a node that was down catching up by itself."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +100,60 @@ def test_volumes_end_to_end(nodeset: NodeSet, tmp_path: Path) -> None:
     )
     assert pool_files(n2) == [f"{pending['id']}.raw"]
     assert n1.cli("image", "rm", "base").returncode == 0  # no volume uses it any more
+
+
+def test_volumes_progress_side_by_side_on_one_node(nodeset: NodeSet, tmp_path: Path) -> None:
+    """While one volume is being made from an image (its fetch held up: the only holder is
+    stopped with SIGSTOP), a new empty volume, a resize and a delete on the same node
+    complete: one worker per volume, not one queue per node."""
+    members = nodeset.form(3)
+    leader = nodeset.leader()
+    # n1 (a follower) holds the image and is stopped; the leader and n2 keep the quorum,
+    # so no write is left in flight by the stop
+    n1, n2 = [node for node in members if node is not leader]
+    run_json(n2, "service", "new")
+    assert n2.cli("config", "set", "images.min_replicas", "1").returncode == 0
+    image_file = tmp_path / "big.raw"
+    image_file.write_bytes(random.Random(7).randbytes(16 * MiB) * 16)  # 256 MiB
+    run_json(n1, "image", "new", "big", "big", str(image_file))
+    old = run_json(n2, "volume", "create", "old", "--size", "8M")
+    assert (old["status"], old["node"]) == ("ready", n2.name)
+
+    big = run_json(n2, "volume", "create", "big", "--size", "512M", "--image", "big", "--no-wait")
+    assert nodeset.leader() is leader
+    assert n1.proc is not None
+    os.kill(n1.proc.pid, signal.SIGSTOP)
+    try:
+        # each of these waits for its outcome, on the node whose agent holds the fetch
+        assert run_json(n2, "volume", "create", "empty", "--size", "8M")["status"] == "ready"
+        assert run_json(n2, "volume", "resize", "old", "--size", "16M")["actual_size"] == 16 * MiB
+        assert n2.cli("volume", "rm", "old").returncode == 0
+        during = volume(n2, "big")
+        assert during["status"] == "creating", during  # its fetch waits: nothing waited on it
+        names = [v["name"] for v in n2.client().request("GET", "/v1/volumes")["volumes"]]
+        assert sorted(names) == ["big", "empty"]
+    finally:
+        os.kill(n1.proc.pid, signal.SIGCONT)
+
+    wait_until(lambda: volume(n2, "big")["status"] == "ready", 120, "the big volume", 0.2)
+    assert volume(n2, "big")["actual_size"] == 512 * MiB
+    assert pool_files(n2) == sorted([f"{big['id']}.raw", f"{volume(n2, 'empty')['id']}.raw"])
+
+
+def test_a_name_retried_after_a_failed_import_resolves_to_the_live_image(
+    nodeset: NodeSet, tmp_path: Path
+) -> None:
+    """A failed record under a name does not make the name ambiguous for `image show` or
+    `volume create --image` once one live image has it."""
+    (n1,) = nodeset.form(1)
+    run_json(n1, "service", "new")
+    image_file = tmp_path / "img.raw"
+    image_file.write_bytes(random.Random(3).randbytes(MiB))
+    wrong = n1.cli("image", "new", "d", "retried", str(image_file), "--sha256", "0" * 64)
+    assert wrong.returncode == 1 and "checksum mismatch" in wrong.stderr, wrong.stderr
+    made = run_json(n1, "image", "new", "d", "retried", str(image_file))
+    images = n1.client().request("GET", "/v1/images")["images"]
+    assert sorted(i["status"] for i in images if i["name"] == "retried") == ["failed", "ready"]
+    assert run_json(n1, "image", "show", "retried")["id"] == made["id"]
+    created = run_json(n1, "volume", "create", "from-it", "--size", "8M", "--image", "retried")
+    assert (created["status"], created["image_id"]) == ("ready", made["id"])

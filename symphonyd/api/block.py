@@ -9,7 +9,7 @@ from aiohttp import web
 
 from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
-from symphonyd.block.agent import BlockService
+from symphonyd.block.service import BlockService
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.state import lvm, services

@@ -1,5 +1,5 @@
 """Physical volumes, volume groups and logical volumes of `lvm` block services: the API
-verbs (`block pv|vg|lv ...`) and the part of the block agent that converges them.
+verbs (`block pv|vg|lv ...`) and the agent that makes them true (`LvmAgent`).
 
 As for volumes, handlers only validate and record (`pending`, `deleting`); the agent of
 the node that owns the service claims the record (`pending` -> `creating`), runs lvm2 and
@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from symphonyd.block.lvm import LvmHost, check_device_path
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.reconcile import Action, GiveUp, Reconciler, claim, patch, run_blocking
 from symphonyd.security import new_id, now_rfc3339
 from symphonyd.state import lvm, services
+from symphonyd.state.lookup import resolve_one
 from symphonyd.validation import check_name
 
 log = logging.getLogger("symphonyd.block.lvm")
-
-KINDS = {
-    lvm.PVS: ("physical volume", EntryType.PV_UPDATE, EntryType.PV_DELETE),
-    lvm.VGS: ("volume group", EntryType.VG_UPDATE, EntryType.VG_DELETE),
-}
 
 
 class LvmResources:
@@ -45,12 +44,7 @@ class LvmResources:
     def resolve(self, table: str, ref: str) -> dict[str, Any]:
         with self.cluster.store.lock:
             found = lvm.find(self.cluster.store, table, ref)
-        what = KINDS[table][0]
-        if not found:
-            raise NotFound(f"no {what} {ref!r}")
-        if len(found) > 1:
-            raise Conflict(f"{ref!r} matches several {what}s; use the id")
-        return dict(found[0])
+        return dict(resolve_one(found, ref, KINDS[table].what))
 
     def _lvm_service(self, ref: str) -> dict[str, Any]:
         with self.cluster.store.lock:
@@ -122,7 +116,8 @@ class LvmResources:
 
     async def remove(self, table: str, ref: str) -> dict[str, Any]:
         record = self.resolve(table, ref)
-        what, update, delete = KINDS[table]
+        kind = KINDS[table]
+        what, update, delete = kind.what, kind.update, kind.delete
         if record["status"] in ("pending", "failed"):
             await self.cluster.propose_ok(Entry(delete, {"id": record["id"]}))
             return {"deleted": record["id"]}
@@ -142,97 +137,23 @@ class LvmResources:
         log.info("%s %s marked for removal", what, record["id"], extra={"resource": record["id"]})
         return self.resolve(table, record["id"])
 
-    # -- the agent ----------------------------------------------------------------------------
+    # -- sizes ------------------------------------------------------------------------------
 
-    async def _set(
-        self, table: str, record_id: str, expect: str | None = None, **fields: Any
-    ) -> None:
-        fields["updated_at"] = now_rfc3339()
-        body: dict[str, Any] = {"id": record_id, "fields": fields}
-        if expect is not None:
-            body["expect_status"] = expect
-        await self.cluster.propose_ok(Entry(KINDS[table][1], body), idempotent=expect is None)
-
-    def _mine(self, my_services: dict[str, dict[str, Any]]) -> list[tuple[str, Any, LvmHost]]:
+    def mine(self, my_services: Mapping[str, dict[str, Any]]) -> list[tuple[str, Any, LvmHost]]:
         """(table, record, host LVM) of this node's physical volumes and groups."""
         found = []
         for table in (lvm.PVS, lvm.VGS):
             for record in self.records(table):
                 service = my_services.get(record["service_id"])
                 if record["node"] == self.node and service and service["driver"] == "lvm":
-                    metadata_only = bool(service["options"].get("metadata_only"))
-                    found.append((table, record, LvmHost(metadata_only)))
+                    found.append((table, record, host_of(service)))
         return found
-
-    async def converge(self, my_services: dict[str, dict[str, Any]]) -> None:
-        """Do what this node's physical volume and volume group records ask for."""
-        for table, record, host in self._mine(my_services):
-            if record["status"] in ("ready", "failed"):
-                continue
-            try:
-                await self._converge_one(table, record, host)
-            except SymphonyError as exc:
-                log.warning("%s %s: %s", KINDS[table][0], record["id"], exc.message)
 
     async def refresh(self, my_services: dict[str, dict[str, Any]]) -> None:
         """Keep the sizes of ready records current (with the services' health reports)."""
-        for table, record, host in self._mine(my_services):
+        for table, record, host in self.mine(my_services):
             if record["status"] == "ready":
                 await self._refresh(table, record, host)
-
-    async def _converge_one(self, table: str, record: dict[str, Any], host: LvmHost) -> None:
-        rid, status = record["id"], record["status"]
-        if status == "deleting":
-            try:
-                if table == lvm.PVS:
-                    await asyncio.to_thread(host.remove_pv, record["device"])
-                else:
-                    await asyncio.to_thread(host.remove_vg, record["name"])
-            except SymphonyError as exc:
-                await self._set(
-                    table, rid, status="ready", status_message=f"not removed: {exc.message}"
-                )
-                return
-            await self.cluster.propose_ok(Entry(KINDS[table][2], {"id": rid}), idempotent=True)
-            log.info("%s %s removed", KINDS[table][0], rid, extra={"resource": rid})
-            return
-        if status == "pending":
-            try:
-                await self._set(table, rid, expect="pending", status="creating")
-            except Conflict:
-                return
-        elif status != "creating":
-            return
-        try:
-            if table == lvm.PVS:
-                made = await asyncio.to_thread(self._make_pv, host, record["device"])
-                fields = {"size": made.size, "free": made.free}
-            else:
-                group = await asyncio.to_thread(self._make_vg, host, record)
-                fields = {"size": group.size, "free": group.free}
-        except SymphonyError as exc:
-            await self._set(table, rid, status="failed", status_message=exc.message)
-            log.warning("%s %s failed: %s", KINDS[table][0], rid, exc.message)
-            return
-        await self._set(table, rid, status="ready", status_message="", **fields)
-
-    def _make_pv(self, host: LvmHost, device: str) -> Any:
-        existing = host.physical_volumes().get(device)  # interrupted after pvcreate?
-        return existing if existing is not None and not existing.vg else host.create_pv(device)
-
-    def _make_vg(self, host: LvmHost, record: dict[str, Any]) -> Any:
-        with self.cluster.store.lock:
-            devices = [
-                p["device"]
-                for p in lvm.all_records(self.cluster.store, lvm.PVS)
-                if p["id"] in record["pv_ids"]
-            ]
-        existing = host.volume_groups().get(record["name"])
-        if existing is not None:  # interrupted after vgcreate: ours if it has our devices
-            pvs = host.physical_volumes()
-            if devices and all(d in pvs and pvs[d].vg == record["name"] for d in devices):
-                return existing
-        return host.create_vg(record["name"], devices)
 
     async def _refresh(self, table: str, record: dict[str, Any], host: LvmHost) -> None:
         """Keep sizes current (they change as logical volumes come and go)."""
@@ -241,12 +162,155 @@ class LvmResources:
             found = (await asyncio.to_thread(host.physical_volumes)).get(record["device"])
         else:
             found = (await asyncio.to_thread(host.volume_groups)).get(record["name"])
+        update = KINDS[table].update
         if found is None:
             message = "gone from the host: lvm2 no longer lists it"
             if record["status_message"] != message:
-                await self._set(table, record["id"], status_message=message)
+                await patch(self.cluster, update, record["id"], status_message=message)
             return
         if (found.size, found.free) != (record["size"], record["free"]):
-            await self._set(
-                table, record["id"], size=found.size, free=found.free, status_message=""
+            await patch(
+                self.cluster,
+                update,
+                record["id"],
+                size=found.size,
+                free=found.free,
+                status_message="",
             )
+
+
+def host_of(service: Mapping[str, Any]) -> LvmHost:
+    return LvmHost(bool(service["options"].get("metadata_only")))
+
+
+def decide_lvm(record: Mapping[str, Any]) -> list[Action]:
+    """What is left to do for one physical volume or volume group record."""
+    status = record["status"]
+    if status == "deleting":
+        return [Action("remove")]
+    if status == "pending":
+        return [Action("claim"), Action("make")]
+    if status == "creating":  # no worker has it: interrupted; finished or done again
+        return [Action("make")]
+    return []
+
+
+@dataclass(frozen=True)
+class OwnedLvm:
+    table: str  # lvm.PVS or lvm.VGS
+    record: dict[str, Any]
+    host: LvmHost
+
+
+class LvmAgent(Reconciler[OwnedLvm]):
+    """Makes this node's physical volume and volume group records true with lvm2."""
+
+    name = "lvm"
+    tables = frozenset({"pvs", "vgs", "services"})
+    concurrency = 1  # lvm2 takes a global lock: one command at a time anyway
+
+    def __init__(self, cluster: Cluster, node: str, resources: LvmResources) -> None:
+        super().__init__(cluster)
+        self.node = node
+        self.resources = resources
+
+    def wanted(self) -> dict[str, OwnedLvm]:
+        with self.cluster.store.lock:
+            my_services = {
+                s["id"]: dict(s)
+                for s in services.all_services(self.cluster.store)
+                if s["node"] == self.node
+            }
+        return {
+            f"{table}/{record['id']}": OwnedLvm(table, record, host)
+            for table, record, host in self.resources.mine(my_services)
+        }
+
+    def decide(self, record: OwnedLvm, observed: Any) -> list[Action]:
+        return decide_lvm(record.record)
+
+    async def act(self, record: OwnedLvm, action: Action) -> None:
+        kind, rid = KINDS[record.table], record.record["id"]
+        if action.verb == "claim":
+            if not await claim(self.cluster, kind.update, rid):
+                raise Conflict(f"{kind.what} {rid} was claimed or changed meanwhile")
+        elif action.verb == "remove":
+            try:
+                await run_blocking(kind.remove, record.host, record.record)
+            except SymphonyError as exc:
+                await patch(
+                    self.cluster,
+                    kind.update,
+                    rid,
+                    status="ready",
+                    status_message=f"not removed: {exc.message}",
+                )
+                return
+            await self.cluster.propose_ok(Entry(kind.delete, {"id": rid}), idempotent=True)
+            log.info("%s %s removed", kind.what, rid, extra={"resource": rid})
+        elif action.verb == "make":
+            try:
+                made = await run_blocking(kind.make, self.resources, record.host, record.record)
+            except SymphonyError as exc:
+                raise GiveUp(exc.message) from None
+            await patch(
+                self.cluster,
+                kind.update,
+                rid,
+                status="ready",
+                status_message="",
+                size=made.size,
+                free=made.free,
+            )
+        else:
+            raise GiveUp(f"unknown action {action}")
+
+    async def give_up(self, record: OwnedLvm, reason: str) -> None:
+        kind, rid = KINDS[record.table], record.record["id"]
+        await patch(self.cluster, kind.update, rid, status="failed", status_message=reason)
+        log.warning("%s %s failed: %s", kind.what, rid, reason)
+
+
+def _make_pv(resources: LvmResources, host: LvmHost, record: Mapping[str, Any]) -> Any:
+    device = record["device"]
+    existing = host.physical_volumes().get(device)  # interrupted after pvcreate?
+    return existing if existing is not None and not existing.vg else host.create_pv(device)
+
+
+def _make_vg(resources: LvmResources, host: LvmHost, record: Mapping[str, Any]) -> Any:
+    devices = [p["device"] for p in resources.records(lvm.PVS) if p["id"] in record["pv_ids"]]
+    existing = host.volume_groups().get(record["name"])
+    if existing is not None:  # interrupted after vgcreate: ours if it has our devices
+        pvs = host.physical_volumes()
+        if devices and all(d in pvs and pvs[d].vg == record["name"] for d in devices):
+            return existing
+    return host.create_vg(record["name"], devices)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between physical volumes and volume groups."""
+
+    what: str
+    update: EntryType
+    delete: EntryType
+    make: Callable[[LvmResources, LvmHost, Mapping[str, Any]], Any]
+    remove: Callable[[LvmHost, Mapping[str, Any]], None]
+
+
+KINDS = {
+    lvm.PVS: Kind(
+        "physical volume",
+        EntryType.PV_UPDATE,
+        EntryType.PV_DELETE,
+        _make_pv,
+        lambda host, record: host.remove_pv(record["device"]),
+    ),
+    lvm.VGS: Kind(
+        "volume group",
+        EntryType.VG_UPDATE,
+        EntryType.VG_DELETE,
+        _make_vg,
+        lambda host, record: host.remove_vg(record["name"]),
+    ),
+}

@@ -23,15 +23,17 @@ from typing import Any
 
 from symphonyd import metrics
 from symphonyd.client import NodeClient, TransferInterrupted, download
-from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
+from symphonyd.errors import Conflict, Invalid, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
 from symphonyd.image.copier import CopyError, CopyResult, StreamCopier
 from symphonyd.image.files import HEX64, ImageFiles
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.reconcile import run_blocking
 from symphonyd.security import new_id, now_rfc3339
 from symphonyd.state import cluster as cluster_table
 from symphonyd.state import images, nodes
+from symphonyd.state.lookup import resolve_one
 
 log = logging.getLogger("symphonyd.image")
 
@@ -84,13 +86,7 @@ class ImageService:
 
     def resolve(self, ref: str) -> dict[str, Any]:
         with self.cluster.store.lock:
-            found = images.find(self.cluster.store, ref)
-        if not found:
-            raise NotFound(f"no image {ref!r}")
-        if len(found) > 1:
-            ids = ", ".join(r["id"][:12] for r in found)
-            raise Conflict(f"{ref!r} matches several images ({ids}); use the id")
-        return dict(found[0])
+            return dict(resolve_one(images.find(self.cluster.store, ref), ref, "image"))
 
     def records(self) -> list[dict[str, Any]]:
         with self.cluster.store.lock:
@@ -184,7 +180,7 @@ class ImageService:
         dst = -1
         try:
             dst = self.files.open_temp(image_id)
-            result = await _in_thread(
+            result = await run_blocking(
                 copier.copy_and_hash, src, dst, reporter.threadsafe, on_cancel=reporter.cancel
             )
             await self._finish(image_id, dst, result, expected)
@@ -226,14 +222,14 @@ class ImageService:
                 batch += chunk
                 received += len(chunk)
                 if len(batch) >= WRITE_BATCH:
-                    await _in_thread(stream.write, bytes(batch))
+                    await run_blocking(stream.write, bytes(batch))
                     batch.clear()
                     reporter.report(received)
             if batch:
-                await _in_thread(stream.write, bytes(batch))
+                await run_blocking(stream.write, bytes(batch))
             if length is not None and received != length:
                 raise Invalid(f"upload interrupted: {received} of {length} bytes arrived")
-            result = await _in_thread(stream.finish)
+            result = await run_blocking(stream.finish)
             return await self._finish(image_id, dst, result, expected)
         except BaseException as exc:
             await self._fail(image_id, exc)
@@ -253,12 +249,12 @@ class ImageService:
             raise _Discard(
                 f"checksum mismatch: expected {expected}, got {result.sha256}; nothing was kept"
             )
-        found = await _in_thread(formats.detect, fd, result.size)
+        found = await run_blocking(formats.detect, fd, result.size)
         note = "" if found.recognised else "not a recognised disk image format: accepted as raw"
         self.publishing.add(result.sha256)
         try:
             async with self.files_lock:
-                await _in_thread(self.files.publish, image_id, fd, result.sha256)
+                await run_blocking(self.files.publish, image_id, fd, result.sha256)
             record = await self._update(
                 image_id,
                 status="ready",
@@ -414,7 +410,7 @@ class ImageService:
             received, failures = 0, []
 
             async def write(chunk: bytes) -> None:
-                await _in_thread(stream.write, chunk)
+                await run_blocking(stream.write, chunk)
                 self.fetched_bytes[image_id] = self.fetched_bytes.get(image_id, 0) + len(chunk)
 
             for attempt in range(FETCH_ATTEMPTS):
@@ -434,7 +430,7 @@ class ImageService:
                 await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
             else:
                 raise Unavailable(f"could not fetch image {image_id}: " + "; ".join(failures))
-            result = await _in_thread(stream.finish)
+            result = await run_blocking(stream.finish)
             if result.sha256 != fingerprint or result.size != record["size"]:
                 raise Unavailable(
                     f"fetched copy of image {image_id} does not match its checksum "
@@ -443,7 +439,7 @@ class ImageService:
             self.publishing.add(fingerprint)
             try:
                 async with self.files_lock:
-                    await _in_thread(self.files.publish, image_id, dst, fingerprint)
+                    await run_blocking(self.files.publish, image_id, dst, fingerprint)
                 await self._add_holder(image_id)
             finally:
                 self.publishing.discard(fingerprint)
@@ -499,11 +495,11 @@ class ImageService:
                     )
                     await self._remove_holder(record["id"])
                 continue
-            intact = await _in_thread(self.files.verify, fingerprint)
+            intact = await run_blocking(self.files.verify, fingerprint)
             checked.append({"id": record["id"], "fingerprint": fingerprint, "intact": intact})
             if not intact:
                 log.error("image %s: local copy is corrupted; removing it", record["id"])
-                await _in_thread(self.files.remove, fingerprint)
+                await run_blocking(self.files.remove, fingerprint)
                 for image in self.records():
                     if image.get("fingerprint") == fingerprint and self.node in image["holders"]:
                         await self._remove_holder(image["id"])
@@ -546,23 +542,6 @@ class ImageService:
 
 
 FETCH_ATTEMPTS = 6
-
-
-async def _in_thread(
-    fn: Callable[..., Any], *args: Any, on_cancel: Callable[[], None] | None = None
-) -> Any:
-    """Run blocking `fn` in a thread. If the caller is cancelled, ask the work to stop
-    (`on_cancel`) and wait for the thread before re-raising: the caller's `finally` must
-    never close descriptors a thread still reads or writes (their numbers get reused)."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        if on_cancel is not None:
-            on_cancel()
-        with contextlib.suppress(BaseException):
-            await future
-        raise
 
 
 async def _counted(step: Callable[[], Awaitable[Any]]) -> bool:

@@ -44,6 +44,7 @@ from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import new_id, now_rfc3339, seal, unseal
 from symphonyd.state import cluster as cluster_config
 from symphonyd.state import lifecycles, nodes
+from symphonyd.state.lookup import resolve_one
 
 log = logging.getLogger("symphonyd.lifecycle")
 
@@ -473,12 +474,8 @@ class LifecycleService:
 
     def find(self, ref: str) -> dict[str, Any]:
         with self.cluster.store.lock:
-            found = [dict(d) for d in lifecycles.find_deployments(self.cluster.store, ref)]
-        if not found:
-            raise NotFound(f"no deployment {ref!r}")
-        if len(found) > 1:
-            raise Invalid(f"{ref!r} matches {len(found)} deployments: give more of the id")
-        return found[0]
+            found = lifecycles.find_deployments(self.cluster.store, ref)
+            return dict(resolve_one(found, ref, "deployment"))
 
     def require_node(self, node: str) -> None:
         with self.cluster.store.lock:

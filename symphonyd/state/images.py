@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from symphonyd.state import lookup
 from symphonyd.state.store import Record, Store, failure
 
 TABLE = "images"
@@ -25,14 +26,8 @@ def all_images(store: Store) -> list[Record]:
 
 
 def find(store: Store, ref: str) -> list[Record]:
-    """Images matching an id, a unique id prefix, or a name."""
-    record = get(store, ref)
-    if record is not None:
-        return [record]
-    by_name = [r for r in all_images(store) if r["name"] == ref]
-    if by_name:
-        return by_name
-    return [r for r in all_images(store) if r["id"].startswith(ref)] if len(ref) >= 4 else []
+    """Images `ref` may mean (`lookup.matches`: id, name, unique id prefix)."""
+    return lookup.matches(all_images(store), ref, by_id=lambda i: get(store, i))
 
 
 def name_taken(store: Store, name: str, except_id: str | None = None) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from symphonyd.state import lookup
 from symphonyd.state.store import Record, Store, failure
 
 CATALOGS = "lifecycle_catalogs"
@@ -65,10 +66,10 @@ def all_deployments(store: Store) -> list[Record]:
 
 
 def find_deployments(store: Store, ref: str) -> list[Record]:
-    record = deployment(store, ref)
-    if record is not None:
-        return [record]
-    return [r for r in all_deployments(store) if len(ref) >= 4 and r["id"].startswith(ref)]
+    """Deployments `ref` may mean: the id or a unique id prefix (they have no name)."""
+    return lookup.matches(
+        all_deployments(store), ref, key=None, by_id=lambda i: deployment(store, i)
+    )
 
 
 def create_deployment(store: Store, record: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from symphonyd.state import volumes
+from symphonyd.state import lookup, volumes
 from symphonyd.state.store import Record, Store, failure
 
 PVS = "pvs"
@@ -32,15 +32,9 @@ def get(store: Store, table: str, record_id: str) -> Record | None:
 
 def find(store: Store, table: str, ref: str) -> list[Record]:
     """By id, by name (groups) or device (physical volumes), or by unique id prefix."""
-    record = get(store, table, ref)
-    if record is not None:
-        return [record]
     key = "name" if table == VGS else "device"
-    named = [r for r in all_records(store, table) if r[key] == ref]
-    if named:
-        return named
-    return (
-        [r for r in all_records(store, table) if r["id"].startswith(ref)] if len(ref) >= 4 else []
+    return lookup.matches(
+        all_records(store, table), ref, key=key, by_id=lambda i: get(store, table, i)
     )
 
 

@@ -1,7 +1,9 @@
 """The services table: a cloud service enabled on one host (`block` for now), by id.
 
-A record: id, node, type, driver, pool, options, health ({ok, message, checked_at}, kept
-current by the node's agent), capacity ({total, free} bytes), created_at, updated_at.
+A record: id, node, type, driver, pool, options, health ({ok, message, checked_at}: written
+by the owning node only when it changes, `checked_at` being when it was last written),
+capacity ({total, free} bytes; written when the free space moved by more than 1% of the
+total or 64 MiB, whichever is more), created_at, updated_at.
 One service of a type per node.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from symphonyd.state import lookup
 from symphonyd.state.store import Record, Store, failure
 
 TABLE = "volumes"
@@ -26,13 +27,8 @@ def all_volumes(store: Store) -> list[Record]:
 
 
 def find(store: Store, ref: str) -> list[Record]:
-    record = get(store, ref)
-    if record is not None:
-        return [record]
-    by_name = [r for r in all_volumes(store) if r["name"] == ref]
-    if by_name:
-        return by_name
-    return [r for r in all_volumes(store) if r["id"].startswith(ref)] if len(ref) >= 4 else []
+    """Volumes `ref` may mean (`lookup.matches`: id, name, unique id prefix)."""
+    return lookup.matches(all_volumes(store), ref, by_id=lambda i: get(store, i))
 
 
 def using_image(store: Store, image_id: str) -> list[Record]:

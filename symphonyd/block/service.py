@@ -1,0 +1,358 @@
+"""The block service of a node: its request verbs (enable a service, create, resize,
+snapshot and delete volumes), the drivers of its pools, and its health reports.
+
+Handlers only validate and record desired state (`pending`, a larger `size`, a snapshot
+name, `deleting`); the leader places new volumes (`scheduler.py`), and the volume agent of
+the owning node (`block/agent.py`) makes the records true. Nothing here calls a driver to
+change a volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from symphonyd import scheduler
+from symphonyd.block.driver import (
+    BlockDriver,
+    NotSupported,
+    capabilities,
+    check_options,
+    make_driver,
+)
+from symphonyd.block.lvm_agent import LvmResources
+from symphonyd.errors import Conflict, Invalid, SymphonyError
+from symphonyd.image.service import ImageService
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.reconcile import patch
+from symphonyd.security import new_id, now_rfc3339
+from symphonyd.state import lvm, services, volumes
+from symphonyd.state.lookup import resolve_one
+from symphonyd.validation import check_name
+
+log = logging.getLogger("symphonyd.block")
+
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_SIZE = 1 << 50
+HEALTH_EVERY = 10.0
+
+
+def parse_size(value: object) -> int:
+    """'10G', '512M', '1T', a bare number of GiB (as the original CLI), or bytes as int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := SIZE_RE.match(value)):
+        number, unit = float(match.group(1)), match.group(2).upper()
+        if match.group(3) and match.group(3).upper() == "B" and not unit:
+            size = int(number)  # "100B": bytes
+        else:
+            size = int(number * UNITS[unit])
+    else:
+        raise Invalid(f"invalid size {value!r}: use e.g. 512M, 10G, 1T, or a number of GiB")
+    if size <= 0:
+        raise Invalid(f"size must be above zero, not {value!r}")
+    if size > MAX_SIZE:
+        raise Invalid(f"size {value!r} is larger than any pool")
+    return size
+
+
+CAPACITY_SLACK = 0.01  # free space moving less than this share of the total is not written
+CAPACITY_SLACK_MIN = 64 << 20
+
+
+def health_changed(
+    service: dict[str, Any], ok: bool, message: str, capacity: dict[str, int] | None
+) -> bool:
+    """Whether a health check is worth a log entry: the health or message changed, the
+    capacity appeared or went, or the free space moved by more than CAPACITY_SLACK of the
+    total (at least CAPACITY_SLACK_MIN). Free space on a file system shared with the host
+    moves with every write of anything there; writing each move would be a heartbeat."""
+    old_health, old_capacity = service.get("health") or {}, service.get("capacity")
+    if old_health.get("ok") != ok or old_health.get("message") != message:
+        return True
+    if (old_capacity is None) != (capacity is None):
+        return True
+    if capacity is None or old_capacity is None:
+        return False
+    if capacity["total"] != old_capacity.get("total"):
+        return True
+    slack = max(int(capacity["total"] * CAPACITY_SLACK), CAPACITY_SLACK_MIN)
+    return abs(capacity["free"] - int(old_capacity.get("free", 0))) > slack
+
+
+class PoolDrivers:
+    """The drivers of this node's pools, one per (service, pool), made on first use and
+    shared by the verbs, the health reports and the volume agent."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.drivers: dict[tuple[str, str], BlockDriver] = {}
+
+    def get(self, service: dict[str, Any], pool: str | None = None) -> BlockDriver:
+        """The driver of one pool of a service (its own pool unless told otherwise)."""
+        key = (service["id"], pool or service["pool"])
+        driver = self.drivers.get(key)
+        if driver is None:
+            driver = make_driver(
+                service["driver"], key[1], self.data_dir, **service.get("options", {})
+            )
+            self.drivers[key] = driver
+        return driver
+
+
+class BlockService:
+    def __init__(
+        self,
+        cluster: Cluster,
+        images_service: ImageService,
+        node: str,
+        data_dir: str,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.images = images_service
+        self.node = node
+        self.data_dir = data_dir
+        self.defaults = defaults or {}  # the node's `[block]` settings
+        self.drivers = PoolDrivers(data_dir)
+        self.lvm = LvmResources(cluster, node)
+
+    # -- services -------------------------------------------------------------------------
+
+    async def enable(
+        self,
+        kind: str | None,
+        driver: str | None,
+        pool: str | None,
+        options: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Enable a service on this node; what is not given comes from its `[block]`
+        settings (the file driver and pool `default` unless configured)."""
+        kind = kind or "block"
+        if kind != "block":
+            raise Invalid(f"unknown service type {kind!r} (this node offers: block)")
+        driver = driver or str(self.defaults.get("driver", "file"))
+        pool = pool or str(self.defaults.get("pool", "default"))
+        if options is None:
+            options = (
+                dict(self.defaults.get("options", {}))
+                if driver == self.defaults.get("driver", "file")
+                else {}
+            )
+        options = check_options(driver, options)
+        check_name(pool, what="pool name")
+        # Try the driver before anything is recorded: a service that cannot work is refused.
+        health = await asyncio.to_thread(
+            lambda: make_driver(driver, pool, self.data_dir, **options).check()
+        )
+        if not health.ok:
+            raise Invalid(f"the {driver} driver cannot work here: {health.message}")
+        now = now_rfc3339()
+        record: dict[str, Any] = {
+            "id": new_id(),
+            "node": self.node,
+            "type": kind,
+            "driver": driver,
+            "pool": pool,
+            "options": options,
+            "health": None,
+            "capacity": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = await self.cluster.propose_ok(Entry(EntryType.SERVICE_CREATE, {"service": record}))
+        await self.report_health()
+        return dict(result["service"])
+
+    async def report_health(self) -> None:
+        """Check this node's services; write what changed (`health_changed`), nothing else:
+        an idle cluster's log does not grow with heartbeats."""
+        with self.cluster.store.lock:
+            mine = [
+                dict(s) for s in services.all_services(self.cluster.store) if s["node"] == self.node
+            ]
+        for service in mine:
+            driver = self.drivers.get(service)
+            health = await asyncio.to_thread(driver.check)
+            pool = await asyncio.to_thread(driver.pool) if health.ok else None
+            capacity = {"total": pool.total, "free": pool.free} if pool else None
+            if not health_changed(service, health.ok, health.message, capacity):
+                continue
+            fields = {
+                "health": {"ok": health.ok, "message": health.message, "checked_at": now_rfc3339()},
+                "capacity": capacity,
+            }
+            await self.cluster.propose_ok(
+                Entry(EntryType.SERVICE_UPDATE, {"id": service["id"], "fields": fields}),
+                idempotent=True,
+            )
+        await self.lvm.refresh({s["id"]: s for s in mine})
+
+    # -- volumes (API verbs) ----------------------------------------------------------------
+
+    def resolve(self, ref: str, logical: bool = False) -> dict[str, Any]:
+        """A volume by id, name or unique id prefix; with `logical`, only an LV (a volume
+        of an lvm service)."""
+        with self.cluster.store.lock:
+            found = volumes.find(self.cluster.store, ref)
+            if logical:
+                found = [v for v in found if self._on_lvm(v)]
+        return dict(resolve_one(found, ref, "logical volume" if logical else "volume"))
+
+    def _on_lvm(self, volume: Any) -> bool:
+        service = services.get(self.cluster.store, volume["service_id"] or "")
+        return service is not None and service["driver"] == "lvm"
+
+    def records(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [dict(v) for v in volumes.all_volumes(self.cluster.store)]
+
+    def logical_volumes(self) -> list[dict[str, Any]]:
+        with self.cluster.store.lock:
+            return [dict(v) for v in volumes.all_volumes(self.cluster.store) if self._on_lvm(v)]
+
+    async def create(
+        self, name: object, size: object, image_ref: str | None, node: str | None, pool: str | None
+    ) -> dict[str, Any]:
+        name_text = check_name(name, what="volume name")
+        size_bytes = parse_size(size)
+        image = self.images.resolve(image_ref) if image_ref else None
+        if image is not None and image["status"] != "ready":
+            raise Conflict(f"image {image['id']} is {image['status']}, not ready")
+        if image is not None and (image.get("virtual_size") or 0) > size_bytes:
+            raise Invalid(
+                f"the image needs {image['virtual_size']} bytes; the volume has {size_bytes}"
+            )
+        self.cluster.require_schema(EntryType.VOLUME_PLACE)
+        reachable = scheduler.reachable_nodes(self.cluster, self.node)
+        with self.cluster.store.lock:  # refuse now what the scheduler could not place
+            scheduler.choose(
+                self.cluster.store,
+                reachable,
+                size_bytes,
+                image["id"] if image else None,
+                node,
+                pool,
+            )
+        record = self._new_volume(name_text, size_bytes, image["id"] if image else None)
+        record["placement"] = {"node": node, "pool": pool}
+        result = await self.cluster.propose_ok(Entry(EntryType.VOLUME_CREATE, {"volume": record}))
+        return dict(result["volume"])
+
+    def _new_volume(self, name: str, size: int, image_id: str | None) -> dict[str, Any]:
+        now = now_rfc3339()
+        return {
+            "id": new_id(),
+            "name": name,
+            "node": None,
+            "placement": None,
+            "service_id": None,
+            "pool": None,
+            "size": size,
+            "image_id": image_id,
+            "overlay": False,
+            "status": "pending",
+            "status_message": "",
+            "format": None,
+            "allocated": None,
+            "actual_size": None,
+            "snapshots": [],
+            "snapshots_done": [],
+            "progress": None,  # while creating: {stage, done, total} of the image work
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async def create_lv(self, size: object, vg_ref: str, name: object) -> dict[str, Any]:
+        """A logical volume in a given volume group: a volume placed there by the user."""
+        size_bytes = parse_size(size)
+        group = self.lvm.resolve(lvm.VGS, vg_ref)
+        if group["status"] != "ready":
+            raise Conflict(f"volume group {group['name']} is {group['status']}, not ready")
+        if group["free"] is not None and size_bytes > group["free"]:
+            raise Invalid(
+                f"volume group {group['name']} has {group['free']} bytes free; {size_bytes} asked"
+            )
+        record = self._new_volume("", size_bytes, None)
+        record["name"] = check_name(
+            name if name is not None else f"lv-{record['id'][:8]}", what="volume name"
+        )
+        record.update(node=group["node"], service_id=group["service_id"], pool=group["name"])
+        result = await self.cluster.propose_ok(Entry(EntryType.VOLUME_CREATE, {"volume": record}))
+        return dict(result["volume"])
+
+    async def _set(self, volume_id: str, **fields: Any) -> None:
+        await patch(self.cluster, EntryType.VOLUME_UPDATE, volume_id, **fields)
+
+    async def resize(self, ref: str, size: object) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        size_bytes = parse_size(size)
+        if size_bytes < volume["size"]:
+            raise Invalid(f"volumes only grow: {volume['size']} -> {size_bytes} bytes refused")
+        await self._set(volume["id"], size=size_bytes)
+        return self.resolve(volume["id"])
+
+    async def snapshot(self, ref: str, name: str | None) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        snap = check_name(name or f"snap-{len(volume['snapshots']) + 1}", what="snapshot name")
+        if snap in volume["snapshots"]:
+            raise Conflict(f"volume {volume['name']} already has a snapshot {snap!r}")
+        with self.cluster.store.lock:
+            service = services.get(self.cluster.store, volume["service_id"] or "")
+        if service is not None:
+            able, why = capabilities(service["driver"], service.get("options", {}))
+            if not able.snapshots:
+                raise NotSupported(f"volume {volume['name']}: {why}")
+        await self._set(volume["id"], snapshots=[*volume["snapshots"], snap])
+        return self.resolve(volume["id"])
+
+    async def delete(self, ref: str) -> dict[str, Any]:
+        volume = self.resolve(ref)
+        if volume["status"] in ("pending", "failed"):
+            await self.cluster.propose_ok(Entry(EntryType.VOLUME_DELETE, {"id": volume["id"]}))
+            return {"deleted": volume["id"], "name": volume["name"]}
+        await self._set(volume["id"], status="deleting", status_message="")
+        return self.resolve(volume["id"])
+
+    def _footprint(self) -> tuple[Any, ...]:
+        """What this node's pools hold, as the store says: when it changes (a volume made,
+        grown or removed, a group made), the capacity is reported again at once, so the
+        scheduler never works from a stale free space for long."""
+        with self.cluster.store.lock:
+            store = self.cluster.store
+            mine = sorted(
+                (v["id"], v["status"], v["actual_size"])
+                for v in volumes.all_volumes(store)
+                if v["node"] == self.node
+            )
+            groups = sorted(
+                (g["id"], g["status"])
+                for g in lvm.all_records(store, lvm.VGS)
+                if g["node"] == self.node
+            )
+        return (tuple(mine), tuple(groups))
+
+    async def run_health(self) -> None:
+        """Report the health and capacity of this node's services every HEALTH_EVERY
+        seconds, and at once when what its pools hold changes (so the scheduler never
+        works from a stale free space for long)."""
+        last_health, reported = 0.0, None
+        loop = asyncio.get_running_loop()
+        while True:
+            seen = self.cluster.store.revision  # before reading: later changes wake us
+            ok = True
+            footprint = self._footprint()
+            if loop.time() - last_health >= HEALTH_EVERY or footprint != reported:
+                try:
+                    await self.report_health()
+                    last_health, reported = loop.time(), footprint
+                except (SymphonyError, OSError) as exc:
+                    ok = False
+                    log.warning("block health: %s", exc)
+            await self.cluster.wait_for_tables(
+                {"volumes", "services", "vgs"}, seen, HEALTH_EVERY if ok else 1.0
+            )
