@@ -5,12 +5,48 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.nodes import NodeSet
+from tests.nodes import NodeProcess, NodeSet
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """A test not marked `cluster` may not start a symphonyd daemon, so that
+    `-m "not cluster"` starts none. Every daemon of the tests starts through NodeProcess:
+    `start()` (NodeSet, the `nodeset` fixture, the zipapp's and the upgrade's subclasses) or
+    `symphonyd run` in the foreground through `cli()`/`cli_on_terminal()`. For the setup
+    (module fixtures included), call and teardown of an unmarked test these refuse to run."""
+    if item.get_closest_marker("cluster") is not None:
+        return (yield)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        pytest.fail(
+            f"{item.nodeid} starts a symphonyd daemon but is not marked `cluster`: add "
+            "@pytest.mark.cluster (or pytest.mark.cluster in the module's pytestmark) so that "
+            '`-m "not cluster"` starts no daemon',
+            pytrace=False,
+        )
+
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(self: NodeProcess, *args: str, **kwargs: Any) -> Any:
+            if args[:1] == ("run",):
+                refuse()
+            return method(self, *args, **kwargs)
+
+        return guarded
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(NodeProcess, "start", refuse)
+        patch.setattr(NodeProcess, "cli", guard(NodeProcess.cli))
+        patch.setattr(NodeProcess, "cli_on_terminal", guard(NodeProcess.cli_on_terminal))
+        return (yield)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from symphonyd.errors import Conflict, Invalid, NotFound
 from symphonyd.image import formats
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
-pytestmark = pytest.mark.cluster
 MiB = 1024 * 1024
 
 
@@ -57,6 +56,7 @@ def cli_json(n: NodeProcess, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
+@pytest.mark.cluster
 def test_import_in_place_lists_shows_and_serves_content(
     node: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:
@@ -87,6 +87,7 @@ def test_import_in_place_lists_shows_and_serves_content(
     wait_until(lambda: images_on_disk(n) == [], 10, "the file to be removed")
 
 
+@pytest.mark.cluster
 def test_upload_over_https_and_same_content_stored_once(
     node: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:
@@ -104,6 +105,7 @@ def test_upload_over_https_and_same_content_stored_once(
     wait_until(lambda: images_on_disk(n) == [], 10, "the shared file to go")
 
 
+@pytest.mark.cluster
 def test_image_new_on_a_terminal_draws_progress_then_the_record(
     node: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:
@@ -134,6 +136,7 @@ def test_image_new_on_a_terminal_draws_progress_then_the_record(
     wait_until(lambda: images_on_disk(n) == [], 10, "the file to be removed")
 
 
+@pytest.mark.cluster
 def test_checksum_mismatch_keeps_nothing(node: tuple[NodeSet, NodeProcess], tmp_path: Path) -> None:
     _, n = node
     path = tmp_path / "x.img"
@@ -155,6 +158,7 @@ def test_checksum_mismatch_keeps_nothing(node: tuple[NodeSet, NodeProcess], tmp_
         assert images_on_disk(n) == [] and temp_files(n) == []
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -182,6 +186,7 @@ def test_bad_input_is_refused_clearly(
     assert cli_json(n, "image", "list")["images"] == before
 
 
+@pytest.mark.cluster
 def test_duplicate_name_is_a_conflict(node: tuple[NodeSet, NodeProcess], tmp_path: Path) -> None:
     _, n = node
     path = tmp_path / "a.img"
@@ -192,6 +197,7 @@ def test_duplicate_name_is_a_conflict(node: tuple[NodeSet, NodeProcess], tmp_pat
     cli_json(n, "image", "rm", "taken")
 
 
+@pytest.mark.cluster
 def test_path_import_is_only_for_the_local_socket(
     node: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:
@@ -202,6 +208,7 @@ def test_path_import_is_only_for_the_local_socket(
     assert status == 403 and body["error"]["code"] == "forbidden"
 
 
+@pytest.mark.cluster
 def test_an_interrupted_upload_fails_and_leaves_no_file(node: tuple[NodeSet, NodeProcess]) -> None:
     nodes, n = node
     context = ssl.create_default_context()
@@ -230,6 +237,7 @@ def test_an_interrupted_upload_fails_and_leaves_no_file(node: tuple[NodeSet, Nod
     n.client().request("DELETE", f"/v1/images/{record['id']}")
 
 
+@pytest.mark.cluster
 def test_unknown_image_is_404(node: tuple[NodeSet, NodeProcess]) -> None:
     _, n = node
     with pytest.raises(NotFound):
@@ -240,6 +248,7 @@ def test_unknown_image_is_404(node: tuple[NodeSet, NodeProcess]) -> None:
         n.client().request("POST", "/v1/images", body={"path": "relative.img", "name": "r"})
 
 
+@pytest.mark.cluster
 def test_status_says_which_copier_is_in_use(node: tuple[NodeSet, NodeProcess]) -> None:
     _, n = node
     status = n.status()
@@ -304,6 +313,7 @@ def _post_json(
         conn.close()
 
 
+@pytest.mark.cluster
 @pytest.mark.privileged
 def test_a_disk_that_fills_up_fails_the_import_and_leaves_nothing(tmp_path: Path) -> None:
     """The node's data dir is a 48 MiB tmpfs; an 80 MiB import fills it."""
@@ -352,6 +362,7 @@ def _start_upload(n: NodeProcess, token: str | None, name: str, sent: int) -> so
     return conn
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("how", ["sigterm", "kill9"])
 def test_stopping_the_node_during_an_upload_never_leaves_a_partial_image(
     tmp_path: Path, how: str
@@ -390,6 +401,7 @@ def test_stopping_the_node_during_an_upload_never_leaves_a_partial_image(
         nodes.cleanup()
 
 
+@pytest.mark.cluster
 def test_deleting_an_import_in_progress_stops_it_cleanly(
     node: tuple[NodeSet, NodeProcess], tmp_path: Path
 ) -> None:

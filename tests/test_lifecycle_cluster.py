@@ -19,7 +19,7 @@ import pytest
 
 from tests.nodes import NodeProcess, NodeSet, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def fetch(url: str) -> str:

@@ -20,7 +20,6 @@ from symphonyd.config import Settings
 from tests.nodes import NodeSet, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.cluster
 
 
 def test_the_unit_verifies_with_no_output(tmp_path: Path) -> None:
@@ -57,6 +56,7 @@ def test_the_example_settings_file_names_real_settings_with_their_defaults() -> 
         assert hasattr(conf, key), f"raft.{key} is not a pysyncobj setting"
 
 
+@pytest.mark.cluster
 def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = str(tmp_path / "notify.sock")
@@ -82,6 +82,7 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         listener.close()
 
 
+@pytest.mark.cluster
 def test_metrics_parse_and_count(tmp_path: Path) -> None:
     nodes = NodeSet(tmp_path)
     try:
@@ -112,6 +113,7 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
         nodes.cleanup()
 
 
+@pytest.mark.cluster
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     nodes = NodeSet(tmp_path, settings='log_format = "json"\n')
     try:
