@@ -29,9 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd import __version__, metrics, scheduler, systemd
-from symphonyd.block.agent import VolumeAgent
-from symphonyd.block.lvm_agent import LvmAgent
+from symphonyd import __version__, metrics, systemd
 from symphonyd.block.service import BlockService
 from symphonyd.client import NodeClient
 from symphonyd.config import Settings
@@ -64,6 +62,8 @@ from symphonyd.security import (
     now_rfc3339,
     sha256_hex,
 )
+from symphonyd.service_types import SERVICE_TYPES
+from symphonyd.services import Registry, RunningService, ServiceHost
 from symphonyd.state import cluster as cluster_table
 from symphonyd.state import nodes, tokens
 from symphonyd.state.store import Store
@@ -81,7 +81,8 @@ class Daemon:
         self.identity: dict[str, Any] | None = None
         self.cluster: Cluster | None = None
         self.images: ImageService | None = None
-        self.block: BlockService | None = None
+        self.registry = Registry(SERVICE_TYPES)
+        self.running: dict[str, RunningService] = {}  # the service types started on this node
         self.lifecycles: LifecycleService | None = None
         self.leader_loops: LeaderLoops | None = None
         self.secret: str | None = None
@@ -213,19 +214,16 @@ class Daemon:
         )
         self._start_task(self._remember_members())
         self._start_task(self.images.run_agent())
-        self.block = BlockService(
-            self.cluster,
-            self.images,
-            self.settings.name,
-            self.settings.data_dir,
-            defaults=self.settings.block,
-        )
-        cluster, name = self.cluster, self.settings.name
-        self._start_task(self.block.run_health())
-        self._start_task(VolumeAgent(cluster, name, self.block.drivers, self.images).run())
-        self._start_task(LvmAgent(cluster, name, self.block.lvm).run())
-        self.leader_loops = LeaderLoops(cluster)
-        self.leader_loops.add("placement", lambda: scheduler.place_volumes(cluster, name))
+        self.leader_loops = LeaderLoops(self.cluster)
+        for service_type in self.registry.types.values():
+            running = service_type.start(self._service_host(service_type.name))
+            self.running[service_type.name] = running
+            for agent in running.agents:
+                self._start_task(agent.run())
+            for loop in running.background:
+                self._start_task(loop())
+            for loop_name, leader_loop in running.leader_loops.items():
+                self.leader_loops.add(loop_name, leader_loop)
         self.leader_loops.start()
         self.lifecycles = LifecycleService(
             self.cluster,
@@ -236,6 +234,35 @@ class Daemon:
             self.settings.lifecycle_dirs,
         )
         self._start_task(self.lifecycles.run_agent())
+        self.leader_loops.add("lost-node steps", self.lifecycles.fail_unreachable_steps)
+
+    def _service_host(self, type_name: str) -> ServiceHost:
+        assert self.cluster is not None
+        return ServiceHost(
+            cluster=self.cluster,
+            node=self.settings.name,
+            data_dir=self.settings.data_dir,
+            settings=getattr(self.settings, type_name, {}),
+            shared={"images": self.images},
+        )
+
+    async def enable_service(
+        self,
+        kind: str | None,
+        driver: str | None,
+        pool: str | None,
+        options: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Enable a service of a registered type on this node (see `services.Registry`)."""
+        self.require_cluster()
+        chosen = self.registry.get(kind if kind is not None else self.registry.names()[0])
+        record = await self.registry.enable(
+            self._service_host(chosen.name), chosen.name, driver, pool, options
+        )
+        running = self.running.get(chosen.name)
+        if running is not None and running.on_enabled is not None:
+            await running.on_enabled(record)
+        return record
 
     def _start_task(self, work: Coroutine[Any, Any, Any]) -> None:
         """A background loop of this node; one that dies says so in the log at once."""
@@ -282,7 +309,10 @@ class Daemon:
                 with contextlib.suppress(BaseException):
                     await task
             self.images = None
-            self.block = None
+        for running in self.running.values():
+            if running.close is not None:
+                await running.close()
+        self.running = {}
         if self.lifecycles is not None:
             # its agent's task was cancelled above; the processes it supervises stop here
             await asyncio.to_thread(self.lifecycles.supervisor.close)
@@ -366,8 +396,9 @@ class Daemon:
 
     def require_block(self) -> BlockService:
         self.require_cluster()
-        assert self.block is not None
-        return self.block
+        running = self.running.get("block")
+        assert running is not None and isinstance(running.verbs, BlockService)
+        return running.verbs
 
     def require_lifecycles(self) -> LifecycleService:
         self.require_cluster()

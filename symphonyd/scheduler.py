@@ -1,4 +1,8 @@
-"""Placement: which node's block service gets a new volume.
+"""Placement: which node's service gets a new resource, one fit function per kind.
+
+Placement is generic (`best`): the healthy services of a type on nodes this node is
+connected to, filtered and scored by the kind's `Fit` (volumes: `VOLUME_FIT`; instances
+bring their own cpu/memory/disk fit).
 
 The API handler checks that a placement exists (so a request that cannot be served is
 refused before anything is written) and records the volume unplaced; the leader alone
@@ -16,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from symphonyd.errors import Conflict, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
@@ -29,6 +35,7 @@ log = logging.getLogger("symphonyd.scheduler")
 
 PLACE_PATIENCE = 15.0  # seconds a volume may wait for a place before it fails
 WAITING = ("pending", "creating")  # volumes that will take space not yet allocated
+Q = TypeVar("Q")  # what a kind of resource asks of a placement
 
 
 def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:
@@ -43,6 +50,105 @@ def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:
     }
 
 
+@dataclass(frozen=True)
+class Fit(Generic[Q]):
+    """How one kind of resource is placed on services of one type.
+
+    `committed(store)` is what each service has promised to records not yet made (by
+    service id); `filter(service, request, committed)` says why a service cannot take the
+    request (None: it can); `score(service, request, committed)` orders those that can
+    (lowest wins; ties go to the node name); `nothing(request)` is the refusal when none
+    can. Placement itself is generic (`best`): healthy services of the type, on reachable
+    nodes, filtered, then scored."""
+
+    kind: str
+    service_type: str
+    committed: Callable[[Store], Mapping[str, Any]]
+    filter: Callable[[Mapping[str, Any], Q, Mapping[str, Any]], str | None]
+    score: Callable[[Mapping[str, Any], Q, Mapping[str, Any]], tuple[Any, ...]]
+    nothing: Callable[[Q], str]
+
+
+def best(store: Store, reachable: set[str], fit: Fit[Q], request: Q) -> dict[str, Any]:
+    """The service that takes `request` (call with the store locked), or Conflict."""
+    committed = fit.committed(store)
+    fitting = []
+    for service in services.all_services(store):
+        if service["type"] != fit.service_type:
+            continue
+        health = service.get("health") or {}
+        if not health.get("ok") or service["node"] not in reachable:
+            continue
+        if fit.filter(service, request, committed) is not None:
+            continue
+        fitting.append((fit.score(service, request, committed), service["node"], dict(service)))
+    if not fitting:
+        raise Conflict(fit.nothing(request))
+    return min(fitting, key=lambda f: f[:2])[2]
+
+
+# -- volumes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    size: int
+    holders: frozenset[str]  # nodes holding the volume's image, if it has one
+    node: str | None
+    pool: str | None
+
+
+def _volume_room(service: Mapping[str, Any], committed: Mapping[str, Any]) -> int:
+    capacity = service.get("capacity") or {}
+    return int(capacity.get("free", 0)) - int(committed.get(service["id"], 0))
+
+
+def _volume_filter(
+    service: Mapping[str, Any], request: VolumeRequest, committed: Mapping[str, Any]
+) -> str | None:
+    if request.node is not None and service["node"] != request.node:
+        return "another node"
+    if request.pool is not None and service["pool"] != request.pool:
+        return "another pool"
+    if _volume_room(service, committed) < request.size:
+        return "no room"
+    return None
+
+
+def _volume_score(
+    service: Mapping[str, Any], request: VolumeRequest, committed: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """The image's holders first (no fetch), then the most room."""
+    return (service["node"] not in request.holders, -_volume_room(service, committed))
+
+
+def _volume_nothing(request: VolumeRequest) -> str:
+    where = f" on node {request.node}" if request.node else ""
+    in_pool = f" in pool {request.pool}" if request.pool else ""
+    return (
+        f"no healthy, reachable block service{where}{in_pool} has {request.size} bytes free "
+        "(see `symphonyd service list`)"
+    )
+
+
+def _volumes_committed(store: Store) -> dict[str, int]:
+    waiting: dict[str, int] = {}
+    for volume in volumes.all_volumes(store):
+        if volume["status"] in WAITING and volume["service_id"]:
+            waiting[volume["service_id"]] = waiting.get(volume["service_id"], 0) + volume["size"]
+    return waiting
+
+
+VOLUME_FIT: Fit[VolumeRequest] = Fit(
+    kind="volume",
+    service_type="block",
+    committed=_volumes_committed,
+    filter=_volume_filter,
+    score=_volume_score,
+    nothing=_volume_nothing,
+)
+
+
 def choose(
     store: Store,
     reachable: set[str],
@@ -50,40 +156,14 @@ def choose(
     image_id: str | None,
     node: str | None,
     pool: str | None,
-    ignore: str | None = None,
 ) -> dict[str, Any]:
-    """The block service for a volume of `size` bytes (call with the store locked)."""
+    """The block service for a volume of `size` bytes (call with the store locked). The
+    volume being placed is unplaced, so it does not count against itself."""
     if node is not None and nodes.get(store, node) is None:
         raise NotFound(f"no node named {node!r}")
     image = images.get(store, image_id) if image_id else None
-    holders = set(image["holders"]) if image else set()
-    waiting: dict[str, int] = {}
-    for volume in volumes.all_volumes(store):
-        if volume["status"] in WAITING and volume["service_id"] and volume["id"] != ignore:
-            waiting[volume["service_id"]] = waiting.get(volume["service_id"], 0) + volume["size"]
-    fitting = []
-    for service in services.all_services(store):
-        if service["type"] != "block":
-            continue
-        if (node is not None and service["node"] != node) or (
-            pool is not None and service["pool"] != pool
-        ):
-            continue
-        health, capacity = service.get("health") or {}, service.get("capacity") or {}
-        if not health.get("ok") or service["node"] not in reachable:
-            continue
-        room = capacity.get("free", 0) - waiting.get(service["id"], 0)
-        if room < size:
-            continue
-        fitting.append((service["node"] not in holders, -room, service["node"], dict(service)))
-    if not fitting:
-        where = f" on node {node}" if node else ""
-        in_pool = f" in pool {pool}" if pool else ""
-        raise Conflict(
-            f"no healthy, reachable block service{where}{in_pool} has {size} bytes free "
-            "(see `symphonyd service list`)"
-        )
-    return sorted(fitting, key=lambda f: f[:3])[0][3]
+    holders = frozenset(image["holders"]) if image else frozenset()
+    return best(store, reachable, VOLUME_FIT, VolumeRequest(size, holders, node, pool))
 
 
 async def schedule(cluster: Cluster, self_name: str, first_tried: dict[str, float]) -> bool:
@@ -111,7 +191,6 @@ async def schedule(cluster: Cluster, self_name: str, first_tried: dict[str, floa
                     volume["image_id"],
                     wish.get("node"),
                     wish.get("pool"),
-                    ignore=volume["id"],
                 )
         except SymphonyError as exc:
             if now - first_tried.setdefault(volume["id"], now) < PLACE_PATIENCE:

@@ -16,6 +16,7 @@ from symphonyd.api import (
     nodes,
     openapi,
     prometheus,
+    services,
 )
 from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
@@ -33,6 +34,7 @@ def all_routes() -> list[Route]:
         *nodes.ROUTES,
         *kv.ROUTES,
         *images.ROUTES,
+        *services.ROUTES,
         *block.ROUTES,
         *lifecycles.ROUTES,
         *events.ROUTES,

@@ -7,84 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.service import BlockService
-from symphonyd.errors import Forbidden, Invalid, NotFound
-from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.state import lvm, services
+from symphonyd.errors import Invalid, NotFound
+from symphonyd.state import lvm
 
 
 def block_of(request: web.Request) -> BlockService:
     return daemon_of(request).require_block()
-
-
-async def create_service(request: web.Request) -> web.Response:
-    if not request["local"]:
-        raise Forbidden("a service is enabled on a node through its local control socket")
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"type", "driver", "pool", "options"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
-    for key in ("type", "driver", "pool"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise Invalid(f"'{key}' must be text")
-    if body.get("options") is not None and not isinstance(body["options"], dict):
-        raise Invalid("'options' must be an object")
-    record = await block_of(request).enable(
-        body.get("type"), body.get("driver"), body.get("pool"), body.get("options")
-    )
-    return json_response(record, status=201)
-
-
-def _with_reachability(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A service on a node this node has no Raft connection to shows as unhealthy, whatever
-    its last report said (a dead node cannot report)."""
-    daemon = daemon_of(request)
-    reachable = scheduler.reachable_nodes(daemon.require_cluster(), daemon.settings.name)
-    for record in records:
-        if record["node"] not in reachable:
-            record["health"] = {
-                **(record.get("health") or {}),
-                "ok": False,
-                "message": f"node {record['node']} is unreachable",
-            }
-    return records
-
-
-async def list_services(request: web.Request) -> web.Response:
-    store = daemon_of(request).require_cluster().store
-    with store.lock:
-        records = [dict(s) for s in services.all_services(store)]
-    return json_response({"services": _with_reachability(request, records)})
-
-
-def _service(request: web.Request) -> dict[str, object]:
-    store = daemon_of(request).require_cluster().store
-    ref = request.match_info["ref"]
-    with store.lock:
-        found = [
-            dict(s)
-            for s in services.all_services(store)
-            if s["id"] == ref or (len(ref) >= 4 and s["id"].startswith(ref))
-        ]
-    if len(found) != 1:
-        raise NotFound(f"no service {ref!r}")
-    return found[0]
-
-
-async def show_service(request: web.Request) -> web.Response:
-    return json_response(_with_reachability(request, [_service(request)])[0])
-
-
-async def delete_service(request: web.Request) -> web.Response:
-    service = _service(request)
-    await (
-        daemon_of(request)
-        .require_cluster()
-        .propose_ok(Entry(EntryType.SERVICE_DELETE, {"id": service["id"]}))
-    )
-    return json_response({"deleted": service["id"]})
 
 
 async def create_volume(request: web.Request) -> web.Response:
@@ -213,33 +143,6 @@ async def delete_lvm(request: web.Request) -> web.Response:
 SIZE = {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]}
 
 ROUTES = [
-    Route(
-        "POST",
-        "/v1/services",
-        create_service,
-        "Enable a cloud service on this node (control socket only)",
-        auth="local",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "type": {"type": "string", "enum": ["block"]},
-                "driver": {"type": "string", "enum": ["file", "lvm"]},
-                "pool": {"type": "string"},
-                "options": {"type": "object"},
-            },
-        },
-        responses={201: "enabled", 409: "already enabled"},
-    ),
-    Route("GET", "/v1/services", list_services, "Services with health and capacity"),
-    Route("GET", "/v1/services/{ref}", show_service, "One service (id or id prefix)"),
-    Route(
-        "DELETE",
-        "/v1/services/{ref}",
-        delete_service,
-        "Disable a service without volumes",
-        responses={409: "still has volumes"},
-    ),
     Route(
         "POST",
         "/v1/volumes",

@@ -19,7 +19,6 @@ from symphonyd.block.driver import (
     BlockDriver,
     NotSupported,
     capabilities,
-    check_options,
     make_driver,
 )
 from symphonyd.block.lvm_agent import LvmResources
@@ -121,52 +120,7 @@ class BlockService:
         self.drivers = PoolDrivers(data_dir)
         self.lvm = LvmResources(cluster, node)
 
-    # -- services -------------------------------------------------------------------------
-
-    async def enable(
-        self,
-        kind: str | None,
-        driver: str | None,
-        pool: str | None,
-        options: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Enable a service on this node; what is not given comes from its `[block]`
-        settings (the file driver and pool `default` unless configured)."""
-        kind = kind or "block"
-        if kind != "block":
-            raise Invalid(f"unknown service type {kind!r} (this node offers: block)")
-        driver = driver or str(self.defaults.get("driver", "file"))
-        pool = pool or str(self.defaults.get("pool", "default"))
-        if options is None:
-            options = (
-                dict(self.defaults.get("options", {}))
-                if driver == self.defaults.get("driver", "file")
-                else {}
-            )
-        options = check_options(driver, options)
-        check_name(pool, what="pool name")
-        # Try the driver before anything is recorded: a service that cannot work is refused.
-        health = await asyncio.to_thread(
-            lambda: make_driver(driver, pool, self.data_dir, **options).check()
-        )
-        if not health.ok:
-            raise Invalid(f"the {driver} driver cannot work here: {health.message}")
-        now = now_rfc3339()
-        record: dict[str, Any] = {
-            "id": new_id(),
-            "node": self.node,
-            "type": kind,
-            "driver": driver,
-            "pool": pool,
-            "options": options,
-            "health": None,
-            "capacity": None,
-            "created_at": now,
-            "updated_at": now,
-        }
-        result = await self.cluster.propose_ok(Entry(EntryType.SERVICE_CREATE, {"service": record}))
-        await self.report_health()
-        return dict(result["service"])
+    # -- health ---------------------------------------------------------------------------
 
     async def report_health(self) -> None:
         """Check this node's services; write what changed (`health_changed`), nothing else:

@@ -119,8 +119,6 @@ class LifecycleService:
                 seen = self.cluster.store.revision
                 try:
                     self._start_runnable()
-                    if self.cluster.is_leader():
-                        await self._fail_unreachable()
                 except (SymphonyError, OSError) as exc:
                     log.warning("lifecycle agent: %s", exc)
                 except Exception:
@@ -272,6 +270,18 @@ class LifecycleService:
             )
 
         return make
+
+    async def fail_unreachable_steps(self) -> None:
+        """The leader's loop: a step waiting on a node it cannot reach fails once it has
+        waited `deployments.step_patience` (counted from when this node began to lead)."""
+        self._waiting_since.clear()
+        while True:
+            seen = self.cluster.store.revision
+            try:
+                await self._fail_unreachable()
+            except (SymphonyError, OSError) as exc:
+                log.warning("lifecycle steps on lost nodes: %s", exc)
+            await self.cluster.wait_for_tables(TABLES, seen, WAKE_EVERY)
 
     async def _fail_unreachable(self) -> None:
         reachable = scheduler.reachable_nodes(self.cluster, self.node)
