@@ -29,6 +29,7 @@ from symphonyd.state import (
     lifecycles,
     lvm,
     nodes,
+    references,
     services,
     tokens,
     volumes,
@@ -56,16 +57,7 @@ def apply_cluster_config(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_node_add(store: Store, body: dict[str, Any]) -> Result:
-    """Add a member; with a `token`, only if that join token is usable (both or neither)."""
-    token = body.get("token")
-    if token:
-        record = tokens.get(store, token["id"])
-        problem = tokens.check_usable(record, token["secret_sha256"], token["now"])
-        problem = problem or nodes.check_addable(store, body["node"])
-        if problem:
-            return failure(*problem)
-        tokens.use(store, token["id"], token["secret_sha256"], token["now"], body["node"]["name"])
-    return nodes.add(store, body["node"])
+    return references.add_node_with_token(store, body["node"], body.get("token"))
 
 
 def apply_node_update(store: Store, body: dict[str, Any]) -> Result:
@@ -105,11 +97,7 @@ def apply_image_update(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_image_delete(store: Store, body: dict[str, Any]) -> Result:
-    users = volumes.using_image(store, body["id"])
-    if users:
-        names = ", ".join(sorted(v["name"] for v in users))
-        return failure("conflict", f"image {body['id']} is used by volumes: {names}")
-    return images.delete(store, body["id"])
+    return references.delete_image(store, body["id"])
 
 
 def apply_service_create(store: Store, body: dict[str, Any]) -> Result:
@@ -121,21 +109,7 @@ def apply_service_update(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_service_delete(store: Store, body: dict[str, Any]) -> Result:
-    users = sorted(v["name"] for v in volumes.all_volumes(store) if v["service_id"] == body["id"])
-    if users:
-        return failure("conflict", f"service {body['id']} still has volumes: {', '.join(users)}")
-    held = [
-        r.get("name") or r["device"]
-        for table in (lvm.VGS, lvm.PVS)
-        for r in lvm.all_records(store, table)
-        if r["service_id"] == body["id"]
-    ]
-    if held:
-        return failure(
-            "conflict",
-            f"service {body['id']} still has volume groups or physical volumes: {', '.join(held)}",
-        )
-    return services.delete(store, body["id"])
+    return references.delete_service(store, body["id"])
 
 
 def apply_volume_create(store: Store, body: dict[str, Any]) -> Result:
