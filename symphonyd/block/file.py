@@ -33,6 +33,7 @@ from symphonyd.block.driver import (
     VolumeInfo,
     register,
 )
+from symphonyd.drivers import Reverter, host_boundary
 from symphonyd.errors import DriverError, Invalid
 from symphonyd.image.copier import CopyError, sparse_copy
 
@@ -58,10 +59,12 @@ class FileDriver:
             return Health(False, f"pool {self.root} is not writable: {exc.strerror}")
         return Health(True, f"pool {self.root} is writable")
 
+    @host_boundary("read the pool's free space")
     def pool(self) -> PoolInfo:
         st = os.statvfs(self.root)
         return PoolInfo(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
 
+    @host_boundary("list the pool")
     def volumes(self) -> dict[str, VolumeInfo]:
         found = {}
         for entry in os.scandir(self.root):
@@ -89,6 +92,7 @@ class FileDriver:
 
     # -- changing ----------------------------------------------------------------------------
 
+    @host_boundary("create a volume")
     def create(
         self,
         volume_id: str,
@@ -105,54 +109,50 @@ class FileDriver:
         if overlay:
             return self._create_overlay(volume_id, size, image, image_format)
         path = self._path(volume_id, "raw")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if image is not None and image_format == "qcow2":
-                os.close(fd)
-                fd = -1
-                self._run(
-                    [
-                        str(self.qemu_img or "qemu-img"),
-                        "convert",
-                        "-O",
-                        "raw",
-                        "-f",
-                        "qcow2",
-                        image,
-                        path,
-                    ],
-                    "qemu-img convert",
-                )
-            elif image is not None:
-                src = os.open(image, os.O_RDONLY)
+            with Reverter() as undo:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                undo.add(_unlink, path)
                 try:
-                    if os.fstat(src).st_size > size:
-                        raise Invalid(
-                            f"the image ({os.fstat(src).st_size} bytes) is larger than the "
-                            f"volume ({size} bytes)"
-                        )
-                    sparse_copy(src, fd, progress)
+                    self._fill(fd, path, size, image, image_format, progress)
                 finally:
-                    os.close(src)
-            current = os.stat(path).st_size
-            if current > size:
-                raise Invalid(f"the image ({current} bytes) is larger than the volume ({size})")
-            os.truncate(path, size)
-            durable.fsync_path(path)  # qemu-img writes with cache=unsafe: flush it here
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                if fd >= 0:
                     os.close(fd)
-                    fd = -1
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            if isinstance(exc, CopyError) and exc.errno == errno.ENOSPC:
+                current = os.stat(path).st_size
+                if current > size:
+                    raise Invalid(f"the image ({current} bytes) is larger than the volume ({size})")
+                os.truncate(path, size)
+                durable.fsync_path(path)  # qemu-img writes with cache=unsafe: flush it here
+                undo.keep()
+        except CopyError as exc:
+            if exc.errno == errno.ENOSPC:
                 raise PoolFull(f"pool {self.root} is full: {exc.message}") from None
             raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
         return self._info(volume_id, path, "raw")
+
+    def _fill(
+        self,
+        fd: int,
+        path: str,
+        size: int,
+        image: str | None,
+        image_format: str | None,
+        progress: Progress | None,
+    ) -> None:
+        """Write the image (if any) into the new volume file open as `fd` at `path`."""
+        if image is not None and image_format == "qcow2":
+            argv = [str(self.qemu_img or "qemu-img"), "convert", "-O", "raw", "-f", "qcow2"]
+            self._run([*argv, image, path], "qemu-img convert")
+        elif image is not None:
+            src = os.open(image, os.O_RDONLY)
+            try:
+                if os.fstat(src).st_size > size:
+                    raise Invalid(
+                        f"the image ({os.fstat(src).st_size} bytes) is larger than the "
+                        f"volume ({size} bytes)"
+                    )
+                sparse_copy(src, fd, progress)
+            finally:
+                os.close(src)
 
     def _create_overlay(
         self, volume_id: str, size: int, image: str | None, image_format: str | None
@@ -162,7 +162,8 @@ class FileDriver:
         if image is None or image_format != "qcow2":
             raise NotSupported("an overlay is made on a qcow2 image")
         path = self._path(volume_id, "qcow2")
-        try:
+        with Reverter() as undo:
+            undo.add(_unlink, path)
             self._run(
                 [
                     str(self.qemu_img),
@@ -179,13 +180,11 @@ class FileDriver:
                 ],
                 "qemu-img create",
             )
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
-        durable.fsync_path(path)
+            durable.fsync_path(path)
+            undo.keep()
         return self._info(volume_id, path, "qcow2")
 
+    @host_boundary("resize a volume")
     def resize(self, volume_id: str, size: int) -> VolumeInfo:
         info = self._find(volume_id)
         if size < info.size:
@@ -196,6 +195,7 @@ class FileDriver:
             self._run([str(self.qemu_img), "resize", "-q", info.path, str(size)], "qemu-img resize")
         return self._find(volume_id)
 
+    @host_boundary("snapshot a volume")
     def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo:
         if not SNAPSHOT_NAME_RE.match(snapshot_id):
             raise Invalid(f"bad snapshot name {snapshot_id!r}")
@@ -208,20 +208,22 @@ class FileDriver:
         target = os.path.join(self.root, f"{volume_id}@{snapshot_id}.raw")
         if os.path.exists(target):
             raise VolumeExists(f"snapshot {snapshot_id} of {volume_id} already exists")
-        src = os.open(info.path, os.O_RDONLY)
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            sparse_copy(src, dst)
-            os.fsync(dst)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
-            raise
-        finally:
-            os.close(src)
-            os.close(dst)
+        with Reverter() as undo:
+            src = os.open(info.path, os.O_RDONLY)
+            try:
+                dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                undo.add(_unlink, target)
+                try:
+                    sparse_copy(src, dst)
+                    os.fsync(dst)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+            undo.keep()
         return VolumeInfo(volume_id, info.size, os.stat(target).st_blocks * 512, target, "raw")
 
+    @host_boundary("delete a volume")
     def delete(self, volume_id: str) -> None:
         info = self._find(volume_id)
         os.unlink(info.path)
@@ -243,6 +245,11 @@ class FileDriver:
             raise NotSupported(f"{what} needs qemu-img (apt-get install qemu-utils)") from None
         if result.returncode != 0:
             raise DriverError(f"{what} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 @register("file")

@@ -18,7 +18,6 @@ activating path.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -45,6 +44,7 @@ from symphonyd.block.driver import (
     VolumeInfo,
     register,
 )
+from symphonyd.drivers import Reverter, host_boundary
 from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
 from symphonyd.image.copier import CopyError, sparse_copy
 
@@ -306,6 +306,7 @@ class LvmDriver:
             return Health(True, f"lvm2 answers; volume group {self.vg} does not exist yet{mode}")
         return Health(True, f"volume group {self.vg} answers{mode}")
 
+    @host_boundary("read the volume group's free space")
     def pool(self) -> PoolInfo:
         group = self.host.volume_groups().get(self.vg)
         return PoolInfo(group.size, group.free) if group else PoolInfo(0, 0)
@@ -315,6 +316,7 @@ class LvmDriver:
             return []
         return self.host.report("lvs", "lv", "lv_name,lv_size,origin", self.vg)
 
+    @host_boundary("list the volume group")
     def volumes(self) -> dict[str, VolumeInfo]:
         found = {}
         for row in self._lvs():
@@ -342,6 +344,7 @@ class LvmDriver:
 
     # -- changing ---------------------------------------------------------------------------
 
+    @host_boundary("create a volume")
     def create(
         self,
         volume_id: str,
@@ -370,22 +373,19 @@ class LvmDriver:
                 f"volume group {self.vg} has {group.free} bytes free; the volume needs {size}"
             )
         activation = ["-an", "-Zn"] if self.metadata_only else ["-ay"]
-        self.host.run(
-            ["lvcreate", *self.host.change_flags, *activation, "-L", f"{size}b", "-n", lv, self.vg],
-            f"lvcreate {self.vg}/{lv}",
-        )
-        try:
+        with Reverter() as undo:
+            argv = ["lvcreate", *self.host.change_flags, *activation, "-L", f"{size}b"]
+            self.host.run([*argv, "-n", lv, self.vg], f"lvcreate {self.vg}/{lv}")
+            undo.add(self._remove_lv, lv)
             info = self._find(volume_id)
             if not self.metadata_only:
                 zero_device(info.path, info.size)
                 if image is not None:
                     write_image(info.path, image, image_format or "raw", self.qemu_img, progress)
-        except BaseException:
-            with contextlib.suppress(DriverError, NotSupported):
-                self._remove_lv(lv)
-            raise
+            undo.keep()
         return info
 
+    @host_boundary("resize a volume")
     def resize(self, volume_id: str, size: int) -> VolumeInfo:
         info = self._find(volume_id)
         if size < info.size:
@@ -404,6 +404,7 @@ class LvmDriver:
         )
         return self._find(volume_id)
 
+    @host_boundary("snapshot a volume")
     def snapshot(self, volume_id: str, snapshot_id: str) -> VolumeInfo:
         if not SNAPSHOT_NAME_RE.match(snapshot_id):
             raise Invalid(f"bad snapshot name {snapshot_id!r}")
@@ -429,6 +430,7 @@ class LvmDriver:
         )
         return VolumeInfo(volume_id, info.size, info.size, self._path(name), "raw")
 
+    @host_boundary("delete a volume")
     def delete(self, volume_id: str) -> None:
         lv = self._lv(volume_id)
         rows = self._lvs()
