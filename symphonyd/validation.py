@@ -1,4 +1,4 @@
-"""Validators shared by the API and the settings: names, sizes, durations, keys.
+"""Every validator of user input: names, sizes, durations, numbers, waits.
 
 Each raises `Invalid` with a message a user can act on.
 """
@@ -56,3 +56,29 @@ def parse_seconds(text: str, limit: float) -> float:
     if not match:
         raise Invalid(f"'wait' must be a duration like 10s, 500ms or 5m, not {text!r}")
     return min(float(match.group(1)) * _WAIT_UNITS[match.group(2)], limit)
+
+
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+SIZE_UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_SIZE = 1 << 50
+
+
+def parse_size(value: object) -> int:
+    """'10G', '512M', '1T', a bare number of GiB (as the original CLI), or bytes as int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := SIZE_RE.match(value)):
+        number, unit = float(match.group(1)), match.group(2).upper()
+        if number > MAX_SIZE:  # also a number too long for a float (inf)
+            raise Invalid(f"size {value!r} is larger than any pool")
+        if match.group(3) and match.group(3).upper() == "B" and not unit:
+            size = int(number)  # "100B": bytes
+        else:
+            size = int(number * SIZE_UNITS[unit])
+    else:
+        raise Invalid(f"invalid size {value!r}: use e.g. 512M, 10G, 1T, or a number of GiB")
+    if size <= 0:
+        raise Invalid(f"size must be above zero, not {value!r}")
+    if size > MAX_SIZE:
+        raise Invalid(f"size {value!r} is larger than any pool")
+    return size

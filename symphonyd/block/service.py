@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from symphonyd import scheduler
@@ -30,33 +29,11 @@ from symphonyd.reconcile import patch
 from symphonyd.security import new_id, now_rfc3339
 from symphonyd.state import lvm, services, volumes
 from symphonyd.state.lookup import resolve_one
-from symphonyd.validation import check_name
+from symphonyd.validation import check_name, parse_size
 
 log = logging.getLogger("symphonyd.block")
 
-SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
-UNITS = {"": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-MAX_SIZE = 1 << 50
 HEALTH_EVERY = 10.0
-
-
-def parse_size(value: object) -> int:
-    """'10G', '512M', '1T', a bare number of GiB (as the original CLI), or bytes as int."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := SIZE_RE.match(value)):
-        number, unit = float(match.group(1)), match.group(2).upper()
-        if match.group(3) and match.group(3).upper() == "B" and not unit:
-            size = int(number)  # "100B": bytes
-        else:
-            size = int(number * UNITS[unit])
-    else:
-        raise Invalid(f"invalid size {value!r}: use e.g. 512M, 10G, 1T, or a number of GiB")
-    if size <= 0:
-        raise Invalid(f"size must be above zero, not {value!r}")
-    if size > MAX_SIZE:
-        raise Invalid(f"size {value!r} is larger than any pool")
-    return size
 
 
 CAPACITY_SLACK = 0.01  # free space moving less than this share of the total is not written
