@@ -5,10 +5,12 @@ Both speak to a node either over its local control socket (plain HTTP, no token)
 HTTPS with a bearer token, pinning the cluster certificate by its SHA-256 fingerprint
 (the certificate is self-signed; a fingerprint is what join tokens and `status` carry).
 API errors come back as the matching `SymphonyError`; network failures as `Unavailable`.
+`Client.events` follows the server-sent events stream (`GET /v1/events`) with a read timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -17,7 +19,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from symphonyd.errors import Invalid, NotFound, SymphonyError, Unavailable, from_dict
 
@@ -127,10 +129,38 @@ class Client:
         timeout: float | None = None,
     ) -> Any:
         """Send a request; return the decoded JSON (or bytes for non-JSON answers)."""
-        response, data = self._send(method, path, body=body, raw=raw, query=query, timeout=timeout)
+        conn, response = self._open(method, path, body=body, raw=raw, query=query, timeout=timeout)
+        try:
+            with self._network_errors():
+                data = response.read()
+        finally:
+            conn.close()
+        if response.status >= 400:
+            raise _error(response, data)
         return _decode(response, data)
 
-    def _send(
+    @contextlib.contextmanager
+    def events(
+        self, *, since: int | None = None, table: str | None = None, read_timeout: float = 40.0
+    ) -> Iterator[EventStream]:
+        """Open `GET /v1/events` (changes after `since`, of `table`): a stream whose reads
+        give up after `read_timeout` seconds of silence (the server sends a keep-alive
+        every 15 s) with `Unavailable`. A 410 (that history is gone) raises `Gone`."""
+        query = {"since": since, "table": table}
+        conn, response = self._open(
+            "GET", "/v1/events", query=query, timeout=read_timeout, accept="text/event-stream"
+        )
+        try:
+            if response.status >= 400:
+                with self._network_errors():
+                    data = response.read()
+                raise _error(response, data)
+            yield EventStream(response, self._network_errors)
+        finally:
+            response.close()
+            conn.close()
+
+    def _open(
         self,
         method: str,
         path: str,
@@ -139,12 +169,14 @@ class Client:
         raw: bytes | BinaryIO | None = None,
         query: dict[str, Any] | None = None,
         timeout: float | None = None,
-        stream: bool = False,
-    ) -> tuple[http.client.HTTPResponse, bytes]:
+        accept: str = "application/json",
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Connect, check the peer, send; the answer's headers are read, its body is not."""
         if query:
             items = {k: v for k, v in query.items() if v is not None}
-            path = f"{path}?{urllib.parse.urlencode(items)}"
-        headers = {"Accept": "application/json"}
+            if items:
+                path = f"{path}?{urllib.parse.urlencode(items)}"
+        headers = {"Accept": accept}
         payload: bytes | BinaryIO | None = raw
         if raw is not None and not isinstance(raw, bytes):
             # A file: streamed in blocks with its length, never read whole into memory.
@@ -157,11 +189,21 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         conn = self._connection(timeout or self.timeout)
         try:
-            conn.connect()
-            self._check_peer(conn)
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = b"" if stream else response.read()
+            with self._network_errors():
+                conn.connect()
+                self._check_peer(conn)
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        return conn, response
+
+    @contextlib.contextmanager
+    def _network_errors(self) -> Iterator[None]:
+        """The boundary of the socket: its errors come out as `Unavailable`."""
+        try:
+            yield
         except FileNotFoundError:
             raise Unavailable(
                 f"no symphonyd at {self.describe()}: is `symphonyd run` running "
@@ -171,22 +213,59 @@ class Client:
             raise Unavailable(f"permission denied on {self.describe()} (run as root?)") from None
         except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(f"cannot reach symphonyd at {self.describe()}: {exc}") from None
-        if response.status >= 400 and not stream:
-            raise _error(response, data)
-        return response, data
 
-    def stream_lines(
-        self, path: str, query: dict[str, Any] | None = None, timeout: float | None = None
-    ) -> Iterator[str]:
-        """Yield the lines of a streamed answer (server-sent events)."""
-        response, _ = self._send("GET", path, query=query, timeout=timeout, stream=True)
-        if response.status >= 400:
-            raise _error(response, response.read())
+
+class ServerEvent(NamedTuple):
+    """One server-sent event: `id` (a revision), `event` (`<table>.<op>`, or `reset` when
+    the history broke off) and `data` (JSON text). A block of comments only (the server's
+    keep-alive) comes as an event named "", so a reader can look at its clock."""
+
+    id: str | None
+    event: str
+    data: str
+
+
+class EventStream:
+    """An open events answer: `revision` (the store's when the stream started, from the
+    `X-Symphonyd-Revision` header) and, iterated, its events until the server closes it."""
+
+    def __init__(
+        self,
+        response: http.client.HTTPResponse,
+        network_errors: Callable[[], contextlib.AbstractContextManager[None]],
+    ) -> None:
+        self._response = response
+        self._network_errors = network_errors
+        header = response.getheader("X-Symphonyd-Revision") or ""
+        self.revision = int(header) if header.isdigit() else None
+
+    def __iter__(self) -> Iterator[ServerEvent]:
+        event_id: str | None = None
+        name, comment = "", False
+        data: list[str] = []
         while True:
-            line = response.readline()
+            with self._network_errors():
+                raw = self._response.readline()
+            if not raw:
+                return  # the server ended the stream
+            line = raw.decode(errors="replace").rstrip("\r\n")
             if not line:
-                return
-            yield line.decode().rstrip("\r\n")
+                if event_id is not None or name or data:
+                    yield ServerEvent(event_id, name or "message", "\n".join(data))
+                elif comment:
+                    yield ServerEvent(None, "", "")
+                event_id, name, data, comment = None, "", [], False
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if not field:
+                comment = True
+            elif field == "id":
+                event_id = value
+            elif field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
 
 
 def _decode(response: http.client.HTTPResponse, data: bytes) -> Any:

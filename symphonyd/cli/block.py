@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import click
 
-from symphonyd.cli.images import human_size, progress_bar
-from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
+from symphonyd.cli.command import CommandGroup, Context, json_option
+from symphonyd.cli.output import (
+    human_size,
+    print_json,
+    print_kv_table,
+    print_table,
+    progress_bar,
+    resource_path,
+)
+from symphonyd.cli.wait import follow_record
 from symphonyd.client import Client
-from symphonyd.errors import DriverError, NotFound
+from symphonyd.errors import DriverError
 
 VOLUME_FIELDS = [
     "id",
@@ -37,10 +44,10 @@ def wait_volume(
     """Follow a volume until its work is done: ready or failed (or gone, for rm). On a
     terminal, the image work (fetch from another node, copy into the volume) shows as a
     progress bar."""
-    deadline = time.monotonic() + WAIT_LIMIT
     with progress_bar(sys.stderr.isatty()) as bar:
         task = bar.add_task("waiting", total=None)
-        while time.monotonic() < deadline:
+
+        def done(record: dict[str, Any]) -> bool:
             if record["status"] == "failed":
                 raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
             if record["status"] == "ready" and record["status_message"].startswith(
@@ -56,7 +63,7 @@ def wait_volume(
                 )
             )
             if not busy:
-                return record
+                return True
             work = record.get("progress") or {}
             if work.get("stage"):
                 bar.update(
@@ -67,228 +74,231 @@ def wait_volume(
                 )
             else:
                 bar.update(task, description=record["status"])
-            time.sleep(0.2)
-            try:
-                record = client.request("GET", resource_path("volumes", record["id"]))
-            except NotFound:
-                if gone_ok:
-                    return None
-                raise
-    raise DriverError(
-        f"volume {record['name']} is still {record['status']} after {WAIT_LIMIT:.0f} s"
+            return False
+
+        return follow_record(
+            client,
+            "volumes",
+            resource_path("volumes", record["id"]),
+            record,
+            done,
+            timeout=WAIT_LIMIT,
+            expired=lambda record: DriverError(
+                f"volume {record['name']} is still {record['status']} after {WAIT_LIMIT:.0f} s"
+            ),
+            gone_ok=gone_ok,
+        )
+
+
+def show_volume(record: dict[str, Any] | None, as_json: bool) -> None:
+    if record is None:
+        return
+    if as_json:
+        print_json(record)
+    else:
+        print_kv_table([(k, record.get(k)) for k in VOLUME_FIELDS])
+
+
+@click.group(cls=CommandGroup)
+def service() -> None:
+    """Cloud services enabled on hosts (block)."""
+
+
+@service.command("new")
+@click.argument("kind", metavar="[TYPE]", required=False)
+@click.option("--driver", type=click.Choice(["file", "lvm"]), help="Block driver.")
+@click.option("--pool", help="Pool: a directory name (file) or a volume group (lvm).")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Driver option, e.g. -o metadata_only=true (lvm).",
+)
+@json_option
+@click.pass_obj
+def service_new(
+    obj: Context,
+    kind: str | None,
+    driver: str | None,
+    pool: str | None,
+    options: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Enable a service on this node (over its local control socket). What is not given
+    comes from the node's [block] settings: the file driver, pool `default`."""
+    body: dict[str, Any] = {"type": kind, "driver": driver, "pool": pool}
+    if options:
+        pairs = [o.partition("=") for o in options]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise click.UsageError("driver options are KEY=VALUE")
+        body["options"] = {key: value for key, _, value in pairs}
+    record = obj.client(local_only=True).request(
+        "POST", "/v1/services", body={k: v for k, v in body.items() if v is not None}
+    )
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(
+            f"Enabled {record['type']} service {record['id']} "
+            f"({record['driver']}, pool {record['pool']}) on {record['node']}."
+        )
+
+
+@service.command("list")
+@json_option
+@click.pass_obj
+def service_list(obj: Context, as_json: bool) -> None:
+    """Services with their health and capacity."""
+    result = obj.client().request("GET", "/v1/services")
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["ID", "NODE", "TYPE", "DRIVER", "POOL", "HEALTH", "FREE"],
+        [
+            [
+                s["id"][:12],
+                s["node"],
+                s["type"],
+                s["driver"],
+                s["pool"],
+                "ok"
+                if (s.get("health") or {}).get("ok")
+                else (s.get("health") or {}).get("message", "unknown"),
+                human_size((s.get("capacity") or {}).get("free")),
+            ]
+            for s in result["services"]
+        ],
     )
 
 
-def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
-    @main.group()
-    def service() -> None:
-        """Cloud services enabled on hosts (block)."""
+@service.command("show")
+@click.argument("ref", metavar="SERVICE")
+@json_option
+@click.pass_obj
+def service_show(obj: Context, ref: str, as_json: bool) -> None:
+    """One service."""
+    record = obj.client().request("GET", resource_path("services", ref))
+    if as_json:
+        print_json(record)
+    else:
+        print_kv_table(list(record.items()))
 
-    @service.command("new")
-    @click.argument("kind", metavar="[TYPE]", required=False)
-    @click.option("--driver", type=click.Choice(["file", "lvm"]), help="Block driver.")
-    @click.option("--pool", help="Pool: a directory name (file) or a volume group (lvm).")
-    @click.option(
-        "-o",
-        "--option",
-        "options",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Driver option, e.g. -o metadata_only=true (lvm).",
+
+@service.command("rm")
+@click.argument("ref", metavar="SERVICE")
+@click.pass_obj
+def service_rm(obj: Context, ref: str) -> None:
+    """Disable a service (refused while it has volumes)."""
+    result = obj.client().request("DELETE", resource_path("services", ref))
+    click.echo(f"Removed service {result['deleted']}.")
+
+
+@click.group(cls=CommandGroup)
+def volume() -> None:
+    """Block volumes."""
+
+
+@volume.command("create")
+@click.argument("name")
+@click.option("--size", required=True, help="e.g. 512M, 10G, 1T (a bare number is GiB).")
+@click.option("--image", help="Make it from this image (id, prefix or name).")
+@click.option("--node", help="Put it on this node (default: the scheduler decides).")
+@click.option("--pool", help="Block pool.")
+@click.option("--no-wait", is_flag=True, help="Return at once (status pending).")
+@json_option
+@click.pass_obj
+def volume_create(
+    obj: Context,
+    name: str,
+    size: str,
+    image: str | None,
+    node: str | None,
+    pool: str | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Create a volume."""
+    client = obj.client()
+    record = client.request(
+        "POST",
+        "/v1/volumes",
+        body={"name": name, "size": size, "image": image, "node": node, "pool": pool},
     )
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def service_new(
-        obj: Any,
-        kind: str | None,
-        driver: str | None,
-        pool: str | None,
-        options: tuple[str, ...],
-        as_json: bool,
-    ) -> None:
-        """Enable a service on this node (over its local control socket). What is not given
-        comes from the node's [block] settings: the file driver, pool `default`."""
-        body: dict[str, Any] = {"type": kind, "driver": driver, "pool": pool}
-        if options:
-            pairs = [o.partition("=") for o in options]
-            if any(not sep or not key for key, sep, _ in pairs):
-                raise click.UsageError("driver options are KEY=VALUE")
-            body["options"] = {key: value for key, _, value in pairs}
-        record = obj.client(local_only=True).request(
-            "POST", "/v1/services", body={k: v for k, v in body.items() if v is not None}
-        )
-        if as_json:
-            print_json(record)
-        else:
-            click.echo(
-                f"Enabled {record['type']} service {record['id']} "
-                f"({record['driver']}, pool {record['pool']}) on {record['node']}."
-            )
+    show_volume(record if no_wait else wait_volume(client, record), as_json)
 
-    @service.command("list")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def service_list(obj: Any, as_json: bool) -> None:
-        """Services with their health and capacity."""
-        result = obj.client().request("GET", "/v1/services")
-        if as_json:
-            print_json(result)
-            return
-        print_table(
-            ["ID", "NODE", "TYPE", "DRIVER", "POOL", "HEALTH", "FREE"],
+
+@volume.command("list")
+@json_option
+@click.pass_obj
+def volume_list(obj: Context, as_json: bool) -> None:
+    """All volumes."""
+    result = obj.client().request("GET", "/v1/volumes")
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["ID", "NAME", "STATUS", "NODE", "SIZE", "ALLOCATED", "IMAGE"],
+        [
             [
-                [
-                    s["id"][:12],
-                    s["node"],
-                    s["type"],
-                    s["driver"],
-                    s["pool"],
-                    "ok"
-                    if (s.get("health") or {}).get("ok")
-                    else (s.get("health") or {}).get("message", "unknown"),
-                    human_size((s.get("capacity") or {}).get("free")),
-                ]
-                for s in result["services"]
-            ],
-        )
+                v["id"][:12],
+                v["name"],
+                v["status"],
+                v["node"],
+                human_size(v["size"]),
+                human_size(v["allocated"]),
+                (v["image_id"] or "-")[:12],
+            ]
+            for v in result["volumes"]
+        ],
+    )
 
-    @service.command("show")
-    @click.argument("ref", metavar="SERVICE")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def service_show(obj: Any, ref: str, as_json: bool) -> None:
-        """One service."""
-        record = obj.client().request("GET", resource_path("services", ref))
-        if as_json:
-            print_json(record)
-        else:
-            print_kv_table(list(record.items()))
 
-    @service.command("rm")
-    @click.argument("ref", metavar="SERVICE")
-    @click.pass_obj
-    @run_safely
-    def service_rm(obj: Any, ref: str) -> None:
-        """Disable a service (refused while it has volumes)."""
-        result = obj.client().request("DELETE", resource_path("services", ref))
-        click.echo(f"Removed service {result['deleted']}.")
+@volume.command("show")
+@click.argument("ref", metavar="VOLUME")
+@json_option
+@click.pass_obj
+def volume_show(obj: Context, ref: str, as_json: bool) -> None:
+    """One volume, by id, unique id prefix or name."""
+    show_volume(obj.client().request("GET", resource_path("volumes", ref)), as_json)
 
-    @main.group()
-    def volume() -> None:
-        """Block volumes."""
 
-    def show(record: dict[str, Any] | None, as_json: bool) -> None:
-        if record is None:
-            return
-        if as_json:
-            print_json(record)
-        else:
-            print_kv_table([(k, record.get(k)) for k in VOLUME_FIELDS])
+@volume.command("rm")
+@click.argument("ref", metavar="VOLUME")
+@click.option("--no-wait", is_flag=True)
+@click.pass_obj
+def volume_rm(obj: Context, ref: str, no_wait: bool) -> None:
+    """Delete a volume; its node removes it."""
+    client = obj.client()
+    result = client.request("DELETE", resource_path("volumes", ref))
+    if "deleted" not in result and not no_wait:
+        wait_volume(client, result, gone_ok=True)
+    click.echo(f"Deleted volume {result.get('name')}.")
 
-    @volume.command("create")
-    @click.argument("name")
-    @click.option("--size", required=True, help="e.g. 512M, 10G, 1T (a bare number is GiB).")
-    @click.option("--image", help="Make it from this image (id, prefix or name).")
-    @click.option("--node", help="Put it on this node (default: the scheduler decides).")
-    @click.option("--pool", help="Block pool.")
-    @click.option("--no-wait", is_flag=True, help="Return at once (status pending).")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def volume_create(
-        obj: Any,
-        name: str,
-        size: str,
-        image: str | None,
-        node: str | None,
-        pool: str | None,
-        no_wait: bool,
-        as_json: bool,
-    ) -> None:
-        """Create a volume."""
-        client = obj.client()
-        record = client.request(
-            "POST",
-            "/v1/volumes",
-            body={"name": name, "size": size, "image": image, "node": node, "pool": pool},
-        )
-        show(record if no_wait else wait_volume(client, record), as_json)
 
-    @volume.command("list")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def volume_list(obj: Any, as_json: bool) -> None:
-        """All volumes."""
-        result = obj.client().request("GET", "/v1/volumes")
-        if as_json:
-            print_json(result)
-            return
-        print_table(
-            ["ID", "NAME", "STATUS", "NODE", "SIZE", "ALLOCATED", "IMAGE"],
-            [
-                [
-                    v["id"][:12],
-                    v["name"],
-                    v["status"],
-                    v["node"],
-                    human_size(v["size"]),
-                    human_size(v["allocated"]),
-                    (v["image_id"] or "-")[:12],
-                ]
-                for v in result["volumes"]
-            ],
-        )
+@volume.command("resize")
+@click.argument("ref", metavar="VOLUME")
+@click.option("--size", required=True, help="The new, larger size.")
+@json_option
+@click.pass_obj
+def volume_resize(obj: Context, ref: str, size: str, as_json: bool) -> None:
+    """Grow a volume."""
+    client = obj.client()
+    record = client.request("POST", resource_path("volumes", ref) + "/resize", body={"size": size})
+    show_volume(wait_volume(client, record), as_json)
 
-    @volume.command("show")
-    @click.argument("ref", metavar="VOLUME")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def volume_show(obj: Any, ref: str, as_json: bool) -> None:
-        """One volume, by id, unique id prefix or name."""
-        show(obj.client().request("GET", resource_path("volumes", ref)), as_json)
 
-    @volume.command("rm")
-    @click.argument("ref", metavar="VOLUME")
-    @click.option("--no-wait", is_flag=True)
-    @click.pass_obj
-    @run_safely
-    def volume_rm(obj: Any, ref: str, no_wait: bool) -> None:
-        """Delete a volume; its node removes it."""
-        client = obj.client()
-        result = client.request("DELETE", resource_path("volumes", ref))
-        if "deleted" not in result and not no_wait:
-            wait_volume(client, result, gone_ok=True)
-        click.echo(f"Deleted volume {result.get('name')}.")
-
-    @volume.command("resize")
-    @click.argument("ref", metavar="VOLUME")
-    @click.option("--size", required=True, help="The new, larger size.")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def volume_resize(obj: Any, ref: str, size: str, as_json: bool) -> None:
-        """Grow a volume."""
-        client = obj.client()
-        record = client.request(
-            "POST", resource_path("volumes", ref) + "/resize", body={"size": size}
-        )
-        show(wait_volume(client, record), as_json)
-
-    @volume.command("snapshot")
-    @click.argument("ref", metavar="VOLUME")
-    @click.argument("name", required=False)
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def volume_snapshot(obj: Any, ref: str, name: str | None, as_json: bool) -> None:
-        """Snapshot a volume (NAME defaults to snap-N)."""
-        client = obj.client()
-        record = client.request(
-            "POST", resource_path("volumes", ref) + "/snapshot", body={"name": name} if name else {}
-        )
-        show(wait_volume(client, record), as_json)
+@volume.command("snapshot")
+@click.argument("ref", metavar="VOLUME")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def volume_snapshot(obj: Context, ref: str, name: str | None, as_json: bool) -> None:
+    """Snapshot a volume (NAME defaults to snap-N)."""
+    client = obj.client()
+    record = client.request(
+        "POST", resource_path("volumes", ref) + "/snapshot", body={"name": name} if name else {}
+    )
+    show_volume(wait_volume(client, record), as_json)

@@ -7,11 +7,21 @@ import io
 import os
 import sys
 import time
-from typing import Any, Protocol, cast
+from typing import Any
 
 import click
 
-from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
+from symphonyd.cli.command import CommandGroup, Context, json_option
+from symphonyd.cli.output import (
+    ProgressBar,
+    human_size,
+    print_json,
+    print_kv_table,
+    print_table,
+    progress_bar,
+    resource_path,
+)
+from symphonyd.cli.wait import follow_record
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, Invalid
 
@@ -29,17 +39,8 @@ IMAGE_FIELDS = [
     "node",
     "created_at",
 ]
-
-
-def human_size(value: Any) -> str:
-    if not isinstance(value, int):
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(value)
+IMPORT_LIMIT = 6 * 3600.0  # the longest import followed, however steadily it progresses
+STALL_LIMIT = 600.0  # an import whose progress stands still this long is given up on
 
 
 def print_image(record: dict[str, Any]) -> None:
@@ -66,46 +67,6 @@ class _Counting(io.RawIOBase):
         if self.progress is not None:
             self.progress.update(self.task, advance=len(data))
         return data
-
-
-class ProgressBar(Protocol):
-    """What the commands use of a progress display (rich's `Progress`, or nothing)."""
-
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: Any) -> Any: ...
-    def add_task(self, description: str, *, total: float | None = None) -> Any: ...
-    def update(self, task: Any, **fields: Any) -> None: ...
-
-
-class _NoProgressBar:
-    """No terminal: nothing to draw, and rich is not even imported (it costs start-up)."""
-
-    def __enter__(self) -> _NoProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, description: str, *, total: float | None = None) -> int:
-        return 0
-
-    def update(self, task: Any, **fields: Any) -> None:
-        return None
-
-
-def progress_bar(enabled: bool) -> ProgressBar:
-    if not enabled:
-        return _NoProgressBar()
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        transient=True,
-    )
-    return cast(ProgressBar, bar)  # its keyword-typed update() is wider than the protocol says
 
 
 def import_image(
@@ -155,114 +116,124 @@ def wait_for_import(
     client: Client, record: dict[str, Any], size: int, show_progress: bool
 ) -> dict[str, Any]:
     """Follow an import until it is ready or failed (no news for 10 minutes: give up)."""
-    last_change, last_progress = time.monotonic(), -1
+    last = {"progress": -1, "at": time.monotonic()}
     with progress_bar(show_progress) as progress:
         task = progress.add_task("importing", total=size)
-        while record["status"] == "importing":
-            if record.get("progress", 0) != last_progress:
-                last_progress, last_change = record.get("progress", 0), time.monotonic()
-                progress.update(task, completed=last_progress)
-            if time.monotonic() - last_change > 600:
+
+        def done(record: dict[str, Any]) -> bool:
+            if record["status"] != "importing":
+                return True
+            if record.get("progress", 0) != last["progress"]:
+                last.update(progress=record.get("progress", 0), at=time.monotonic())
+                progress.update(task, completed=last["progress"])
+            if time.monotonic() - last["at"] > STALL_LIMIT:
                 raise DriverError(f"image {record['id']} made no progress for 10 minutes")
-            # A blocking read: answers as soon as the record changes (progress, ready).
-            record = client.request(
-                "GET",
-                f"/v1/images/{record['id']}",
-                query={"index": record["mod_revision"], "wait": "10s"},
-            )
-    if record["status"] == "failed":
-        raise DriverError(f"import of {record['name']!r} failed: {record['status_message']}")
-    return record
+            return False
 
-
-def register(main: click.Group, context_class: Any, run_safely: Any, json_option: Any) -> None:
-    @main.group()
-    def image() -> None:
-        """Cloud images: content-addressed, verified by SHA-256."""
-
-    @image.command("new")
-    @click.argument("description")
-    @click.argument("name")
-    @click.argument("file", type=click.Path(dir_okay=False))
-    @click.option("--sha256", help="Expected SHA-256: a mismatch is refused, nothing kept.")
-    @click.option("--no-wait", is_flag=True, help="Return once the import has started.")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def image_new(
-        obj: Any,
-        description: str,
-        name: str,
-        file: str,
-        sha256: str | None,
-        no_wait: bool,
-        as_json: bool,
-    ) -> None:
-        """Import FILE as image NAME (on the local socket the node reads it in place)."""
-        client = obj.client(timeout=120)
-        record = import_image(
+        found = follow_record(
             client,
-            local=not obj.addr,
-            description=description,
-            name=name,
-            path=file,
-            sha256=sha256,
-            wait=not no_wait,
-            show_progress=sys.stderr.isatty() and not as_json,
+            "images",
+            resource_path("images", record["id"]),
+            record,
+            done,
+            timeout=IMPORT_LIMIT,
+            expired=lambda record: DriverError(
+                f"image {record['id']} is still importing after {IMPORT_LIMIT:.0f} s"
+            ),
         )
-        if as_json:
-            print_json(record)
-        else:
-            print_image(record)
+    assert found is not None  # not gone_ok: a vanished image raised NotFound
+    if found["status"] == "failed":
+        raise DriverError(f"import of {found['name']!r} failed: {found['status_message']}")
+    return found
 
-    @image.command("list")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def image_list(obj: Any, as_json: bool) -> None:
-        """All images."""
-        result = obj.client().request("GET", "/v1/images")
-        if as_json:
-            print_json(result)
-            return
-        print_table(
-            ["ID", "NAME", "STATUS", "FORMAT", "SIZE", "HOLDERS", "FINGERPRINT"],
+
+@click.group(cls=CommandGroup)
+def image() -> None:
+    """Cloud images: content-addressed, verified by SHA-256."""
+
+
+@image.command("new")
+@click.argument("description")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--sha256", help="Expected SHA-256: a mismatch is refused, nothing kept.")
+@click.option("--no-wait", is_flag=True, help="Return once the import has started.")
+@json_option
+@click.pass_obj
+def image_new(
+    obj: Context,
+    description: str,
+    name: str,
+    file: str,
+    sha256: str | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Import FILE as image NAME (on the local socket the node reads it in place)."""
+    client = obj.client(timeout=120)
+    record = import_image(
+        client,
+        local=not obj.addr,
+        description=description,
+        name=name,
+        path=file,
+        sha256=sha256,
+        wait=not no_wait,
+        show_progress=sys.stderr.isatty() and not as_json,
+    )
+    if as_json:
+        print_json(record)
+    else:
+        print_image(record)
+
+
+@image.command("list")
+@json_option
+@click.pass_obj
+def image_list(obj: Context, as_json: bool) -> None:
+    """All images."""
+    result = obj.client().request("GET", "/v1/images")
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["ID", "NAME", "STATUS", "FORMAT", "SIZE", "HOLDERS", "FINGERPRINT"],
+        [
             [
-                [
-                    r["id"][:12],
-                    r["name"],
-                    r["status"],
-                    r["format"],
-                    human_size(r["size"]),
-                    ",".join(r["holders"]) or "-",
-                    (r["fingerprint"] or "-")[:16],
-                ]
-                for r in result["images"]
-            ],
-        )
+                r["id"][:12],
+                r["name"],
+                r["status"],
+                r["format"],
+                human_size(r["size"]),
+                ",".join(r["holders"]) or "-",
+                (r["fingerprint"] or "-")[:16],
+            ]
+            for r in result["images"]
+        ],
+    )
 
-    @image.command("show")
-    @click.argument("image_ref", metavar="IMAGE")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def image_show(obj: Any, image_ref: str, as_json: bool) -> None:
-        """One image, by id, unique id prefix or name."""
-        record = obj.client().request("GET", resource_path("images", image_ref))
-        if as_json:
-            print_json(record)
-        else:
-            print_image(record)
 
-    @image.command("rm")
-    @click.argument("image_ref", metavar="IMAGE")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def image_rm(obj: Any, image_ref: str, as_json: bool) -> None:
-        """Delete an image (by id, unique id prefix or name)."""
-        result = obj.client().request("DELETE", resource_path("images", image_ref))
-        if as_json:
-            print_json(result)
-        else:
-            click.echo(f"Deleted image {result['name']} ({result['deleted']}).")
+@image.command("show")
+@click.argument("image_ref", metavar="IMAGE")
+@json_option
+@click.pass_obj
+def image_show(obj: Context, image_ref: str, as_json: bool) -> None:
+    """One image, by id, unique id prefix or name."""
+    record = obj.client().request("GET", resource_path("images", image_ref))
+    if as_json:
+        print_json(record)
+    else:
+        print_image(record)
+
+
+@image.command("rm")
+@click.argument("image_ref", metavar="IMAGE")
+@json_option
+@click.pass_obj
+def image_rm(obj: Context, image_ref: str, as_json: bool) -> None:
+    """Delete an image (by id, unique id prefix or name)."""
+    result = obj.client().request("DELETE", resource_path("images", image_ref))
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"Deleted image {result['name']} ({result['deleted']}).")

@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from symphonyd.cli.command import CommandGroup, Context, json_option
 from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
+from symphonyd.cli.wait import follow_record
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, Invalid
 
 WAIT_LIMIT = 3600.0
-POLL = 0.3
 MAX_ROUNDS = 50  # prompt rounds: a plan that keeps asking is a bug, not a loop
 
 
@@ -157,8 +158,8 @@ def plan_with_answers(
 def follow(client: Client, record: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
     """Print each step as it starts and ends, until the deployment is done or failed."""
     seen: dict[int, str] = {}
-    deadline = time.monotonic() + WAIT_LIMIT
-    while True:
+
+    def done(record: dict[str, Any]) -> bool:
         for step in record["steps"]:
             status = step["status"]
             if seen.get(step["index"]) == status or status == "pending":
@@ -172,12 +173,21 @@ def follow(client: Client, record: dict[str, Any], *, quiet: bool = False) -> di
                 click.echo(line, err=True)
                 for logged in step.get("log") or []:
                     click.echo(f"    {logged}", err=True)
-        if record["status"] != "running":
-            return record
-        if time.monotonic() > deadline:
-            raise DriverError(f"deployment {record['id']} still running after {WAIT_LIMIT:.0f} s")
-        time.sleep(POLL)
-        record = client.request("GET", resource_path("deployments", record["id"]))
+        return bool(record["status"] != "running")
+
+    found = follow_record(
+        client,
+        "deployments",
+        resource_path("deployments", record["id"]),
+        record,
+        done,
+        timeout=WAIT_LIMIT,
+        expired=lambda record: DriverError(
+            f"deployment {record['id']} still running after {WAIT_LIMIT:.0f} s"
+        ),
+    )
+    assert found is not None  # not gone_ok: a vanished deployment raised NotFound
+    return found
 
 
 def finish(record: dict[str, Any], as_json: bool) -> None:
@@ -200,299 +210,299 @@ def finish(record: dict[str, Any], as_json: bool) -> None:
             click.echo(f"{key}: {value}")
 
 
-def register(main: click.Group, run_safely: Any, json_option: Any) -> None:
-    @main.group()
-    def lifecycle() -> None:
-        """Lifecycles: state machines of the applications on each node."""
+@click.group(cls=CommandGroup)
+def lifecycle() -> None:
+    """Lifecycles: state machines of the applications on each node."""
 
-    @lifecycle.command("list")
-    @click.option("--node", help="Only this node (default: every member).")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def lifecycle_list(obj: Any, node: str | None, as_json: bool) -> None:
-        """The lifecycles each node loaded, their current state, and broken modules."""
-        client = obj.client()
-        names = [node] if node else [n["name"] for n in client.request("GET", "/v1/nodes")["nodes"]]
-        found = [client.request("GET", _node_path(name, "lifecycles")) for name in names]
-        if as_json:
-            print_json({"nodes": found})
-            return
-        rows = [
-            [entry["node"], item["name"], item["state"], item["origin"]]
-            for entry in found
-            for item in entry["lifecycles"]
-        ]
-        print_table(["NODE", "LIFECYCLE", "STATE", "MODULE"], rows)
-        for entry in found:
-            for module, error in entry["broken"].items():
-                click.echo(f"broken on {entry['node']}: {module}: {error}", err=True)
 
-    @lifecycle.command("show")
-    @click.argument("name", metavar="LIFECYCLE")
-    @click.option("--node", help="The node (default: the one answering).")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def lifecycle_show(obj: Any, name: str, node: str | None, as_json: bool) -> None:
-        """States, transitions, provides with their requires, and where it stands."""
-        client = obj.client()
-        result = client.request("GET", _node_path(node or _this_node(client), "lifecycles", name))
-        if as_json:
-            print_json(result)
-            return
-        print_kv_table(
-            [
-                ("lifecycle", result["name"]),
-                ("node", result["node"]),
-                ("state", result["state"]),
-                ("applied", " -> ".join(result["applied"])),
-                ("transitions", ", ".join(f"{s}->{t}" for s, t in result["transitions"])),
-            ]
-        )
-        rows = []
-        for state in result["states"]:
-            for item in state["provides"]:
-                needs = []
-                for require in item["requires"]:
-                    if require["type"] == "user":
-                        needs += [
-                            f"{v['name']}={v['default']}" if v["default"] is not None else v["name"]
-                            for v in require["variables"]
-                        ]
-                    else:
-                        needs.append(f"{require['type']} {require['xpath']} ({require['nargs']})")
-                called = f"{state['name']}/{item['name']}" in result["calls"]
-                rows.append(
-                    [state["name"], item["name"], ", ".join(needs), "yes" if called else ""]
-                )
-        print_table(["STATE", "PROVIDE", "REQUIRES", "HOLDS"], rows)
-
-    @lifecycle.command("graph")
-    @click.argument("name", metavar="LIFECYCLE")
-    @click.option("--node", help="The node (default: the one answering).")
-    @click.pass_obj
-    @run_safely
-    def lifecycle_graph(obj: Any, name: str, node: str | None) -> None:
-        """The transition graph in Graphviz DOT (pipe it to `dot -Tsvg`)."""
-        client = obj.client()
-        result = client.request("GET", _node_path(node or _this_node(client), "lifecycles", name))
-        click.echo(result["dot"], nl=False)
-
-    change_options = [
-        click.option("--node", help="The node (default: the one answering)."),
-        click.option(
-            "--set",
-            "values",
-            multiple=True,
-            metavar="VAR=VALUE",
-            help="A value (a variable name, or a tail of its question id).",
-        ),
-        click.option("--simulate", is_flag=True, help="Run the steps without the bodies."),
-        click.option("--plan", "plan_only", is_flag=True, help="Print the plan; change nothing."),
-        click.option("--no-wait", is_flag=True, help="Return once started."),
-        json_option,
-        click.pass_obj,
-        run_safely,
+@lifecycle.command("list")
+@click.option("--node", help="Only this node (default: every member).")
+@json_option
+@click.pass_obj
+def lifecycle_list(obj: Context, node: str | None, as_json: bool) -> None:
+    """The lifecycles each node loaded, their current state, and broken modules."""
+    client = obj.client()
+    names = [node] if node else [n["name"] for n in client.request("GET", "/v1/nodes")["nodes"]]
+    found = [client.request("GET", _node_path(name, "lifecycles")) for name in names]
+    if as_json:
+        print_json({"nodes": found})
+        return
+    rows = [
+        [entry["node"], item["name"], item["state"], item["origin"]]
+        for entry in found
+        for item in entry["lifecycles"]
     ]
+    print_table(["NODE", "LIFECYCLE", "STATE", "MODULE"], rows)
+    for entry in found:
+        for module, error in entry["broken"].items():
+            click.echo(f"broken on {entry['node']}: {module}: {error}", err=True)
 
-    def with_change_options(fn: Any) -> Any:
-        for option in reversed(change_options):
-            fn = option(fn)
-        return fn
 
-    def _change(obj: Any, path: str, body: dict[str, Any], flags: dict[str, Any]) -> None:
-        client = obj.client()
-        body = {**body, "values": _assignments(flags["values"]), "simulate": flags["simulate"]}
-        if flags["plan_only"]:
-            plan = client.request("POST", path, body={**body, "plan": True})
-            if flags["as_json"]:
-                print_json(plan)
-            else:
-                print_plan(plan)
-            return
-        record = client.request("POST", path, body=body)
-        if flags["no_wait"]:
-            print_json(record)
-            return
-        finish(follow(client, record, quiet=flags["as_json"]), flags["as_json"])
-
-    @lifecycle.command("goto")
-    @click.argument("name", metavar="LIFECYCLE")
-    @click.argument("state")
-    @with_change_options
-    def lifecycle_goto(obj: Any, name: str, state: str, node: str | None, **flags: Any) -> None:
-        """Move a lifecycle to STATE along the shortest path (leaving, then entering)."""
-        node = node or _this_node(obj.client())
-        _change(obj, _node_path(node, "lifecycles", name, "goto"), {"state": state}, flags)
-
-    @lifecycle.command("call")
-    @click.argument("xpath")
-    @with_change_options
-    def lifecycle_call(obj: Any, xpath: str, node: str | None, **flags: Any) -> None:
-        """Call a provide (e.g. WebServer//start), moving to its state first."""
-        node = node or _this_node(obj.client())
-        path = _node_path(node, "lifecycles", "provides", xpath, "call")
-        _change(obj, path, {}, flags)
-
-    @main.command("deploy")
-    @click.argument("xpath", required=False)
-    @click.option("--node", help="Where the target provide runs (default: the answering node).")
-    @click.option(
-        "--answers",
-        "answers_file",
-        type=click.Path(dir_okay=False),
-        help="Answers file (YAML or JSON): question id or tail -> value.",
+@lifecycle.command("show")
+@click.argument("name", metavar="LIFECYCLE")
+@click.option("--node", help="The node (default: the one answering).")
+@json_option
+@click.pass_obj
+def lifecycle_show(obj: Context, name: str, node: str | None, as_json: bool) -> None:
+    """States, transitions, provides with their requires, and where it stands."""
+    client = obj.client()
+    result = client.request("GET", _node_path(node or _this_node(client), "lifecycles", name))
+    if as_json:
+        print_json(result)
+        return
+    print_kv_table(
+        [
+            ("lifecycle", result["name"]),
+            ("node", result["node"]),
+            ("state", result["state"]),
+            ("applied", " -> ".join(result["applied"])),
+            ("transitions", ", ".join(f"{s}->{t}" for s, t in result["transitions"])),
+        ]
     )
-    @click.option(
-        "--save-answers",
-        type=click.Path(dir_okay=False),
-        help="Write the answers used to this file, to replay (secrets left out).",
-    )
-    @click.option(
+    rows = []
+    for state in result["states"]:
+        for item in state["provides"]:
+            needs = []
+            for require in item["requires"]:
+                if require["type"] == "user":
+                    needs += [
+                        f"{v['name']}={v['default']}" if v["default"] is not None else v["name"]
+                        for v in require["variables"]
+                    ]
+                else:
+                    needs.append(f"{require['type']} {require['xpath']} ({require['nargs']})")
+            called = f"{state['name']}/{item['name']}" in result["calls"]
+            rows.append([state["name"], item["name"], ", ".join(needs), "yes" if called else ""])
+    print_table(["STATE", "PROVIDE", "REQUIRES", "HOLDS"], rows)
+
+
+@lifecycle.command("graph")
+@click.argument("name", metavar="LIFECYCLE")
+@click.option("--node", help="The node (default: the one answering).")
+@click.pass_obj
+def lifecycle_graph(obj: Context, name: str, node: str | None) -> None:
+    """The transition graph in Graphviz DOT (pipe it to `dot -Tsvg`)."""
+    client = obj.client()
+    result = client.request("GET", _node_path(node or _this_node(client), "lifecycles", name))
+    click.echo(result["dot"], nl=False)
+
+
+change_options: list[Callable[[Any], Any]] = [
+    click.option("--node", help="The node (default: the one answering)."),
+    click.option(
         "--set",
         "values",
         multiple=True,
         metavar="VAR=VALUE",
-        help="An answer (a variable name or a tail of its question id).",
-    )
-    @click.option("--yes", "-y", is_flag=True, help="Take the suggestions for unset values.")
-    @click.option("--plan", "plan_only", is_flag=True, help="Print the plan; change nothing.")
-    @click.option("--simulate", is_flag=True, help="Run the plan without running the bodies.")
-    @click.option("--undo", metavar="DEPLOYMENT", help="Leave the states DEPLOYMENT entered.")
-    @click.option("--no-wait", is_flag=True, help="Return once started.")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def deploy(
-        obj: Any,
-        xpath: str | None,
-        node: str | None,
-        answers_file: str | None,
-        save_answers: str | None,
-        values: tuple[str, ...],
-        yes: bool,
-        plan_only: bool,
-        simulate: bool,
-        undo: str | None,
-        no_wait: bool,
-        as_json: bool,
-    ) -> None:
-        """Deploy a provide with everything it requires, across the cluster, e.g.
-        `symphonyd deploy WebSite//start`. Run again: resumes a failed deployment, does
-        nothing for a finished one."""
-        client = obj.client()
-        if undo:
-            if xpath:
-                raise click.UsageError("give either XPATH or --undo DEPLOYMENT")
-            record = client.request("POST", resource_path("deployments", undo) + "/undo")
+        help="A value (a variable name, or a tail of its question id).",
+    ),
+    click.option("--simulate", is_flag=True, help="Run the steps without the bodies."),
+    click.option("--plan", "plan_only", is_flag=True, help="Print the plan; change nothing."),
+    click.option("--no-wait", is_flag=True, help="Return once started."),
+    json_option,
+    click.pass_obj,
+]
+
+
+def with_change_options(fn: Any) -> Any:
+    for option in reversed(change_options):
+        fn = option(fn)
+    return fn
+
+
+def _change(obj: Context, path: str, body: dict[str, Any], flags: dict[str, Any]) -> None:
+    client = obj.client()
+    body = {**body, "values": _assignments(flags["values"]), "simulate": flags["simulate"]}
+    if flags["plan_only"]:
+        plan = client.request("POST", path, body={**body, "plan": True})
+        if flags["as_json"]:
+            print_json(plan)
         else:
-            if not xpath:
-                raise click.UsageError("give the provide to deploy, e.g. WebSite//start")
-            answers = load_answers(answers_file) if answers_file else {}
-            answers.update(_assignments(values))
-            body: dict[str, Any] = {"xpath": xpath, "yes": yes, "simulate": simulate}
-            if node:
-                body["node"] = node
-            interactive = sys.stdin.isatty() and not yes and not as_json
-            plan = plan_with_answers(client, body, answers, interactive=interactive)
-            if save_answers:
-                secret_ids = [q["id"] for q in plan["questions"] if q["secret"]]
-                secret = {
-                    key
-                    for key in answers
-                    if any(i == key or i.endswith("/" + key.strip("/")) for i in secret_ids)
-                }
-                left = write_answers(save_answers, answers, secret)
-                if left:
-                    click.echo(f"{left} secret answers were not saved.", err=True)
-            if plan_only:
-                print_json(plan) if as_json else print_plan(plan)
-                return
-            record = client.request("POST", "/v1/deployments", body={**body, "answers": answers})
-            if record.get("outcome") == "unchanged" and record["status"] == "done":
-                click.echo(
-                    f"Deployment {record['id'][:12]} is already done: nothing to do.", err=True
-                )
-            elif record.get("outcome") == "resumed":
-                click.echo(f"Resuming deployment {record['id'][:12]}.", err=True)
-        if no_wait:
-            print_json(record) if as_json else click.echo(f"Deployment {record['id']} started.")
-            return
-        finish(follow(client, record, quiet=as_json), as_json)
+            print_plan(plan)
+        return
+    record = client.request("POST", path, body=body)
+    if flags["no_wait"]:
+        print_json(record)
+        return
+    finish(follow(client, record, quiet=flags["as_json"]), flags["as_json"])
 
-    @main.group()
-    def deployment() -> None:
-        """Deployments: their plans, steps and results."""
 
-    @deployment.command("list")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def deployment_list(obj: Any, as_json: bool) -> None:
-        """Every deployment, oldest first."""
-        result = obj.client().request("GET", "/v1/deployments")
-        if as_json:
-            print_json(result)
-            return
-        rows = []
-        for d in result["deployments"]:
-            done = sum(1 for s in d["steps"] if s["status"] == "done")
-            rows.append(
-                [
-                    d["id"][:12],
-                    d["kind"],
-                    d["target"],
-                    d["node"],
-                    d["status"],
-                    f"{done}/{len(d['steps'])}",
-                    d["created_at"],
-                ]
-            )
-        print_table(["ID", "KIND", "TARGET", "NODE", "STATUS", "STEPS", "CREATED"], rows)
+@lifecycle.command("goto")
+@click.argument("name", metavar="LIFECYCLE")
+@click.argument("state")
+@with_change_options
+def lifecycle_goto(obj: Context, name: str, state: str, node: str | None, **flags: Any) -> None:
+    """Move a lifecycle to STATE along the shortest path (leaving, then entering)."""
+    node = node or _this_node(obj.client())
+    _change(obj, _node_path(node, "lifecycles", name, "goto"), {"state": state}, flags)
 
-    @deployment.command("show")
-    @click.argument("ref", metavar="DEPLOYMENT")
-    @json_option
-    @click.pass_obj
-    @run_safely
-    def deployment_show(obj: Any, ref: str, as_json: bool) -> None:
-        """A deployment's steps with their status, errors and result."""
-        record = obj.client().request("GET", resource_path("deployments", ref))
-        if as_json:
-            print_json(record)
+
+@lifecycle.command("call")
+@click.argument("xpath")
+@with_change_options
+def lifecycle_call(obj: Context, xpath: str, node: str | None, **flags: Any) -> None:
+    """Call a provide (e.g. WebServer//start), moving to its state first."""
+    node = node or _this_node(obj.client())
+    path = _node_path(node, "lifecycles", "provides", xpath, "call")
+    _change(obj, path, {}, flags)
+
+
+@click.command("deploy")
+@click.argument("xpath", required=False)
+@click.option("--node", help="Where the target provide runs (default: the answering node).")
+@click.option(
+    "--answers",
+    "answers_file",
+    type=click.Path(dir_okay=False),
+    help="Answers file (YAML or JSON): question id or tail -> value.",
+)
+@click.option(
+    "--save-answers",
+    type=click.Path(dir_okay=False),
+    help="Write the answers used to this file, to replay (secrets left out).",
+)
+@click.option(
+    "--set",
+    "values",
+    multiple=True,
+    metavar="VAR=VALUE",
+    help="An answer (a variable name or a tail of its question id).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Take the suggestions for unset values.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--simulate", is_flag=True, help="Run the plan without running the bodies.")
+@click.option("--undo", metavar="DEPLOYMENT", help="Leave the states DEPLOYMENT entered.")
+@click.option("--no-wait", is_flag=True, help="Return once started.")
+@json_option
+@click.pass_obj
+def deploy(
+    obj: Context,
+    xpath: str | None,
+    node: str | None,
+    answers_file: str | None,
+    save_answers: str | None,
+    values: tuple[str, ...],
+    yes: bool,
+    plan_only: bool,
+    simulate: bool,
+    undo: str | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Deploy a provide with everything it requires, across the cluster, e.g.
+    `symphonyd deploy WebSite//start`. Run again: resumes a failed deployment, does
+    nothing for a finished one."""
+    client = obj.client()
+    if undo:
+        if xpath:
+            raise click.UsageError("give either XPATH or --undo DEPLOYMENT")
+        record = client.request("POST", resource_path("deployments", undo) + "/undo")
+    else:
+        if not xpath:
+            raise click.UsageError("give the provide to deploy, e.g. WebSite//start")
+        answers = load_answers(answers_file) if answers_file else {}
+        answers.update(_assignments(values))
+        body: dict[str, Any] = {"xpath": xpath, "yes": yes, "simulate": simulate}
+        if node:
+            body["node"] = node
+        interactive = sys.stdin.isatty() and not yes and not as_json
+        plan = plan_with_answers(client, body, answers, interactive=interactive)
+        if save_answers:
+            secret_ids = [q["id"] for q in plan["questions"] if q["secret"]]
+            secret = {
+                key
+                for key in answers
+                if any(i == key or i.endswith("/" + key.strip("/")) for i in secret_ids)
+            }
+            left = write_answers(save_answers, answers, secret)
+            if left:
+                click.echo(f"{left} secret answers were not saved.", err=True)
+        if plan_only:
+            print_json(plan) if as_json else print_plan(plan)
             return
-        print_kv_table(
+        record = client.request("POST", "/v1/deployments", body={**body, "answers": answers})
+        if record.get("outcome") == "unchanged" and record["status"] == "done":
+            click.echo(f"Deployment {record['id'][:12]} is already done: nothing to do.", err=True)
+        elif record.get("outcome") == "resumed":
+            click.echo(f"Resuming deployment {record['id'][:12]}.", err=True)
+    if no_wait:
+        print_json(record) if as_json else click.echo(f"Deployment {record['id']} started.")
+        return
+    finish(follow(client, record, quiet=as_json), as_json)
+
+
+@click.group(cls=CommandGroup)
+def deployment() -> None:
+    """Deployments: their plans, steps and results."""
+
+
+@deployment.command("list")
+@json_option
+@click.pass_obj
+def deployment_list(obj: Context, as_json: bool) -> None:
+    """Every deployment, oldest first."""
+    result = obj.client().request("GET", "/v1/deployments")
+    if as_json:
+        print_json(result)
+        return
+    rows = []
+    for d in result["deployments"]:
+        done = sum(1 for s in d["steps"] if s["status"] == "done")
+        rows.append(
             [
-                ("id", record["id"]),
-                ("kind", record["kind"]),
-                ("target", record["target"]),
-                ("node", record["node"]),
-                ("status", record["status"]),
-                ("simulate", record.get("simulate")),
-                ("undoes", record.get("undoes")),
-                ("result", json.dumps(record.get("result"))),
+                d["id"][:12],
+                d["kind"],
+                d["target"],
+                d["node"],
+                d["status"],
+                f"{done}/{len(d['steps'])}",
+                d["created_at"],
             ]
         )
-        print_table(
-            ["#", "NODE", "STEP", "STATUS", "ERROR"],
-            [
-                [
-                    s["index"],
-                    s["node"],
-                    f"{s['lifecycle']}/{s['state']}/{s['provide'] or s['action']}",
-                    s["status"],
-                    s.get("error"),
-                ]
-                for s in record["steps"]
-            ],
-        )
+    print_table(["ID", "KIND", "TARGET", "NODE", "STATUS", "STEPS", "CREATED"], rows)
 
-    @deployment.command("rm")
-    @click.argument("ref", metavar="DEPLOYMENT")
-    @click.pass_obj
-    @run_safely
-    def deployment_rm(obj: Any, ref: str) -> None:
-        """Forget a deployment record (its effects stay: undo them first)."""
-        result = obj.client().request("DELETE", resource_path("deployments", ref))
-        click.echo(f"Deleted deployment {result['deleted']}.")
+
+@deployment.command("show")
+@click.argument("ref", metavar="DEPLOYMENT")
+@json_option
+@click.pass_obj
+def deployment_show(obj: Context, ref: str, as_json: bool) -> None:
+    """A deployment's steps with their status, errors and result."""
+    record = obj.client().request("GET", resource_path("deployments", ref))
+    if as_json:
+        print_json(record)
+        return
+    print_kv_table(
+        [
+            ("id", record["id"]),
+            ("kind", record["kind"]),
+            ("target", record["target"]),
+            ("node", record["node"]),
+            ("status", record["status"]),
+            ("simulate", record.get("simulate")),
+            ("undoes", record.get("undoes")),
+            ("result", json.dumps(record.get("result"))),
+        ]
+    )
+    print_table(
+        ["#", "NODE", "STEP", "STATUS", "ERROR"],
+        [
+            [
+                s["index"],
+                s["node"],
+                f"{s['lifecycle']}/{s['state']}/{s['provide'] or s['action']}",
+                s["status"],
+                s.get("error"),
+            ]
+            for s in record["steps"]
+        ],
+    )
+
+
+@deployment.command("rm")
+@click.argument("ref", metavar="DEPLOYMENT")
+@click.pass_obj
+def deployment_rm(obj: Context, ref: str) -> None:
+    """Forget a deployment record (its effects stay: undo them first)."""
+    result = obj.client().request("DELETE", resource_path("deployments", ref))
+    click.echo(f"Deleted deployment {result['deleted']}.")

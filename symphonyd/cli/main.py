@@ -2,67 +2,29 @@
 
 Commands talk only to the HTTP API through `symphonyd.client` (and `run` starts the
 daemon). Global options come before the command: `symphonyd --data-dir ./n2 join TOKEN`.
-Errors print one line on stderr and exit non-zero; read commands take `--json`.
+Errors print one line on stderr and exit 1 (mapped once, by `CommandGroup`, which every
+group is); read commands take `--json`. The other groups live in one module each.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from symphonyd import __version__
+from symphonyd.cli import block as _block
+from symphonyd.cli import images as _images
+from symphonyd.cli import lifecycles as _lifecycles
+from symphonyd.cli import lvm as _lvm
+from symphonyd.cli.command import CommandGroup, Context, json_option
 from symphonyd.cli.output import print_json, print_kv_table, print_table
-from symphonyd.client import Client, local_fingerprint
-from symphonyd.errors import SymphonyError
 
 DEFAULT_DATA_DIR = "/var/lib/symphonyd"
-
-
-class Context:
-    def __init__(
-        self,
-        socket_path: str | None,
-        data_dir: str,
-        addr: str | None,
-        token: str | None,
-        fingerprint: str | None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.socket_path = socket_path or os.path.join(data_dir, "control.sock")
-        self.addr = addr
-        self.token = token
-        self.fingerprint = fingerprint
-        self.explicit_data_dir: str | None = data_dir
-
-    def client(self, *, local_only: bool = False, timeout: float = 60.0) -> Client:
-        if self.addr and not local_only:
-            fingerprint = self.fingerprint or local_fingerprint(self.data_dir)
-            return Client(
-                addr=self.addr, token=self.token, fingerprint=fingerprint, timeout=timeout
-            )
-        return Client(socket_path=self.socket_path, timeout=timeout)
-
-
-def run_safely(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn our errors into one line on stderr and exit status 1."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SymphonyError as exc:
-            click.echo(f"Error: {exc.message}", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def kv_path(key: str) -> str:
@@ -70,10 +32,7 @@ def kv_path(key: str) -> str:
     return "/v1/kv/" + urllib.parse.quote(key, safe="/")
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="symphonyd")
 @click.option(
     "--socket-path",
@@ -162,7 +121,6 @@ def run(
 @main.command()
 @json_option
 @click.pass_obj
-@run_safely
 def init(obj: Context, as_json: bool) -> None:
     """Bootstrap a new one-node cluster on this node (over the local socket)."""
     result = obj.client(local_only=True).request("POST", "/v1/cluster/init", body={})
@@ -179,7 +137,6 @@ def init(obj: Context, as_json: bool) -> None:
 @click.argument("token")
 @json_option
 @click.pass_obj
-@run_safely
 def join(obj: Context, token: str, as_json: bool) -> None:
     """Make this node join a cluster with a join TOKEN (over the local socket)."""
     result = obj.client(local_only=True, timeout=120).request(
@@ -207,7 +164,6 @@ def token() -> None:
 @click.option("--description", default="", help="What the token is for.")
 @json_option
 @click.pass_obj
-@run_safely
 def token_create(
     obj: Context, expires: str | None, admin: bool, description: str, as_json: bool
 ) -> None:
@@ -227,7 +183,6 @@ def token_create(
 @main.command()
 @json_option
 @click.pass_obj
-@run_safely
 def leave(obj: Context, as_json: bool) -> None:
     """This node leaves its cluster cleanly (over the local socket)."""
     result = obj.client(local_only=True, timeout=120).request("POST", "/v1/cluster/leave")
@@ -240,7 +195,6 @@ def leave(obj: Context, as_json: bool) -> None:
 @main.command()
 @json_option
 @click.pass_obj
-@run_safely
 def status(obj: Context, as_json: bool) -> None:
     """Cluster, this node, the leader, members and quorum."""
     result = obj.client(timeout=10).request("GET", "/v1/cluster")
@@ -313,7 +267,6 @@ def node() -> None:
 @node.command("list")
 @json_option
 @click.pass_obj
-@run_safely
 def node_list(obj: Context, as_json: bool) -> None:
     """List members with role, health and status."""
     result = obj.client().request("GET", "/v1/nodes")
@@ -327,7 +280,6 @@ def node_list(obj: Context, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 @click.pass_obj
-@run_safely
 def node_show(obj: Context, name: str, as_json: bool) -> None:
     """Show one member."""
     result = obj.client().request("GET", f"/v1/nodes/{name}")
@@ -342,7 +294,6 @@ def node_show(obj: Context, name: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Remove even if the node is reachable.")
 @json_option
 @click.pass_obj
-@run_safely
 def node_remove(obj: Context, name: str, force: bool, as_json: bool) -> None:
     """Remove a dead member from the cluster."""
     result = obj.client().request(
@@ -363,7 +314,6 @@ def kv() -> None:
 @click.argument("key")
 @json_option
 @click.pass_obj
-@run_safely
 def kv_get(obj: Context, key: str, as_json: bool) -> None:
     """Print a key's value."""
     from symphonyd.errors import NotFound
@@ -393,7 +343,6 @@ def kv_get(obj: Context, key: str, as_json: bool) -> None:
 @click.option("--cas", type=int, help="Only if the key's ModifyIndex is this (0: if absent).")
 @click.option("--flags", type=int, help="Opaque 64-bit flags.")
 @click.pass_obj
-@run_safely
 def kv_put(
     obj: Context, key: str, value: str | None, path: str | None, cas: int | None, flags: int | None
 ) -> None:
@@ -416,7 +365,6 @@ def kv_put(
 @click.option("--recurse", is_flag=True, help="Delete every key under the prefix.")
 @click.option("--cas", type=int, help="Only if the key's ModifyIndex is this.")
 @click.pass_obj
-@run_safely
 def kv_delete(obj: Context, key: str, recurse: bool, cas: int | None) -> None:
     """Delete a key (or a prefix with --recurse)."""
     ok = obj.client().request(
@@ -431,7 +379,6 @@ def kv_delete(obj: Context, key: str, recurse: bool, cas: int | None) -> None:
 @click.argument("prefix", default="")
 @json_option
 @click.pass_obj
-@run_safely
 def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
     """List keys under PREFIX with their indexes and sizes."""
     import base64
@@ -469,7 +416,6 @@ def config_group() -> None:
 @click.argument("key", required=False)
 @json_option
 @click.pass_obj
-@run_safely
 def config_get(obj: Context, key: str | None, as_json: bool) -> None:
     """Show the settings (or one)."""
     settings = obj.client().request("GET", "/v1/cluster/config")["config"]
@@ -487,21 +433,19 @@ def config_get(obj: Context, key: str | None, as_json: bool) -> None:
 @click.argument("key")
 @click.argument("value")
 @click.pass_obj
-@run_safely
 def config_set(obj: Context, key: str, value: str) -> None:
     """Change a setting for the whole cluster."""
     result = obj.client().request("PUT", f"/v1/cluster/config/{key}", body={"value": value})
     click.echo(f"{key} = {result['config'][key]}")
 
 
-from symphonyd.cli import block as _block  # noqa: E402 (registers `service`, `volume`)
-from symphonyd.cli import images as _images  # noqa: E402 (registers `image` on main)
-from symphonyd.cli import lvm as _lvm  # noqa: E402 (registers `block pv|vg|lv`)
-
-_images.register(main, Context, run_safely, json_option)
-_block.register(main, run_safely, json_option)
-_lvm.register(main, run_safely, json_option)
-
-from symphonyd.cli import lifecycles as _lifecycles  # noqa: E402 (lifecycle, deploy, deployment)
-
-_lifecycles.register(main, run_safely, json_option)
+for _command in (
+    _block.service,
+    _block.volume,
+    _images.image,
+    _lvm.block,
+    _lifecycles.lifecycle,
+    _lifecycles.deploy,
+    _lifecycles.deployment,
+):
+    main.add_command(_command)

@@ -1,7 +1,8 @@
-"""Human and JSON output for the CLI: aligned tables (rich) and pretty JSON.
+"""Human and JSON output for the CLI: aligned tables and progress bars (rich), pretty
+JSON, human sizes.
 
-rich is imported when a table is printed, not before: a command that prints JSON or one
-line starts faster without it."""
+rich is imported when a table or a progress bar is drawn, not before: a command that
+prints JSON or one line starts faster without it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import urllib.parse
 from collections.abc import Sequence
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,3 +55,54 @@ def print_kv_table(pairs: Sequence[tuple[str, Any]]) -> None:
 def resource_path(kind: str, ref: str) -> str:
     """The API path of one resource by id, prefix or name (quoted: names are free text)."""
     return f"/v1/{kind}/" + urllib.parse.quote(ref, safe="")
+
+
+def human_size(value: Any) -> str:
+    if not isinstance(value, int):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)
+
+
+class ProgressBar(Protocol):
+    """What the commands use of a progress display (rich's `Progress`, or nothing)."""
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: Any) -> Any: ...
+    def add_task(self, description: str, *, total: float | None = None) -> Any: ...
+    def update(self, task: Any, **fields: Any) -> None: ...
+
+
+class _NoProgressBar:
+    """No terminal: nothing to draw, and rich is not even imported (it costs start-up)."""
+
+    def __enter__(self) -> _NoProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, *, total: float | None = None) -> int:
+        return 0
+
+    def update(self, task: Any, **fields: Any) -> None:
+        return None
+
+
+def progress_bar(enabled: bool) -> ProgressBar:
+    if not enabled:
+        return _NoProgressBar()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        transient=True,
+    )
+    return cast(ProgressBar, bar)  # its keyword-typed update() is wider than the protocol says
