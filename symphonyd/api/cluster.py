@@ -32,7 +32,7 @@ async def cluster_status(request: web.Request) -> web.Response:
 
 async def init(request: web.Request) -> web.Response:
     await read_json(request)
-    return json_response(await daemon_of(request).init(), status=201)
+    return json_response(await daemon_of(request).membership.init(), status=201)
 
 
 async def join(request: web.Request) -> web.Response:
@@ -40,7 +40,7 @@ async def join(request: web.Request) -> web.Response:
     token = body.get("token")
     if not isinstance(token, str) or not token:
         raise Invalid("'token' (the join token text) is required")
-    return json_response(await daemon_of(request).join(token), status=201)
+    return json_response(await daemon_of(request).membership.join(token), status=201)
 
 
 async def admit(request: web.Request) -> web.Response:
@@ -48,7 +48,7 @@ async def admit(request: web.Request) -> web.Response:
     token_id, secret = body.get("token_id"), body.get("secret")
     if not isinstance(token_id, str) or not isinstance(secret, str):
         raise Invalid("'token_id' and 'secret' of the join token are required")
-    reply = await daemon_of(request).admit(token_id, secret, body.get("node"))
+    reply = await daemon_of(request).membership.admit(token_id, secret, body.get("node"))
     return json_response(reply, status=201)
 
 
@@ -81,11 +81,11 @@ async def set_config(request: web.Request) -> web.Response:
 async def activate(request: web.Request) -> web.Response:
     if request.get("principal") != "node":
         raise Forbidden("only a joining node's daemon activates its membership")
-    return json_response(await daemon_of(request).activate(request.match_info["name"]))
+    return json_response(await daemon_of(request).membership.activate(request.match_info["name"]))
 
 
 async def leave(request: web.Request) -> web.Response:
-    return json_response(await daemon_of(request).leave())
+    return json_response(await daemon_of(request).membership.leave())
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -99,7 +99,7 @@ async def create_token(request: web.Request) -> web.Response:
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > 200:
         raise Invalid("'description' must be text of at most 200 characters")
-    result = await daemon_of(request).create_token(kind, expires_in, description)
+    result = await daemon_of(request).membership.create_token(kind, expires_in, description)
     return json_response(result, status=201)
 
 

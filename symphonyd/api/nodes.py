@@ -32,7 +32,7 @@ async def show_node(request: web.Request) -> web.Response:
 async def remove_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     leaving = flag(request, "leaving") and request.get("principal") == "node"
-    result = await daemon_of(request).remove_node(
+    result = await daemon_of(request).membership.remove_node(
         name, force=flag(request, "force"), leaving=leaving
     )
     return json_response(result)

@@ -520,6 +520,16 @@ class ImageService:
                 task = asyncio.create_task(self.ensure_local(record["id"]))
                 task.add_done_callback(_log_failure)
 
+    async def close(self) -> None:
+        """Cancel the imports this node runs and wait until each is over (a cancelled
+        import marks its record failed and removes its temporary file). The agent's task
+        belongs to its owner, who cancels it."""
+        for task in list(self.running.values()):
+            task.cancel()
+        for task in list(self.running.values()):
+            with contextlib.suppress(BaseException):
+                await task
+
     async def run_agent(self, scrub_every: float = 6 * 3600) -> None:
         """Level-triggered: after start and after every change, converge local files with
         the images (clean up, fetch what this node should hold); check local copies

@@ -130,6 +130,11 @@ class LifecycleService:
             for task in self._busy.values():
                 task.cancel()
 
+    async def close(self) -> None:
+        """Stop the processes the supervisor runs for this node's lifecycles (they stop
+        with the node). Call it after cancelling the task running `run_agent`."""
+        await asyncio.to_thread(self.supervisor.close)
+
     # -- running steps ------------------------------------------------------------------
 
     def _running_deployments(self) -> list[dict[str, Any]]:

@@ -1,0 +1,53 @@
+"""How this process writes its log: one line per event on stderr, as text or as JSON.
+
+`setup_logging` is called once, by `symphonyd run`, before the daemon starts; journald adds
+the time to text lines, JSON lines carry their own. This module only shapes and routes log
+records: it must not decide what is logged (each component logs through its own
+`logging.getLogger("symphonyd.<component>")`), and it must not import the daemon, Raft, the
+store or the API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from symphonyd.security import now_rfc3339
+
+__all__ = ["JsonLogFormatter", "setup_logging"]
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, component, message, and the resource id when
+    the call gave one (`log.info(..., extra={"resource": id})`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": now_rfc3339(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname.lower(),
+            "component": record.name,
+            "message": record.getMessage(),
+        }
+        resource = getattr(record, "resource", None)
+        if resource is not None:
+            event["resource"] = resource
+        if record.exc_info:
+            event["error"] = self.formatException(record.exc_info)
+        return json.dumps(event)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """One line per event on stderr (journald adds the time): level, component, message."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

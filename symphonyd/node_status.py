@@ -1,0 +1,99 @@
+"""The status view: what this node answers at `GET /v1/cluster` (and what `/v1/health`,
+`/v1/nodes` and the KV index headers take from it): its version, uptime and image copier,
+and, once it belongs to a cluster, its view of the cluster (leader, quorum, Raft term and
+indexes, every member with its role and health).
+
+It only reads: the Raft node's status and the store, under the store's lock. It must not
+propose entries, wait, touch files or the network, or change anything it is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from symphonyd import __version__
+from symphonyd.config import Settings
+from symphonyd.image import copier
+from symphonyd.raft.cluster import Cluster
+from symphonyd.state import cluster as cluster_table
+from symphonyd.state import nodes
+
+__all__ = ["node_status"]
+
+
+def node_status(
+    settings: Settings,
+    *,
+    identity: Mapping[str, Any] | None,
+    cluster: Cluster | None,
+    fingerprint: str | None,
+    started_at: float,
+) -> dict[str, Any]:
+    """This node and its view of the cluster, as plain data (the /v1/cluster answer).
+
+    `identity` is this node's identity.json (None before init/join), `fingerprint` the
+    cluster certificate's as this node read it, `started_at` the process start (epoch s).
+    """
+    base: dict[str, Any] = {
+        "version": __version__,
+        "image_copier": copier.describe(),
+        "node": settings.name,
+        "initialized": identity is not None,
+        "uptime_s": round(time.time() - started_at, 1),
+    }
+    if cluster is None or identity is None:
+        return {**base, "cluster_id": None, "members": [], "has_quorum": False}
+    raft = cluster.status()
+    store = cluster.store
+    with store.lock:
+        records = nodes.all_nodes(store)
+        info = cluster_table.get(store) or {}
+        revision = store.revision
+    by_addr = {r["raft_addr"]: r for r in records}
+    peers = raft.get("peers", {})
+    leader_addr = raft.get("leader")
+    if leader_addr not in (None, settings.raft_addr) and not peers.get(leader_addr, {}).get(
+        "connected"
+    ):
+        leader_addr = None  # pysyncobj remembers a leader it can no longer reach
+    if not raft.get("has_quorum"):
+        leader_addr = None  # a leader cut off from the majority leads nothing
+    members = []
+    for addr in sorted(cluster.raft_members() | set(by_addr)):
+        record = by_addr.get(addr, {})
+        if addr == settings.raft_addr:
+            health = "online"
+        else:
+            connected = peers.get(addr, {}).get("connected")
+            health = "online" if connected else "unreachable"
+        members.append(
+            {
+                "name": record.get("name", "?"),
+                "raft_addr": addr,
+                "api": f"{record['address']}:{record['api_port']}" if record else None,
+                "role": "leader" if leader_addr == addr else "follower",
+                "health": health,
+                "status": record.get("status", "unknown"),
+                "version": record.get("version"),
+                "schema": record.get("schema", 1),
+            }
+        )
+    members.sort(key=lambda m: (m["name"], m["raft_addr"]))
+    leader = by_addr.get(leader_addr or "", {}).get("name")
+    return {
+        **base,
+        "cluster_id": identity["cluster_id"],
+        "fingerprint": fingerprint or info.get("fingerprint"),
+        "role": raft.get("role"),
+        "leader": leader,
+        "leader_raft_addr": leader_addr,
+        "has_quorum": bool(raft.get("has_quorum")) and leader_addr is not None,
+        "term": raft.get("term"),
+        "commit_index": raft.get("commit_index"),
+        "last_applied": raft.get("last_applied"),
+        "revision": revision,
+        "members": members,
+        "raft": raft,
+    }
