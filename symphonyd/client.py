@@ -141,12 +141,22 @@ class Client:
 
     @contextlib.contextmanager
     def events(
-        self, *, since: int | None = None, table: str | None = None, read_timeout: float = 40.0
+        self,
+        *,
+        since: int | None = None,
+        table: str | None = None,
+        read_timeout: float = 40.0,
+        keepalive: float | None = None,
     ) -> Iterator[EventStream]:
         """Open `GET /v1/events` (changes after `since`, of `table`): a stream whose reads
         give up after `read_timeout` seconds of silence (the server sends a keep-alive
-        every 15 s) with `Unavailable`. A 410 (that history is gone) raises `Gone`."""
-        query = {"since": since, "table": table}
+        every 15 s, or every `keepalive` seconds) with `Unavailable`. A 410 (that history
+        is gone) raises `Gone`."""
+        query = {
+            "since": since,
+            "table": table,
+            "keepalive": f"{keepalive}s" if keepalive is not None else None,
+        }
         conn, response = self._open(
             "GET", "/v1/events", query=query, timeout=read_timeout, accept="text/event-stream"
         )

@@ -38,6 +38,7 @@ from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.logs import setup_logging
 from symphonyd.membership import Membership, check_port_free
 from symphonyd.node_status import node_status
+from symphonyd.progress import ProgressBoard
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
@@ -59,6 +60,7 @@ class Daemon:
         self.images: ImageService | None = None
         self.registry = Registry(SERVICE_TYPES)
         self.running: dict[str, RunningService] = {}  # the service types started on this node
+        self.progress = ProgressBoard()  # this node's long work in progress (not in the log)
         self.lifecycles: LifecycleService | None = None
         self.leader_loops: LeaderLoops | None = None
         # The cluster secret and certificate fingerprint, read when Raft starts.
@@ -180,7 +182,7 @@ class Daemon:
             node=self.settings.name,
             data_dir=self.settings.data_dir,
             settings=getattr(self.settings, type_name, {}),
-            shared={"images": self.images},
+            shared={"images": self.images, "progress": self.progress},
         )
 
     async def enable_service(

@@ -8,6 +8,8 @@ import json
 import os
 import random
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,32 @@ def pool_files(node: NodeProcess) -> list[str]:
 
 def volume(node: NodeProcess, ref: str) -> dict[str, Any]:
     return dict(node.client().request("GET", f"/v1/volumes/{ref}"))
+
+
+def recorded_changes(node: NodeProcess, since: int, table: str) -> list[dict[str, Any]]:
+    """The changes of `table` after revision `since`, as the store recorded them (read from
+    /v1/events on the node's socket for at most 2 s)."""
+    received = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(0.2)
+        conn.connect(node.socket_path)
+        request = f"GET /v1/events?since={since}&table={table} HTTP/1.1\r\nHost: n\r\n\r\n"
+        conn.sendall(request.encode())
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+    text = received.decode(errors="replace")
+    return [
+        json.loads(line[len("data: ") :])
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
 
 
 def test_volumes_end_to_end(nodeset: NodeSet, tmp_path: Path) -> None:
@@ -119,6 +147,7 @@ def test_volumes_progress_side_by_side_on_one_node(nodeset: NodeSet, tmp_path: P
     old = run_json(n2, "volume", "create", "old", "--size", "8M")
     assert (old["status"], old["node"]) == ("ready", n2.name)
 
+    before = int(n2.status()["revision"])
     big = run_json(n2, "volume", "create", "big", "--size", "512M", "--image", "big", "--no-wait")
     assert nodeset.leader() is leader
     assert n1.proc is not None
@@ -130,6 +159,9 @@ def test_volumes_progress_side_by_side_on_one_node(nodeset: NodeSet, tmp_path: P
         assert n2.cli("volume", "rm", "old").returncode == 0
         during = volume(n2, "big")
         assert during["status"] == "creating", during  # its fetch waits: nothing waited on it
+        # its progress lives in n2's memory; another node asks n2 for it
+        seen = wait_until(lambda: volume(leader, "big")["progress"], 10, "the progress shown")
+        assert seen["stage"] == "fetching image" and seen["total"] == 256 * MiB
         names = [v["name"] for v in n2.client().request("GET", "/v1/volumes")["volumes"]]
         assert sorted(names) == ["big", "empty"]
     finally:
@@ -138,6 +170,10 @@ def test_volumes_progress_side_by_side_on_one_node(nodeset: NodeSet, tmp_path: P
     wait_until(lambda: volume(n2, "big")["status"] == "ready", 120, "the big volume", 0.2)
     assert volume(n2, "big")["actual_size"] == 512 * MiB
     assert pool_files(n2) == sorted([f"{big['id']}.raw", f"{volume(n2, 'empty')['id']}.raw"])
+    # and none of it went through the log: no change of the volume carried a progress
+    changes = [c for c in recorded_changes(n2, before, "volumes") if c["key"] == big["id"]]
+    assert [c["record"]["status"] for c in changes][-1] == "ready"
+    assert all(c["record"].get("progress") is None for c in changes), changes
 
 
 def test_a_name_retried_after_a_failed_import_resolves_to_the_live_image(

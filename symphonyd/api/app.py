@@ -15,6 +15,7 @@ from symphonyd.api import (
     lifecycles,
     nodes,
     openapi,
+    progress,
     prometheus,
     services,
 )
@@ -38,6 +39,7 @@ def all_routes() -> list[Route]:
         *block.ROUTES,
         *lifecycles.ROUTES,
         *events.ROUTES,
+        *progress.ROUTES,
         *openapi.ROUTES,
         *prometheus.ROUTES,
     ]

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from symphonyd.api.progress import with_progress
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.service import BlockService
 from symphonyd.errors import Invalid, NotFound
@@ -36,11 +37,13 @@ async def create_volume(request: web.Request) -> web.Response:
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    return json_response({"volumes": block_of(request).records()})
+    records = await with_progress(request, "volumes", block_of(request).records())
+    return json_response({"volumes": records})
 
 
 async def show_volume(request: web.Request) -> web.Response:
-    return json_response(block_of(request).resolve(request.match_info["ref"]))
+    record = block_of(request).resolve(request.match_info["ref"])
+    return json_response((await with_progress(request, "volumes", [record]))[0])
 
 
 async def delete_volume(request: web.Request) -> web.Response:

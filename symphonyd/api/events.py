@@ -4,7 +4,9 @@ Each event is `id: <revision>`, `event: <table>.<op>` and `data: <change as JSON
 `?since=REV` (or the `Last-Event-ID` header) replays the changes after REV first; if that
 part of the history is gone (compacted, or the node restarted from a snapshot) the answer
 is 410 and the client must re-read the state it needs. `?table=` filters by table. A
-comment line is sent every 15 s so proxies keep the stream open.
+comment line is sent every 15 s so proxies keep the stream open (`?keepalive=1s` for
+sooner: a client drawing the progress of long work, which is not in the log, re-reads the
+record on each).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from aiohttp import web
 from symphonyd.api.routes import Handler, Route, daemon_of, jsonable
 from symphonyd.errors import Gone, Invalid
 from symphonyd.state.store import Change
-from symphonyd.validation import parse_uint
+from symphonyd.validation import parse_seconds, parse_uint
 
 LONG_POLLS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("long_polls")
 KEEPALIVE = 15.0
+MIN_KEEPALIVE = 0.5  # `?keepalive=1s`: a client re-reading progress on each keep-alive
 
 
 def _format(change: Change) -> bytes:
@@ -61,6 +64,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     since_text = request.query.get("since") or request.headers.get("Last-Event-ID")
     table = request.query.get("table")
     since = parse_uint(since_text, what="since") if since_text is not None else None
+    keepalive = KEEPALIVE
+    if request.query.get("keepalive") is not None:
+        keepalive = max(MIN_KEEPALIVE, parse_seconds(request.query["keepalive"], KEEPALIVE))
     with store.lock:
         last = since if since is not None else store.revision
         if last > store.revision:
@@ -76,7 +82,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     try:
-        async for change in cluster.watch(last, KEEPALIVE):
+        async for change in cluster.watch(last, keepalive):
             if change is None:
                 await response.write(b": keep-alive\n\n")
             elif table is None or change.table == table:
@@ -97,6 +103,7 @@ ROUTES = [
         query={
             "since": "replay changes after this revision first",
             "table": "only changes of this table (kv, nodes, tokens, cluster)",
+            "keepalive": "seconds between keep-alive comments (0.5 to 15, default 15)",
         },
         responses={200: "text/event-stream", 410: "history since that revision is gone"},
     ),

@@ -23,6 +23,7 @@ from symphonyd.block.driver import NoSuchVolume, NotSupported, VolumeInfo
 from symphonyd.block.service import PoolDrivers
 from symphonyd.errors import Conflict, SymphonyError
 from symphonyd.image.service import ImageService
+from symphonyd.progress import ProgressBoard
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import (
@@ -42,7 +43,6 @@ __all__ = ["OwnedVolume", "VolumeAgent", "decide_volume"]
 log = logging.getLogger("symphonyd.block")
 
 ORPHANS_EVERY = 60.0  # a full scan of the pools for volumes without a record
-PROGRESS_EVERY = 1.0  # seconds between progress entries while a volume is made
 FAILED_CHANGE = "last change failed: "  # how a failed resize or snapshot is shown
 
 PoolKey = tuple[str, str]  # (service id, pool)
@@ -91,10 +91,16 @@ class VolumeAgent(Reconciler[OwnedVolume]):
     concurrency = 4
 
     def __init__(
-        self, cluster: Cluster, node: str, drivers: PoolDrivers, images: ImageService
+        self,
+        cluster: Cluster,
+        node: str,
+        drivers: PoolDrivers,
+        images: ImageService,
+        board: ProgressBoard,
     ) -> None:
         super().__init__(cluster)
         self.node = node
+        self.board = board  # how far each volume being made is (never in the log)
         self.drivers = drivers
         self.images = images
         self._scanned_ids: set[str] | None = None  # this node's volumes at the last scan
@@ -219,11 +225,26 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             return dict(record) if record is not None else {}
 
     async def _create(self, record: OwnedVolume) -> None:
+        vid = record.volume["id"]
+        with self.board.track("volumes", vid) as progress:
+            info = await self._make(record, progress)
+        await self._set(  # unless marked for deletion meanwhile (Conflict: decide again)
+            vid,
+            expect="creating",
+            status="ready",
+            status_message="",
+            progress=None,
+            format=info.format,
+            allocated=info.allocated,
+            actual_size=info.size,
+        )
+        log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
+
+    async def _make(self, record: OwnedVolume, progress: Progress) -> VolumeInfo:
+        """Fetch the image if the volume has one, then make the volume from it."""
         volume = record.volume
         vid = volume["id"]
         driver = self.drivers.get(record.service, volume["pool"])
-        progress = Progress()
-        reporter = asyncio.create_task(self._report_progress(vid, progress))
         try:
             image_path = image_format = None
             if volume["image_id"]:
@@ -252,32 +273,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             raise GiveUp(exc.message) from None
         except OSError as exc:
             raise GiveUp(str(exc)) from None
-        finally:
-            reporter.cancel()
-        await self._set(  # unless marked for deletion meanwhile (Conflict: decide again)
-            vid,
-            expect="creating",
-            status="ready",
-            status_message="",
-            progress=None,
-            format=info.format,
-            allocated=info.allocated,
-            actual_size=info.size,
-        )
-        log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
-
-    async def _report_progress(self, volume_id: str, progress: Progress) -> None:
-        """Record how far a volume's image work is, once per PROGRESS_EVERY while it runs."""
-        last = None
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY)
-            now = progress.snapshot()
-            if now["stage"] is None or now == last:
-                continue
-            last = now
-            body = {"id": volume_id, "fields": {"progress": now}, "expect_status": "creating"}
-            with contextlib.suppress(SymphonyError):
-                await self.cluster.propose(Entry(EntryType.VOLUME_UPDATE, body))
+        return info
 
     # -- orphans ----------------------------------------------------------------------------
 

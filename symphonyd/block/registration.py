@@ -27,7 +27,7 @@ def _start(host: ServiceHost) -> RunningService:
     return RunningService(
         verbs=verbs,
         agents=[
-            VolumeAgent(cluster, node, verbs.drivers, images),
+            VolumeAgent(cluster, node, verbs.drivers, images, host.shared["progress"]),
             LvmAgent(cluster, node, verbs.lvm),
         ],
         background=[verbs.run_health],

@@ -36,6 +36,7 @@ VOLUME_FIELDS = [
     "created_at",
 ]
 WAIT_LIMIT = 1800.0
+PROGRESS_REFRESH = 1.0  # seconds between re-reads of a bar's progress (not in the log)
 
 
 def wait_volume(
@@ -87,6 +88,7 @@ def wait_volume(
                 f"volume {record['name']} is still {record['status']} after {WAIT_LIMIT:.0f} s"
             ),
             gone_ok=gone_ok,
+            refresh=PROGRESS_REFRESH if sys.stderr.isatty() else None,
         )
 
 

@@ -43,18 +43,22 @@ def follow_record(
     timeout: float,
     expired: Callable[[Record], SymphonyError],
     gone_ok: bool = False,
+    refresh: float | None = None,
 ) -> Record | None:
     """Follow `record` of `table` (re-read at `path`) until `done(record)`; return it.
     Gone (404) while followed: None with `gone_ok`, else NotFound. After `timeout` seconds:
-    raises `expired(last record seen)`."""
+    raises `expired(last record seen)`. With `refresh`, the server keeps the stream alive
+    every `refresh` seconds and the record is re-read on each: its `progress` lives in the
+    owning node's memory, not in the log, so no change announces it."""
     deadline = time.monotonic() + timeout
-    changes = _changes(client, table, record["id"], record.get("mod_revision"), deadline)
+    since = record.get("mod_revision")
+    changes = _changes(client, table, record["id"], since, deadline, refresh)
     with contextlib.closing(changes):
         while not done(record):
             changed = next(changes, None)
             if changed is None or time.monotonic() >= deadline:
                 raise expired(record)
-            if changed:
+            if changed or refresh is not None:
                 try:
                     record = client.request("GET", path)
                 except NotFound:
@@ -65,14 +69,21 @@ def follow_record(
 
 
 def _changes(
-    client: Client, table: str, key: str, since: int | None, deadline: float
+    client: Client,
+    table: str,
+    key: str,
+    since: int | None,
+    deadline: float,
+    keepalive: float | None = None,
 ) -> Generator[bool, None, None]:
     """Yield True when the record may have changed (re-read it), False on a keep-alive;
     end at `deadline`. `since` None: follow from now (and yield True once started)."""
     while (remaining := deadline - time.monotonic()) > 0:
         read_timeout = min(STREAM_READ_TIMEOUT, remaining + 1.0)
         try:
-            with client.events(since=since, table=table, read_timeout=read_timeout) as stream:
+            with client.events(
+                since=since, table=table, read_timeout=read_timeout, keepalive=keepalive
+            ) as stream:
                 if since is None:
                     since = stream.revision
                     yield True  # changes from here on are streamed: read what came before
