@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -31,28 +30,11 @@ def commit_index(node: NodeProcess) -> int:
     return int(node.status()["commit_index"])
 
 
-def changes_since(node: NodeProcess, revision: int, read_for: float = 2.0) -> dict[str, int]:
-    """The kinds of the changes after `revision` (`table.op`: count), from `/v1/events` on
-    the node's control socket, read for `read_for` seconds at most."""
+def changes_since(node: NodeProcess, revision: int) -> dict[str, int]:
+    """The kinds of the changes after `revision` (`table.op`: count)."""
     counts: dict[str, int] = {}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(0.2)
-        conn.connect(node.socket_path)
-        conn.sendall(f"GET /v1/events?since={revision} HTTP/1.1\r\nHost: node\r\n\r\n".encode())
-        received = b""
-        deadline = time.monotonic() + read_for
-        while time.monotonic() < deadline:
-            try:
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                break
-            received += chunk
-    for line in received.decode(errors="replace").splitlines():
-        if line.startswith("event: "):
-            kind = line[len("event: ") :]
-            counts[kind] = counts.get(kind, 0) + 1
+    for kind, _change in node.recorded_events(revision):
+        counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

@@ -8,6 +8,7 @@ ports picked free by the kernel.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -219,6 +220,34 @@ class NodeProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+    def recorded_events(
+        self, since: int, table: str | None = None, read_for: float = 2.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The changes after revision `since` as the store recorded them: (event name,
+        change) from `/v1/events` on the node's socket, read for at most `read_for` s."""
+        query = f"since={since}" + (f"&table={table}" if table else "")
+        received = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(0.2)
+            conn.connect(self.socket_path)
+            conn.sendall(f"GET /v1/events?{query} HTTP/1.1\r\nHost: node\r\n\r\n".encode())
+            deadline = time.monotonic() + read_for
+            while time.monotonic() < deadline:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+        events, name = [], ""
+        for line in received.decode(errors="replace").splitlines():
+            if line.startswith("event: "):
+                name = line[len("event: ") :]
+            elif line.startswith("data: {"):
+                events.append((name, json.loads(line[len("data: ") :])))
+        return events
 
 
 class NodeSet:

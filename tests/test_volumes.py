@@ -8,8 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +32,6 @@ def pool_files(node: NodeProcess) -> list[str]:
 
 def volume(node: NodeProcess, ref: str) -> dict[str, Any]:
     return dict(node.client().request("GET", f"/v1/volumes/{ref}"))
-
-
-def recorded_changes(node: NodeProcess, since: int, table: str) -> list[dict[str, Any]]:
-    """The changes of `table` after revision `since`, as the store recorded them (read from
-    /v1/events on the node's socket for at most 2 s)."""
-    received = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(0.2)
-        conn.connect(node.socket_path)
-        request = f"GET /v1/events?since={since}&table={table} HTTP/1.1\r\nHost: n\r\n\r\n"
-        conn.sendall(request.encode())
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            try:
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                break
-            received += chunk
-    text = received.decode(errors="replace")
-    return [
-        json.loads(line[len("data: ") :])
-        for line in text.splitlines()
-        if line.startswith("data: {")
-    ]
 
 
 def test_volumes_end_to_end(nodeset: NodeSet, tmp_path: Path) -> None:
@@ -171,7 +143,8 @@ def test_volumes_progress_side_by_side_on_one_node(nodeset: NodeSet, tmp_path: P
     assert volume(n2, "big")["actual_size"] == 512 * MiB
     assert pool_files(n2) == sorted([f"{big['id']}.raw", f"{volume(n2, 'empty')['id']}.raw"])
     # and none of it went through the log: no change of the volume carried a progress
-    changes = [c for c in recorded_changes(n2, before, "volumes") if c["key"] == big["id"]]
+    recorded = n2.recorded_events(before, "volumes")
+    changes = [change for _, change in recorded if change["key"] == big["id"]]
     assert [c["record"]["status"] for c in changes][-1] == "ready"
     assert all(c["record"].get("progress") is None for c in changes), changes
 
