@@ -150,6 +150,7 @@ class Daemon:
             self.settings.name,
             fingerprint=self.fingerprint,
             credential=node_credential(self.secret),
+            board=self.progress,
         )
         self._start_task(self.membership.remember_members())
         self._start_task(self.images.run_agent())

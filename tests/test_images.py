@@ -424,3 +424,41 @@ def test_deleting_an_import_in_progress_stops_it_cleanly(
     assert record["fingerprint"] == digest
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     cli_json(n, "image", "rm", "after-cancel")
+
+
+@pytest.mark.cluster
+def test_an_import_in_progress_shows_its_bytes_without_writing_them_to_the_log(
+    tmp_path: Path,
+) -> None:
+    """A stalled upload's bytes so far are served from the importing node's memory, on
+    that node and on another, and no recorded change of the image carries them."""
+    nodes = NodeSet(tmp_path)
+    try:
+        n1, n2 = nodes.form(2)
+        before = int(n1.status()["revision"])
+        conn = _start_upload(n1, nodes.admin_token, "halfway", 6 * MiB)
+        try:
+
+            def importing(node: NodeProcess) -> dict[str, Any] | None:
+                found = [
+                    r
+                    for r in node.client().request("GET", "/v1/images")["images"]
+                    if r["name"] == "halfway"
+                ]
+                return found[0] if found and found[0]["progress"] >= 4 * MiB else None
+
+            here = wait_until(lambda: importing(n1), 10, "the bytes to show on n1")
+            there = wait_until(lambda: importing(n2), 10, "the bytes to show on n2")
+            assert here["status"] == there["status"] == "importing"
+            shown = n2.client().request("GET", f"/v1/images/{here['id']}")
+            assert 4 * MiB <= shown["progress"] <= 6 * MiB
+            work = n1.client().request("GET", "/v1/progress")["work"]
+            assert [(w["table"], w["id"], w["total"]) for w in work] == [
+                ("images", here["id"], 64 * MiB)
+            ]
+        finally:
+            conn.close()
+        changes = [c for _, c in n1.recorded_events(before, "images") if c["key"] == here["id"]]
+        assert changes and all((c["record"] or {}).get("progress", 0) == 0 for c in changes)
+    finally:
+        nodes.cleanup()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from symphonyd.api.events import long_poll
+from symphonyd.api.progress import with_progress
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.image.service import ImageService, check_sha256
@@ -56,7 +58,13 @@ async def create_image(request: web.Request) -> web.Response:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    return json_response({"images": service_of(request).records()})
+    records = await _live(request, service_of(request).records())
+    return json_response({"images": records})
+
+
+async def _live(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Importing records with the bytes done so far, from the importing node's memory."""
+    return await with_progress(request, "images", records, working=("importing",), bytes_only=True)
 
 
 @long_poll
@@ -75,7 +83,7 @@ async def show_image(request: web.Request) -> web.Response:
                 seen = store.revision
             await service.cluster.wait_for_revision(seen, remaining)
             record = service.resolve(record["id"])
-    return json_response(record)
+    return json_response((await _live(request, [record]))[0])
 
 
 async def delete_image(request: web.Request) -> web.Response:

@@ -1,6 +1,7 @@
 """Progress of long work, which lives in the memory of the node doing it (never in the
 Raft log): `GET /v1/progress` answers this node's own; `with_progress` fills the
-`progress` field of records being made, asking their owning node when it is another."""
+`progress` field of records being made (volumes) or imported (images), asking their owning
+node when it is another."""
 
 from __future__ import annotations
 
@@ -27,13 +28,20 @@ async def list_progress(request: web.Request) -> web.Response:
 
 
 async def with_progress(
-    request: web.Request, table: str, records: Iterable[dict[str, Any]]
+    request: web.Request,
+    table: str,
+    records: Iterable[dict[str, Any]],
+    *,
+    working: tuple[str, ...] = IN_PROGRESS,
+    bytes_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """`records` with `progress` set from their owning nodes' memory (None when there is
-    no work in progress, or the owner cannot say within ASK_TIMEOUT)."""
+    """`records` with `progress` set from their owning nodes' memory while their status is
+    one of `working`: `{stage, done, total}`, or only the bytes done with `bytes_only`
+    (images). None when the owner has no stage yet or cannot say within ASK_TIMEOUT (for
+    images, the recorded value is kept then)."""
     daemon = daemon_of(request)
     found = list(records)
-    owners = {r["node"] for r in found if r.get("status") in IN_PROGRESS and r.get("node")}
+    owners = {r["node"] for r in found if r.get("status") in working and r.get("node")}
     work: dict[str, dict[str, Any]] = {}
     if daemon.settings.name in owners:
         owners.discard(daemon.settings.name)
@@ -42,10 +50,18 @@ async def with_progress(
         for answer in await asyncio.gather(*(_ask(request, owner) for owner in sorted(owners))):
             work.update({item["id"]: item for item in answer if item["table"] == table})
     for record in found:
-        item = work.get(record["id"]) if record.get("status") in IN_PROGRESS else None
-        record["progress"] = (
-            {k: item[k] for k in ("stage", "done", "total")} if item is not None else None
-        )
+        if record.get("status") not in working:
+            if not bytes_only:
+                record["progress"] = None
+            continue
+        item = work.get(record["id"])
+        if bytes_only:
+            if item is not None:
+                record["progress"] = item["done"]
+        else:
+            record["progress"] = (
+                {k: item[k] for k in ("stage", "done", "total")} if item is not None else None
+            )
     return found
 
 

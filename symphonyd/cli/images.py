@@ -41,6 +41,8 @@ IMAGE_FIELDS = [
 ]
 IMPORT_LIMIT = 6 * 3600.0  # the longest import followed, however steadily it progresses
 STALL_LIMIT = 600.0  # an import whose progress stands still this long is given up on
+PROGRESS_REFRESH = 1.0  # seconds between re-reads while a progress bar is drawn
+STALL_CHECK = 15.0  # seconds between re-reads otherwise (to notice an import that stalls)
 
 
 def print_image(record: dict[str, Any]) -> None:
@@ -140,6 +142,8 @@ def wait_for_import(
             expired=lambda record: DriverError(
                 f"image {record['id']} is still importing after {IMPORT_LIMIT:.0f} s"
             ),
+            # the bytes done live in the importing node's memory: re-read to see them move
+            refresh=PROGRESS_REFRESH if show_progress else STALL_CHECK,
         )
     assert found is not None  # not gone_ok: a vanished image raised NotFound
     if found["status"] == "failed":

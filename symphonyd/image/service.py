@@ -1,7 +1,8 @@
 """The image service of a node: imports (a local file read in place, or a streamed upload),
 deletion, and the level-triggered clean-up of files nobody refers to any more.
 
-Every import is first a record (`importing`, with progress), then `ready` with its
+Every import is first a record (`importing`; how far it is lives in this node's memory,
+`progress.py`, not in the log), then `ready` with its
 fingerprint, size, format and this node as a holder, or `failed` with the reason; its file
 appears under `images/sha256/` only once the checksum is known. A checksum mismatch keeps
 nothing, not even the record. What happens here goes through the log (`Cluster.propose`);
@@ -27,6 +28,7 @@ from symphonyd.errors import Conflict, Invalid, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
 from symphonyd.image.copier import CopyError, CopyResult, StreamCopier
 from symphonyd.image.files import HEX64, ImageFiles
+from symphonyd.progress import ProgressBoard
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import run_blocking
@@ -40,7 +42,6 @@ log = logging.getLogger("symphonyd.image")
 MAX_NAME = 255
 MAX_DESCRIPTION = 2000
 WRITE_BATCH = 4 * 1024 * 1024
-PROGRESS_INTERVAL = 1.0  # seconds between progress entries in the log
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -66,9 +67,17 @@ def check_sha256(value: object) -> str | None:
 
 class ImageService:
     def __init__(
-        self, cluster: Cluster, files: ImageFiles, node: str, *, fingerprint: str, credential: str
+        self,
+        cluster: Cluster,
+        files: ImageFiles,
+        node: str,
+        *,
+        fingerprint: str,
+        credential: str,
+        board: ProgressBoard | None = None,
     ) -> None:
         self.cluster = cluster
+        self.board = board or ProgressBoard()  # imports in progress (never in the log)
         self.files = files
         self.node = node
         self.fingerprint = fingerprint  # the cluster certificate's, to pin peers
@@ -176,13 +185,18 @@ class ImageService:
         return record
 
     async def _copy_file(self, image_id: str, src: int, expected: str | None) -> None:
-        reporter = _ProgressReporter(self, image_id)
         dst = -1
         try:
             dst = self.files.open_temp(image_id)
-            result = await run_blocking(
-                copier.copy_and_hash, src, dst, reporter.threadsafe, on_cancel=reporter.cancel
-            )
+            with self.board.track("images", image_id) as progress:
+                progress.set_stage("importing", os.fstat(src).st_size)
+                result = await run_blocking(
+                    copier.copy_and_hash,
+                    src,
+                    dst,
+                    progress.copied,
+                    on_cancel=lambda: setattr(progress, "cancelled", True),
+                )
             await self._finish(image_id, dst, result, expected)
         except BaseException as exc:
             # The caller already has the record: it stays, `failed`, with the reason.
@@ -191,7 +205,6 @@ class ImageService:
                 raise
         finally:
             self.importing.discard(image_id)
-            reporter.stop()
             os.close(src)
             if dst >= 0:
                 os.close(dst)
@@ -211,22 +224,23 @@ class ImageService:
             raise Invalid("the upload is empty: an image needs content")
         record = await self._create(name_text, description_text)
         image_id = record["id"]
-        reporter = _ProgressReporter(self, image_id)
         dst = -1
         try:
             dst = self.files.open_temp(image_id)
             stream = StreamCopier(dst)
             received = 0
             batch = bytearray()
-            async for chunk in chunks:
-                batch += chunk
-                received += len(chunk)
-                if len(batch) >= WRITE_BATCH:
+            with self.board.track("images", image_id) as progress:
+                progress.set_stage("importing", length or 0)
+                async for chunk in chunks:
+                    batch += chunk
+                    received += len(chunk)
+                    if len(batch) >= WRITE_BATCH:
+                        await run_blocking(stream.write, bytes(batch))
+                        batch.clear()
+                        progress.done = received
+                if batch:
                     await run_blocking(stream.write, bytes(batch))
-                    batch.clear()
-                    reporter.report(received)
-            if batch:
-                await run_blocking(stream.write, bytes(batch))
             if length is not None and received != length:
                 raise Invalid(f"upload interrupted: {received} of {length} bytes arrived")
             result = await run_blocking(stream.finish)
@@ -236,7 +250,6 @@ class ImageService:
             raise
         finally:
             self.importing.discard(image_id)
-            reporter.stop()
             if dst >= 0:
                 os.close(dst)
 
@@ -582,48 +595,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "the import was interrupted (the node stopped or the image was deleted)"
     return f"upload interrupted: {exc or type(exc).__name__}"
-
-
-class _ProgressReporter:
-    """Records an import's progress in the log, at most once per PROGRESS_INTERVAL."""
-
-    def __init__(self, service: ImageService, image_id: str) -> None:
-        self.service = service
-        self.image_id = image_id
-        self.loop = asyncio.get_running_loop()
-        self.last = 0.0
-        self.pending: asyncio.Task[Any] | None = None
-        self.cancelled = False
-
-    def threadsafe(self, done: int) -> bool:
-        """Progress from the copy thread; True asks it to stop (the import was cancelled)."""
-        if not self.cancelled:
-            self.loop.call_soon_threadsafe(self.report, done)
-        return self.cancelled
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def report(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_INTERVAL or (self.pending and not self.pending.done()):
-            return
-        self.last = now
-        self.pending = asyncio.create_task(self._send(done))
-
-    async def _send(self, done: int) -> None:
-        with contextlib.suppress(SymphonyError):
-            await self.service.cluster.propose(
-                Entry(
-                    EntryType.IMAGE_UPDATE,
-                    {
-                        "id": self.image_id,
-                        "fields": {"progress": done},
-                        "expect_status": "importing",
-                    },
-                )
-            )
-
-    def stop(self) -> None:
-        if self.pending and not self.pending.done():
-            self.pending.cancel()
