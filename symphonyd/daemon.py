@@ -31,6 +31,7 @@ from symphonyd import __version__, metrics, systemd
 from symphonyd.block.service import BlockService
 from symphonyd.config import Settings
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
+from symphonyd.image import expiry as image_expiry
 from symphonyd.image.files import ImageFiles
 from symphonyd.image.service import ImageService
 from symphonyd.leader import LeaderLoops
@@ -175,6 +176,8 @@ class Daemon:
         )
         self._start_task(self.lifecycles.run_agent())
         self.leader_loops.add("lost-node steps", self.lifecycles.fail_unreachable_steps)
+        cluster = self.cluster
+        self.leader_loops.add("failed images", lambda: image_expiry.remove_stale_failed(cluster))
 
     def _service_host(self, type_name: str) -> ServiceHost:
         assert self.cluster is not None

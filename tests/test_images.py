@@ -462,3 +462,47 @@ def test_an_import_in_progress_shows_its_bytes_without_writing_them_to_the_log(
         assert changes and all((c["record"] or {}).get("progress", 0) == 0 for c in changes)
     finally:
         nodes.cleanup()
+
+
+def test_failed_records_are_due_once_kept_long_enough() -> None:
+    from datetime import UTC, datetime
+
+    from symphonyd.image.expiry import stale_failed
+
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    records = [
+        {"id": "old", "status": "failed", "updated_at": "2026-12-01T11:00:00.000000Z"},
+        {"id": "new", "status": "failed", "updated_at": "2026-12-01T11:59:00Z"},
+        {"id": "ready", "status": "ready", "updated_at": "2026-01-01T00:00:00Z"},
+        {"id": "odd", "status": "failed", "updated_at": "yesterday"},
+    ]
+    assert stale_failed(records, now, 600) == (["old"], 540.0)
+    assert stale_failed(records, now, 30) == (["new", "old"], None)
+    assert stale_failed([], now, 30) == ([], None)
+
+
+@pytest.mark.cluster
+def test_a_failed_import_is_removed_after_images_failed_keep(tmp_path: Path) -> None:
+    nodes = NodeSet(tmp_path)
+    try:
+        (n,) = nodes.form(1)
+        assert n.cli("config", "set", "images.failed_keep", "2").returncode == 0
+        conn = _start_upload(n, nodes.admin_token, "broken", MiB)
+        wait_until(
+            lambda: any(
+                r["name"] == "broken" for r in n.client().request("GET", "/v1/images")["images"]
+            ),
+            10,
+            "the upload to start",
+        )
+        conn.close()  # the upload breaks: the record goes failed, with the reason
+
+        def names() -> list[tuple[str, str]]:
+            return [
+                (r["name"], r["status"]) for r in n.client().request("GET", "/v1/images")["images"]
+            ]
+
+        wait_until(lambda: names() == [("broken", "failed")], 10, "the import to fail")
+        wait_until(lambda: names() == [], 15, "the failed record to be removed")
+    finally:
+        nodes.cleanup()

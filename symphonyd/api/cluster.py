@@ -71,8 +71,7 @@ async def set_config(request: web.Request) -> web.Response:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise Invalid(f"{key} must be an integer from {low} to {high}")
     cluster = daemon_of(request).require_cluster()
-    if cluster_table.INTRODUCED.get(key, 1) > 1:
-        cluster.require_schema(EntryType.DEPLOYMENT_CREATE)  # the first schema-4 type
+    cluster.require_schema_level(cluster_table.INTRODUCED.get(key, 1), f"setting {key}")
     await cluster.propose_ok(Entry(EntryType.CLUSTER_CONFIG, {"key": key, "value": value}))
     with cluster.store.lock:
         return json_response({"config": cluster_table.config(cluster.store)})
@@ -179,7 +178,8 @@ ROUTES = [
         "PUT",
         "/v1/cluster/config/{key}",
         set_config,
-        "Change a cluster-wide setting (images.min_replicas, deployments.step_patience)",
+        "Change a cluster-wide setting (images.min_replicas, images.failed_keep, "
+        "deployments.step_patience)",
         body={
             "type": "object",
             "required": ["value"],

@@ -34,7 +34,7 @@ from symphonyd.errors import (
     Unauthorized,
     Unavailable,
 )
-from symphonyd.raft.entries import Entry, EntryType, check_schema, required_schema
+from symphonyd.raft.entries import Entry, EntryType, check_level, check_schema, required_schema
 from symphonyd.raft.node import RaftNode
 from symphonyd.state import nodes
 from symphonyd.state.store import Change, Store
@@ -136,9 +136,16 @@ class Cluster:
     def require_schema(self, entry_type: int) -> None:
         """Refuse, before anything is written, what some member could not apply."""
         if required_schema(entry_type) > 1:
-            with self.store.lock:
-                schemas = {n["name"]: int(n.get("schema", 1)) for n in nodes.all_nodes(self.store)}
-            check_schema(entry_type, schemas)
+            check_schema(entry_type, self._member_schemas())
+
+    def require_schema_level(self, needed: int, what: str) -> None:
+        """Refuse `what` (e.g. a cluster setting) unless every member speaks `needed`."""
+        if needed > 1:
+            check_level(what, needed, self._member_schemas())
+
+    def _member_schemas(self) -> dict[str, int]:
+        with self.store.lock:
+            return {n["name"]: int(n.get("schema", 1)) for n in nodes.all_nodes(self.store)}
 
     def _ensure_quorum_watch(self) -> None:
         if self._quorum_watch is None or self._quorum_watch.done():

@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5  # 5: the cluster setting images.failed_keep
 
 
 class EntryType(IntEnum):
@@ -105,11 +105,15 @@ def required_schema(entry_type: int) -> int:
 
 def check_schema(entry_type: int, member_schemas: dict[str, int]) -> None:
     """Refuse to propose an entry some member could not apply (mid rolling upgrade)."""
-    needed = required_schema(entry_type)
+    check_level(f"log entry type {entry_type}", required_schema(entry_type), member_schemas)
+
+
+def check_level(what: str, needed: int, member_schemas: dict[str, int]) -> None:
+    """Refuse `what` (an entry type, a setting) unless every member speaks schema `needed`."""
     behind = sorted(name for name, schema in member_schemas.items() if schema < needed)
     if behind:
         raise Conflict(
-            f"log entry type {entry_type} needs schema {needed} on every member, but "
+            f"{what} needs schema {needed} on every member, but "
             f"{', '.join(behind)} run an older symphonyd: finish the rolling upgrade first"
         )
 

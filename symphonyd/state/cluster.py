@@ -27,10 +27,11 @@ def init(store: Store, info: dict[str, Any]) -> dict[str, Any]:
 SETTINGS: dict[str, tuple[int, int, int]] = {
     "images.min_replicas": (1, 100, 2),
     "deployments.step_patience": (1, 86400, 30),  # seconds a step waits on a lost node
+    "images.failed_keep": (1, 31536000, 86400),  # seconds a failed image record is kept
 }
 # Settings added after schema 1: the schema every member needs before one is set (an
 # older node would refuse the key, and the store would diverge).
-INTRODUCED = {"deployments.step_patience": 4}
+INTRODUCED = {"deployments.step_patience": 4, "images.failed_keep": 5}
 
 
 def config(store: Store) -> dict[str, Any]:
