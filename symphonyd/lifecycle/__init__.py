@@ -10,6 +10,7 @@
 
 These only describe and compute: they run no provide body, do no I/O and know nothing of
 the store, the agent or the API. What runs: `context` (what a body may use), `supervisor`
-(processes kept running), `executor` (one step), `agent` (this node's share of the
-deployments, through the replicated store).
+(processes kept running), `executor` (one step), `step_agent` (this node's share of the
+deployments, a `reconcile.Reconciler`: one worker per lifecycle, bounded), `agent` (the
+lifecycle service around it: catalogs, re-ensure at start, the leader's lost-node loop).
 """

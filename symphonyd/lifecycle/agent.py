@@ -1,17 +1,17 @@
 """This node's lifecycles: loads the modules, publishes what it loaded, plans deployments
 for the API, and runs the steps assigned to this node.
 
-The agent is level-triggered: on every change of the deployments it looks for steps of
-this node that are `pending` with every step they wait for `done`, claims one per
-lifecycle (pending -> running, through the log, so one node and one worker run it), runs
-it in a thread, and records the outcome together with the lifecycle's new state in one
-entry. A step found `running` for this node at start was cut short by a crash: it runs
-again (the state change it would have made was not recorded). At start, every applied
-state on this node is re-ensured (`State.ensure`: the web server runs again).
+At start the modules are loaded, the catalog is published and every applied state on
+this node is re-ensured (`State.ensure`: the web server runs again). Then `steps` (the
+`step_agent.StepAgent`, a `reconcile.Reconciler`) runs this node's steps: one lifecycle
+at a time per lifecycle, in order, a few lifecycles side by side; a step cut short by a
+crash runs again. The supervisor restarts the processes that die.
 
 On the leader, a step that waits on a node without a live Raft connection for
 `deployments.step_patience` seconds (a cluster setting, default 30) is failed with that
 reason; `deploy` run again resumes it.
+
+This module decides nothing about which step runs next (that is `step_agent`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from symphonyd import metrics, scheduler
+from symphonyd import scheduler
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
 from symphonyd.lifecycle import loader
 from symphonyd.lifecycle.context import NodeContext
-from symphonyd.lifecycle.executor import Outcome, StepEnv, ensure_applied, run_step
+from symphonyd.lifecycle.executor import ensure_applied
 from symphonyd.lifecycle.model import Catalog, XPath
 from symphonyd.lifecycle.planner import (
     Plan,
@@ -38,18 +38,24 @@ from symphonyd.lifecycle.planner import (
     leave_problems,
     undo_steps,
 )
+from symphonyd.lifecycle.step_agent import (
+    TABLES,
+    WAKE_EVERY,
+    StepAgent,
+    returns_of,
+    running_deployments,
+    step_entry,
+    still_waits,
+)
 from symphonyd.lifecycle.supervisor import Supervisor
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.security import new_id, now_rfc3339, seal, unseal
+from symphonyd.security import new_id, now_rfc3339, seal
 from symphonyd.state import cluster as cluster_config
 from symphonyd.state import lifecycles, nodes
 from symphonyd.state.lookup import resolve_one
 
 log = logging.getLogger("symphonyd.lifecycle")
-
-WAKE_EVERY = 5.0
-TABLES = {"deployments", "lifecycles", "nodes", "lifecycle_catalogs"}
 
 
 class LifecycleService:
@@ -70,7 +76,13 @@ class LifecycleService:
         self.module_dirs = [os.path.join(data_dir, "lifecycles"), *module_dirs]
         self.loaded = loader.Loaded()
         self.supervisor = Supervisor(os.path.join(data_dir, "run", "lifecycles"))
-        self._busy: dict[str, asyncio.Task[None]] = {}  # lifecycle -> the step running
+        self.steps = StepAgent(
+            cluster,
+            node,
+            secret=secret,
+            catalog=lambda: self.catalog,
+            make_context=self._context_factory(),
+        )
         self._waiting_since: dict[tuple[str, int], float] = {}
         self.ready = asyncio.Event()
 
@@ -112,154 +124,21 @@ class LifecycleService:
         self.ready.set()
 
     async def run_agent(self) -> None:
+        """Start, then run this node's steps (`steps`) and watch the supervised processes,
+        until cancelled."""
         await self.start()
         watcher = asyncio.create_task(self.supervisor.watch())
         try:
-            while True:
-                seen = self.cluster.store.revision
-                try:
-                    self._start_runnable()
-                except (SymphonyError, OSError) as exc:
-                    log.warning("lifecycle agent: %s", exc)
-                except Exception:
-                    metrics.RECONCILE_ERRORS.labels("lifecycle").inc()
-                    log.exception("lifecycle agent: unexpected error")
-                await self.cluster.wait_for_tables(TABLES, seen, WAKE_EVERY)
+            await self.steps.run()  # its workers are cancelled and awaited with it
         finally:  # the daemon closes the supervisor (its processes stop with the node)
             watcher.cancel()
-            for task in self._busy.values():
-                task.cancel()
 
     async def close(self) -> None:
         """Stop the processes the supervisor runs for this node's lifecycles (they stop
         with the node). Call it after cancelling the task running `run_agent`."""
         await asyncio.to_thread(self.supervisor.close)
 
-    # -- running steps ------------------------------------------------------------------
-
-    def _running_deployments(self) -> list[dict[str, Any]]:
-        with self.cluster.store.lock:
-            return [
-                d
-                for d in lifecycles.all_deployments(self.cluster.store)
-                if d["status"] == "running"
-            ]
-
-    def _start_runnable(self) -> None:
-        deployments = self._running_deployments()
-        running_elsewhere = {
-            step["lifecycle"]
-            for d in deployments
-            for step in d["steps"]
-            if step["node"] == self.node and step["status"] == "running"
-        }
-        for deployment in sorted(deployments, key=lambda d: d["created_at"]):
-            steps = deployment["steps"]
-            for step in steps:
-                if step["node"] != self.node or step["lifecycle"] in self._busy:
-                    continue
-                if step["status"] == "pending" and not _waits(steps, step):
-                    if step["lifecycle"] in running_elsewhere:
-                        continue
-                    claim = True
-                elif step["status"] == "running":
-                    claim = False  # ours, cut short by a restart
-                else:
-                    continue
-                task = asyncio.create_task(
-                    self._run(deployment["id"], step["index"], step["lifecycle"], claim)
-                )
-                self._busy[step["lifecycle"]] = task
-                running_elsewhere.add(step["lifecycle"])
-
-    async def _run(self, deployment_id: str, index: int, lifecycle: str, claim: bool) -> None:
-        try:
-            if claim:
-                result = await self.cluster.propose(
-                    _step_entry(
-                        deployment_id,
-                        index,
-                        "pending",
-                        {"status": "running", "started_at": now_rfc3339()},
-                    )
-                )
-                if not result.get("ok"):
-                    return
-            store = self.cluster.store
-            with store.lock:
-                deployment = lifecycles.deployment(store, deployment_id)
-                if deployment is None:
-                    return
-                step = dict(deployment["steps"][index])
-                record = lifecycles.get(store, self.node, step["lifecycle"])
-                record = dict(record) if record is not None else None
-                members = [m["name"] for m in nodes.all_nodes(store)]
-            log.info(
-                "deployment %s: step %d: %s %s",
-                deployment_id[:8],
-                index,
-                step["action"],
-                _step_xpath(step),
-            )
-            env = StepEnv(
-                node=self.node,
-                returns_of=lambda n, lc, p: self._returns_of(deployment_id, n, lc, p),
-                make_context=self._context_factory(),
-                seal=lambda text: seal(self.secret, text),
-                unseal=lambda text: unseal(self.secret, text),
-                members=members,
-                deployment=deployment_id,
-                now=now_rfc3339(),
-                simulate=bool(deployment.get("simulate")),
-            )
-            outcome: Outcome = await asyncio.to_thread(run_step, self.catalog, step, record, env)
-            if outcome.status == "failed":
-                log.warning(
-                    "deployment %s: step %d failed: %s", deployment_id[:8], index, outcome.error
-                )
-            fields = {
-                "status": outcome.status,
-                "error": outcome.error,
-                "returns": outcome.returns,
-                "log": outcome.log,
-                "finished_at": now_rfc3339(),
-            }
-            await self.cluster.propose_ok(
-                _step_entry(deployment_id, index, "running", fields, outcome.lifecycle),
-                timeout=30.0,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("deployment %s: step %d: unexpected error", deployment_id[:8], index)
-        finally:
-            if self._busy.get(lifecycle) is asyncio.current_task():
-                del self._busy[lifecycle]
-            # look again: the next step may be runnable now
-            self.cluster.loop.call_soon(self._start_runnable_safely)
-
-    def _start_runnable_safely(self) -> None:
-        try:
-            self._start_runnable()
-        except Exception:
-            log.exception("lifecycle agent: unexpected error")
-
-    def _returns_of(
-        self, deployment_id: str, node: str, lifecycle: str, provide: str
-    ) -> dict[str, Any] | None:
-        store = self.cluster.store
-        with store.lock:
-            deployment = lifecycles.deployment(store, deployment_id)
-            for step in (deployment or {}).get("steps", []):
-                if (step["node"], step["lifecycle"], f"{step['state']}/{step['provide']}") == (
-                    node,
-                    lifecycle,
-                    provide,
-                ) and step["status"] == "done":
-                    return dict(step.get("returns") or {})
-            record = lifecycles.get(store, node, lifecycle)
-            call = (record or {}).get("calls", {}).get(provide)
-            return None if call is None else dict(call.get("returns") or {})
+    # -- what step bodies get, and the leader's loop --------------------------------------
 
     def _context_factory(self) -> Any:
         def make(lifecycle: str, data: dict[str, Any]) -> NodeContext:
@@ -286,7 +165,7 @@ class LifecycleService:
                 await self._fail_unreachable()
             except (SymphonyError, OSError) as exc:
                 log.warning("lifecycle steps on lost nodes: %s", exc)
-            await self.cluster.wait_for_tables(TABLES, seen, WAKE_EVERY)
+            await self.cluster.wait_for_tables(set(TABLES), seen, WAKE_EVERY)
 
     async def _fail_unreachable(self) -> None:
         reachable = scheduler.reachable_nodes(self.cluster, self.node)
@@ -294,14 +173,14 @@ class LifecycleService:
         with self.cluster.store.lock:
             config = cluster_config.config(self.cluster.store)
         patience = float(config["deployments.step_patience"])
-        deployments = self._running_deployments()
+        deployments = running_deployments(self.cluster.store)
         waiting: set[tuple[str, int]] = set()
         for deployment in deployments:
             steps = deployment["steps"]
             for step in steps:
                 if step["status"] not in ("pending", "running") or step["node"] in reachable:
                     continue
-                if _waits(steps, step):
+                if still_waits(steps, step):
                     continue
                 key = (deployment["id"], step["index"])
                 waiting.add(key)
@@ -315,7 +194,7 @@ class LifecycleService:
                     "finished_at": now_rfc3339(),
                 }
                 await self.cluster.propose(
-                    _step_entry(deployment["id"], step["index"], step["status"], fields)
+                    step_entry(deployment["id"], step["index"], step["status"], fields)
                 )
         self._waiting_since = {k: v for k, v in self._waiting_since.items() if k in waiting}
 
@@ -386,7 +265,7 @@ class LifecycleService:
             "updated_at": now,
         }
         if plan.result_step is None and plan.result is not None:
-            record["result"] = self._returns_of("", *plan.result) or {}
+            record["result"] = returns_of(self.cluster.store, "", *plan.result) or {}
         result = await self.cluster.propose_ok(
             Entry(EntryType.DEPLOYMENT_CREATE, {"deployment": record})
         )
@@ -506,35 +385,6 @@ class LifecycleService:
             raise Unavailable(
                 "lifecycles are still loading on this node; retry in a moment"
             ) from None
-
-
-def _step_entry(
-    deployment_id: str,
-    index: int,
-    expect: str | None,
-    fields: dict[str, Any],
-    lifecycle: dict[str, Any] | None = None,
-) -> Entry:
-    return Entry(
-        EntryType.DEPLOYMENT_STEP,
-        {
-            "id": deployment_id,
-            "index": index,
-            "expect": expect,
-            "fields": fields,
-            "lifecycle": lifecycle,
-            "at": now_rfc3339(),
-        },
-    )
-
-
-def _waits(steps: list[dict[str, Any]], step: dict[str, Any]) -> bool:
-    """Whether a step still waits for one it comes after."""
-    return any(steps[i]["status"] != "done" for i in step["after"])
-
-
-def _step_xpath(step: Mapping[str, Any]) -> str:
-    return f"{step['lifecycle']}/{step['state']}/{step['provide'] or step['action']}"
 
 
 __all__ = ["LifecycleService"]
