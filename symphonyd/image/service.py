@@ -18,14 +18,14 @@ import logging
 import os
 import re
 import stat
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from symphonyd import metrics
 from symphonyd.client import NodeClient, TransferInterrupted, download
 from symphonyd.errors import Conflict, Invalid, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
+from symphonyd.image.agent import ImageAgent
 from symphonyd.image.copier import CopyError, CopyResult, StreamCopier
 from symphonyd.image.files import HEX64, ImageFiles
 from symphonyd.progress import ProgressBoard
@@ -402,7 +402,7 @@ class ImageService:
         )
         return dict((await self.cluster.propose_ok(entry, idempotent=True))["image"])
 
-    async def _remove_holder(self, image_id: str) -> None:
+    async def remove_holder(self, image_id: str) -> None:
         entry = Entry(
             EntryType.IMAGE_REMOVE_HOLDER, {"id": image_id, "node": self.node, "now": now_rfc3339()}
         )
@@ -506,7 +506,7 @@ class ImageService:
                     checked.append(
                         {"id": record["id"], "fingerprint": fingerprint, "intact": False}
                     )
-                    await self._remove_holder(record["id"])
+                    await self.remove_holder(record["id"])
                 continue
             intact = await run_blocking(self.files.verify, fingerprint)
             checked.append({"id": record["id"], "fingerprint": fingerprint, "intact": intact})
@@ -515,23 +515,8 @@ class ImageService:
                 await run_blocking(self.files.remove, fingerprint)
                 for image in self.records():
                     if image.get("fingerprint") == fingerprint and self.node in image["holders"]:
-                        await self._remove_holder(image["id"])
+                        await self.remove_holder(image["id"])
         return checked
-
-    async def replicate(self) -> None:
-        """Fetch the images this node should hold; drop holder claims without a file."""
-        for record in self.records():
-            fingerprint = record.get("fingerprint")
-            if record["status"] != "ready" or not fingerprint:
-                continue
-            local = self.files.has(fingerprint)
-            if self.node in record["holders"] and not local:
-                await self._remove_holder(record["id"])
-            elif self.node in self.placement(record) and record["id"] not in self.fetching:
-                if local and self.node in record["holders"]:
-                    continue
-                task = asyncio.create_task(self.ensure_local(record["id"]))
-                task.add_done_callback(_log_failure)
 
     async def close(self) -> None:
         """Cancel the imports this node runs and wait until each is over (a cancelled
@@ -543,44 +528,13 @@ class ImageService:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def run_agent(self, scrub_every: float = 6 * 3600) -> None:
-        """Level-triggered: after start and after every change, converge local files with
-        the images (clean up, fetch what this node should hold); check local copies
-        against their checksums at start and every `scrub_every` seconds."""
-        next_scrub = time.monotonic()
-        while True:
-            # The revision seen *before* reading the state: a change made while the steps
-            # run wakes the next round at once.
-            seen = self.cluster.store.revision
-            ok = True
-            for step in (self.fail_orphans, self.collect_garbage, self.replicate):
-                ok = await _counted(step) and ok
-            if time.monotonic() >= next_scrub:
-                ok = await _counted(self.verify_local) and ok
-                next_scrub = time.monotonic() + scrub_every
-            # After a failure (no quorum yet, a peer down) try again soon.
-            await self.cluster.wait_for_tables(
-                {"images", "nodes", "cluster"}, seen, 30.0 if ok else 1.0
-            )
+    async def run_agent(self) -> None:
+        """This node's image agent (`image/agent.py`): fetch what this node should hold,
+        drop claims without a file, clean up, scrub; until cancelled."""
+        await ImageAgent(self).run()
 
 
 FETCH_ATTEMPTS = 6
-
-
-async def _counted(step: Callable[[], Awaitable[Any]]) -> bool:
-    """Run one agent step; an error is logged and counted, and the loop goes on."""
-    try:
-        await step()
-    except (SymphonyError, OSError) as exc:
-        metrics.RECONCILE_ERRORS.labels("image").inc()
-        log.warning("image agent: %s failed: %s", step.__name__, exc)
-        return False
-    return True
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("image replication: %s", task.exception())
 
 
 class _Discard(Invalid):
