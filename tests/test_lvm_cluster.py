@@ -1,9 +1,11 @@
 """An lvm block service end to end in a 2-node cluster, with real lvm2 on a loop device in
 metadata-only mode: `block pv|vg|lv` through the store and the owning node's agent,
-volumes scheduled into the volume group, refusals, and removal down to a clean host."""
+volumes scheduled into the volume group, refusals, changes that fail (`last_error`), and
+removal down to a clean host."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 from collections.abc import Callable
@@ -41,6 +43,17 @@ def host_lvm(command: str, vg: str) -> list[dict[str, str]]:
         return []
     kind = {"lvs": "lv", "vgs": "vg"}[command]
     return [row for report in json.loads(out.stdout)["report"] for row in report[kind]]
+
+
+def host_lvm_change(*argv: str) -> None:
+    """Change the host's LVM behind symphonyd's back (metadata only, as the service does)."""
+    subprocess.run(
+        [argv[0], "--driverloaded", "n", *argv[1:]],
+        capture_output=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        env={"LVM_SUPPRESS_FD_WARNINGS": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
 
 
 def test_lvm_service_end_to_end(
@@ -111,11 +124,42 @@ def test_lvm_service_end_to_end(
     assert "belongs to volume group" in refused(n1, "block", "pv", "remove", pv["id"])
     assert "still has volumes: data, scratch" in refused(n1, "service", "rm", service["id"])
 
-    # Removal, down to a host without our LVM.
+    # A change the group has no room for (280 MiB free cannot grow data by 300 MiB): the
+    # record says what failed in `last_error` (the agent keeps trying), and the CLI exits
+    # 1 with lvm2's reason.
+    failure = refused(n1, "volume", "resize", "data", "--size", "428M")
+    shown = ok(n1, "volume", "show", "data")
+    error = shown["last_error"]
+    assert error["action"] == "resize" and "Insufficient free space" in error["message"]
+    assert f"volume data: last change failed: {error['message']}" in failure
+    assert shown["status_message"] == f"last change failed: {error['message']}"
+    assert (shown["status"], shown["size"], shown["actual_size"]) == ("ready", 428 * MiB, 128 * MiB)
+    assert dt.datetime.fromisoformat(error["at"]) >= dt.datetime.fromisoformat(shown["created_at"])
+
+    # Removal, down to a host without our LVM. Once scratch is gone there is room: the
+    # resize succeeds and clears `last_error`.
     n1.cli("block", "lv", "remove", "scratch", timeout=120)
+    grown = ok(n1, "volume", "resize", "data", "--size", "428M")
+    assert (grown["actual_size"], grown["last_error"], grown["status_message"]) == (
+        428 * MiB,
+        None,
+        "",
+    )
     assert n1.cli("volume", "rm", "data", timeout=120).returncode == 0
     assert host_lvm("lvs", vg) == []
     assert "still has volume groups" in refused(n1, "service", "rm", service["id"])
+    # A removal the host refuses (an LV made outside symphonyd is in the group) leaves the
+    # group ready with `last_error`; the CLI exits 1 with the reason; the next removal
+    # request clears it, and succeeds once the host allows it.
+    host_lvm_change("lvcreate", "-an", "-Zn", "-L", "8M", "-n", "foreign", vg)
+    failure = refused(n1, "block", "vg", "remove", group["id"])
+    kept = ok(n1, "block", "vg", "get", group["id"])
+    error = kept["last_error"]
+    assert (kept["status"], error["action"]) == ("ready", "remove")
+    assert "still holds 1 logical volumes" in error["message"]
+    assert f"volume group {group['id'][:12]}: not removed: {error['message']}" in failure
+    assert kept["status_message"] == f"not removed: {error['message']}"
+    host_lvm_change("lvremove", "-y", f"{vg}/foreign")
     assert n1.cli("block", "vg", "remove", group["id"], timeout=120).returncode == 0
     assert host_lvm("vgs", vg) == []
     assert ok(n1, "block", "pv", "get", pv["id"])["vg_id"] is None

@@ -247,3 +247,48 @@ def test_a_health_check_is_written_only_when_it_changed() -> None:
     assert health_changed(record, True, "ok", {"total": 2 * total, "free": 50 * 1024 * MiB})
     assert health_changed(record, True, "ok", None)
     assert health_changed({"health": None, "capacity": None}, True, "ok", same)  # first report
+
+
+# -- last_error: an explicit field, not a message prefix -------------------------------------
+
+
+def test_records_written_before_last_error_read_it_as_none() -> None:
+    from symphonyd.state import lvm, volumes
+    from symphonyd.state.store import Store
+
+    store = Store()
+    store.put(volumes.TABLE, "v1", {"id": "v1", "name": "old", "node": "n1", "pool": "vg"})
+    store.put(lvm.VGS, "g1", {"id": "g1", "name": "vg", "node": "n1", "status": "ready"})
+    store.commit()
+    assert volumes.get(store, "v1")["last_error"] is None  # type: ignore[index]
+    assert [v["last_error"] for v in volumes.all_volumes(store)] == [None]
+    assert volumes.find(store, "old")[0]["last_error"] is None
+    assert lvm.get(store, lvm.VGS, "g1")["last_error"] is None  # type: ignore[index]
+    assert [g["last_error"] for g in lvm.find(store, lvm.VGS, "vg")] == [None]
+    # applying an entry stores what it was given: no field appears on its own
+    volumes.update(store, "v1", {"status_message": "x"})
+    store.commit()
+    assert "last_error" not in store.get(volumes.TABLE, "v1")  # type: ignore[operator]
+    failed = volumes.change_error("resize", "no room", "2024-05-01T10:00:00.000000Z")
+    assert failed == {"action": "resize", "message": "no room", "at": failed["at"]}
+    volumes.update(store, "v1", {"last_error": failed})
+    store.commit()
+    assert volumes.get(store, "v1")["last_error"] == failed  # type: ignore[index]
+
+
+def test_the_cli_tells_a_failed_change_by_last_error_alone() -> None:
+    from symphonyd.cli.block import failed_change
+
+    at = "2024-05-01T10:00:00.000000Z"
+    resize = {"action": "resize", "message": "lvextend vg/sy-v1 failed: no room", "at": at}
+    remove = {"action": "remove", "message": "volume group vg still holds 1", "at": at}
+    assert failed_change({"status": "ready", "last_error": resize}) == (
+        "last change failed: lvextend vg/sy-v1 failed: no room"
+    )
+    assert failed_change({"status": "ready", "last_error": remove}) == (
+        "not removed: volume group vg still holds 1"
+    )
+    # the text people read decides nothing any more; a record without the field is clean
+    stale = {"status": "ready", "last_error": None, "status_message": "last change failed: x"}
+    assert failed_change(stale) is None
+    assert failed_change({"status": "ready", "status_message": "not removed: x"}) is None

@@ -8,6 +8,12 @@ Work is claimed through the log (`pending` -> `creating` only if still `pending`
 nodes never act on one volume. A volume found `creating` with no worker was interrupted
 (the node stopped): its leftovers are removed and it is made again. Volumes in a pool
 without a record are removed, against a store known to be current.
+
+A change of a ready volume that fails (a resize the pool has no room for, a snapshot)
+sets the record's `last_error` (`{action, message, at}`, with a `status_message` for
+people) and is tried again with the backoff; the next change that succeeds clears both.
+The actions of a volume run in order and a failed one stops those after it, so the next
+success is the failed change done (or one asked for since, whose request cleared it).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from symphonyd.reconcile import (
     patch,
     run_blocking,
 )
+from symphonyd.security import now_rfc3339
 from symphonyd.state import lvm, services, volumes
 
 __all__ = ["OwnedVolume", "VolumeAgent", "decide_volume"]
@@ -43,7 +50,7 @@ __all__ = ["OwnedVolume", "VolumeAgent", "decide_volume"]
 log = logging.getLogger("symphonyd.block")
 
 ORPHANS_EVERY = 60.0  # a full scan of the pools for volumes without a record
-FAILED_CHANGE = "last change failed: "  # how a failed resize or snapshot is shown
+FAILED_CHANGE = "last change failed: "  # the status_message of a failed resize or snapshot
 
 PoolKey = tuple[str, str]  # (service id, pool)
 Listings = Mapping[PoolKey, Mapping[str, VolumeInfo] | None]  # None: the pool did not answer
@@ -170,10 +177,14 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             try:
                 actual = await run_blocking(driver.resize, vid, action.arg)
             except SymphonyError as exc:
-                await self._change_failed(vid, exc.message)
+                await self._change_failed(vid, "resize", exc.message)
                 raise RetryLater(f"resize: {exc.message}") from None
             await self._set(
-                vid, allocated=actual.allocated, actual_size=actual.size, status_message=""
+                vid,
+                allocated=actual.allocated,
+                actual_size=actual.size,
+                status_message="",
+                last_error=None,
             )
         elif action.verb == "snapshot":
             await self._snapshot(record, str(action.arg))
@@ -193,9 +204,20 @@ class VolumeAgent(Reconciler[OwnedVolume]):
     async def _set(self, volume_id: str, expect: str | None = None, **fields: Any) -> None:
         await patch(self.cluster, EntryType.VOLUME_UPDATE, volume_id, expect=expect, **fields)
 
-    async def _change_failed(self, volume_id: str, message: str) -> None:
-        with contextlib.suppress(Conflict):  # deleted meanwhile: the message is moot
-            await self._set(volume_id, expect="ready", status_message=FAILED_CHANGE + message)
+    async def _change_failed(
+        self, volume_id: str, action: str, message: str, **fields: Any
+    ) -> None:
+        """Record that `action` failed with `message` (unless the volume is no longer ready:
+        deleted meanwhile, the failure is moot)."""
+        error = volumes.change_error(action, message, now_rfc3339())
+        with contextlib.suppress(Conflict):
+            await self._set(
+                volume_id,
+                expect="ready",
+                status_message=FAILED_CHANGE + message,
+                last_error=error,
+                **fields,
+            )
 
     async def _snapshot(self, record: OwnedVolume, snap: str) -> None:
         vid = record.volume["id"]
@@ -203,21 +225,16 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         try:
             await run_blocking(driver.snapshot, vid, snap)
         except NotSupported as exc:  # never possible here: drop it, say why
-            current = self._current(vid)
-            asked = [s for s in current.get("snapshots", []) if s != snap]
-            with contextlib.suppress(Conflict):
-                await self._set(
-                    vid,
-                    expect="ready",
-                    snapshots=asked,
-                    status_message=f"{FAILED_CHANGE}snapshot {snap}: {exc.message}",
-                )
+            asked = [s for s in self._current(vid).get("snapshots", []) if s != snap]
+            await self._change_failed(
+                vid, "snapshot", f"snapshot {snap}: {exc.message}", snapshots=asked
+            )
             raise Conflict(f"snapshot {snap} dropped") from None
         except SymphonyError as exc:
-            await self._change_failed(vid, f"snapshot {snap}: {exc.message}")
+            await self._change_failed(vid, "snapshot", f"snapshot {snap}: {exc.message}")
             raise RetryLater(f"snapshot {snap}: {exc.message}") from None
         done = [s for s in self._current(vid).get("snapshots_done", []) if s != snap]
-        await self._set(vid, snapshots_done=[*done, snap])
+        await self._set(vid, snapshots_done=[*done, snap], status_message="", last_error=None)
 
     def _current(self, volume_id: str) -> dict[str, Any]:
         with self.cluster.store.lock:

@@ -3,10 +3,11 @@ verbs (`block pv|vg|lv ...`) and the agent that makes them true (`LvmAgent`).
 
 As for volumes, handlers only validate and record (`pending`, `deleting`); the agent of
 the node that owns the service claims the record (`pending` -> `creating`), runs lvm2 and
-records the outcome (`ready` with sizes, or `failed` with lvm2's message). A record found
-`creating` at start was interrupted: it is finished if lvm2 shows the work done, tried
-again otherwise. A logical volume is a volume whose pool is the group's name, so it is
-made, resized and removed by the volume agent like any other.
+records the outcome (`ready` with sizes, or `failed` with lvm2's message; a removal lvm2
+refuses leaves it `ready` with a `last_error`, cleared by the next removal request). A
+record found `creating` at start was interrupted: it is finished if lvm2 shows the work
+done, tried again otherwise. A logical volume is a volume whose pool is the group's name,
+so it is made, resized and removed by the volume agent like any other.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import Action, GiveUp, Reconciler, claim, patch, run_blocking
 from symphonyd.security import new_id, now_rfc3339
-from symphonyd.state import lvm, services
+from symphonyd.state import lvm, services, volumes
 from symphonyd.state.lookup import resolve_one
 from symphonyd.validation import check_name
 
@@ -77,6 +78,7 @@ class LvmResources:
             "device": device,
             "status": "pending",
             "status_message": "",
+            "last_error": None,  # {action: "remove", message, at} of a refused removal
             "size": None,
             "free": None,
             "vg_id": None,
@@ -106,6 +108,7 @@ class LvmResources:
             "pv_ids": [pv["id"]],
             "status": "pending",
             "status_message": "",
+            "last_error": None,  # {action: "remove", message, at} of a refused removal
             "size": None,
             "free": None,
             "created_at": now,
@@ -129,6 +132,7 @@ class LvmResources:
                     "fields": {
                         "status": "deleting",
                         "status_message": "",
+                        "last_error": None,
                         "updated_at": now_rfc3339(),
                     },
                 },
@@ -244,6 +248,7 @@ class LvmAgent(Reconciler[OwnedLvm]):
                     rid,
                     status="ready",
                     status_message=f"not removed: {exc.message}",
+                    last_error=volumes.change_error("remove", exc.message, now_rfc3339()),
                 )
                 return
             await self.cluster.propose_ok(Entry(kind.delete, {"id": rid}), idempotent=True)

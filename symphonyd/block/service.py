@@ -4,7 +4,8 @@ snapshot and delete volumes), the drivers of its pools, and its health reports.
 Handlers only validate and record desired state (`pending`, a larger `size`, a snapshot
 name, `deleting`); the leader places new volumes (`scheduler.py`), and the volume agent of
 the owning node (`block/agent.py`) makes the records true. Nothing here calls a driver to
-change a volume.
+change a volume. Each change request clears `last_error` in the patch that records it, so
+a waiting client knows that an error it sees afterwards is about the state it asked for.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ class BlockService:
             "overlay": False,
             "status": "pending",
             "status_message": "",
+            "last_error": None,  # {action, message, at} of a change that failed (agent)
             "format": None,
             "allocated": None,
             "actual_size": None,
@@ -224,7 +226,7 @@ class BlockService:
         size_bytes = parse_size(size)
         if size_bytes < volume["size"]:
             raise Invalid(f"volumes only grow: {volume['size']} -> {size_bytes} bytes refused")
-        await self._set(volume["id"], size=size_bytes)
+        await self._set(volume["id"], size=size_bytes, last_error=None)
         return self.resolve(volume["id"])
 
     async def snapshot(self, ref: str, name: str | None) -> dict[str, Any]:
@@ -238,7 +240,7 @@ class BlockService:
             able, why = capabilities(service["driver"], service.get("options", {}))
             if not able.snapshots:
                 raise NotSupported(f"volume {volume['name']}: {why}")
-        await self._set(volume["id"], snapshots=[*volume["snapshots"], snap])
+        await self._set(volume["id"], snapshots=[*volume["snapshots"], snap], last_error=None)
         return self.resolve(volume["id"])
 
     async def delete(self, ref: str) -> dict[str, Any]:
@@ -246,7 +248,7 @@ class BlockService:
         if volume["status"] in ("pending", "failed"):
             await self.cluster.propose_ok(Entry(EntryType.VOLUME_DELETE, {"id": volume["id"]}))
             return {"deleted": volume["id"], "name": volume["name"]}
-        await self._set(volume["id"], status="deleting", status_message="")
+        await self._set(volume["id"], status="deleting", status_message="", last_error=None)
         return self.resolve(volume["id"])
 
     def _footprint(self) -> tuple[Any, ...]:

@@ -39,6 +39,19 @@ WAIT_LIMIT = 1800.0
 PROGRESS_REFRESH = 1.0  # seconds between re-reads of a bar's progress (not in the log)
 
 
+def failed_change(record: dict[str, Any]) -> str | None:
+    """What the record's last change did not do, as the user reads it, or None (it has no
+    `last_error`). Every change request clears `last_error` in the patch that records it,
+    so one present while waiting for a request was set after it, by the work it asked for
+    (or work still failing that stands before it): the wait ends with it. Log order, not
+    clocks, tells them apart."""
+    error = record.get("last_error")
+    if not error:
+        return None
+    verdict = "not removed" if error["action"] == "remove" else "last change failed"
+    return f"{verdict}: {error['message']}"
+
+
 def wait_volume(
     client: Client, record: dict[str, Any], *, gone_ok: bool = False
 ) -> dict[str, Any] | None:
@@ -51,10 +64,9 @@ def wait_volume(
         def done(record: dict[str, Any]) -> bool:
             if record["status"] == "failed":
                 raise DriverError(f"volume {record['name']} failed: {record['status_message']}")
-            if record["status"] == "ready" and record["status_message"].startswith(
-                "last change failed"
-            ):
-                raise DriverError(f"volume {record['name']}: {record['status_message']}")
+            failure = failed_change(record)
+            if failure is not None:
+                raise DriverError(f"volume {record['name']}: {failure}")
             busy = (
                 record["status"] in ("pending", "creating", "deleting")
                 or set(record["snapshots"]) - set(record["snapshots_done"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from symphonyd.cli.block import WAIT_LIMIT, wait_volume
+from symphonyd.cli.block import WAIT_LIMIT, failed_change, wait_volume
 from symphonyd.cli.command import CommandGroup, Context, json_option
 from symphonyd.cli.output import human_size, print_json, print_kv_table, print_table, resource_path
 from symphonyd.cli.wait import follow_record
@@ -33,8 +33,9 @@ def wait_record(
     def done(record: dict[str, Any]) -> bool:
         if record["status"] == "failed":
             raise DriverError(f"{what} {record['id'][:12]} failed: {record['status_message']}")
-        if record["status"] == "ready" and record["status_message"].startswith("not removed"):
-            raise DriverError(f"{what} {record['id'][:12]}: {record['status_message']}")
+        failure = failed_change(record)
+        if failure is not None:
+            raise DriverError(f"{what} {record['id'][:12]}: {failure}")
         return record["status"] not in ("pending", "creating", "deleting")
 
     return follow_record(

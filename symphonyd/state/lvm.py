@@ -1,14 +1,19 @@
 """The LVM tables of block services: physical volumes (`pvs`) and volume groups (`vgs`).
 
 A physical volume: id, node, service_id, device, status (`pending`, `creating`, `ready`,
-`failed`, `deleting`), status_message, size, free, vg_id (the group using it, or None),
-created_at, updated_at. A device is recorded once per node.
+`failed`, `deleting`), status_message, last_error, size, free, vg_id (the group using it,
+or None), created_at, updated_at. A device is recorded once per node.
 
-A volume group: id, name, node, service_id, pv_ids, status, status_message, size, free,
-created_at, updated_at. Names are unique per node; the group's logical volumes are the
-volumes whose pool is its name on its node. Making a group takes its physical volumes
-(they must be ready and free); removing it gives them back. A group is marked `deleting`
-only while no volume is in it, decided here so that the check and the change are one step.
+A volume group: id, name, node, service_id, pv_ids, status, status_message, last_error,
+size, free, created_at, updated_at. Names are unique per node; the group's logical volumes
+are the volumes whose pool is its name on its node. Making a group takes its physical
+volumes (they must be ready and free); removing it gives them back. A group is marked
+`deleting` only while no volume is in it, decided here so that the check and the change
+are one step.
+
+`last_error` is as for volumes (`volumes.change_error`): a removal lvm2 refused leaves the
+record `ready` with `{action: "remove", message, at}`, cleared by the next removal request.
+Readers see None on records written before the field (`volumes.with_last_error`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ VGS = "vgs"
 
 
 def all_records(store: Store, table: str) -> list[Record]:
-    return store.table(table).values()
+    return [volumes.with_last_error(r) for r in store.table(table).values()]
 
 
 def get(store: Store, table: str, record_id: str) -> Record | None:
-    return store.get(table, record_id)
+    record = store.get(table, record_id)
+    return volumes.with_last_error(record) if record is not None else None
 
 
 def find(store: Store, table: str, ref: str) -> list[Record]:
@@ -62,7 +68,7 @@ def create_vg(store: Store, vg: dict[str, Any]) -> dict[str, Any]:
             return failure("conflict", f"node {vg['node']} already has a volume group {vg['name']}")
     members = []
     for pv_id in vg["pv_ids"]:
-        pv = get(store, PVS, pv_id)
+        pv = store.get(PVS, pv_id)
         if pv is None:
             return failure("not_found", f"no physical volume {pv_id}")
         if pv["node"] != vg["node"]:
@@ -88,7 +94,7 @@ def update(
 ) -> dict[str, Any]:
     """Change fields; with `expect_status`, only from that status (how an agent claims
     work). A group goes `deleting` only while it holds no volume."""
-    old = get(store, table, record_id)
+    old = store.get(table, record_id)
     if old is None:
         return failure(
             "not_found", f"no {'volume group' if table == VGS else 'physical volume'} {record_id}"
@@ -111,12 +117,12 @@ def update(
 
 
 def delete(store: Store, table: str, record_id: str) -> dict[str, Any]:
-    old = get(store, table, record_id)
+    old = store.get(table, record_id)
     if old is None:
         return failure("not_found", f"no record {record_id} in {table}")
     if table == VGS:
         for pv_id in old["pv_ids"]:
-            pv = get(store, PVS, pv_id)
+            pv = store.get(PVS, pv_id)
             if pv is not None and pv["vg_id"] == record_id:
                 store.put(PVS, pv_id, {**pv, "vg_id": None})
     elif old["vg_id"] is not None and get(store, VGS, old["vg_id"]) is not None:
