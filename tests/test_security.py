@@ -147,3 +147,29 @@ def test_paths_handed_over_or_recorded_outside_are_refused(tmp_path: Path) -> No
         assert (outside / "index.html").read_text() == "not ours"
     finally:
         supervisor.close()
+
+
+@pytest.mark.cluster
+def test_deeply_nested_json_is_a_400_without_a_traceback(nodeset: NodeSet) -> None:
+    """Finding 8: '[' x 50,000 posted to /v1/cluster/members (no token needed) answered
+    500 and logged a traceback each time."""
+    import ssl
+    import urllib.request
+
+    (n1,) = nodeset.form(1)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for body in (b"[" * 50_000, b'{"a":' * 50_000):
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{n1.api_port}/v1/cluster/members",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10, context=context)
+        answer = json.loads(caught.value.read())
+        assert caught.value.code == 400, answer
+        assert "nested too deeply" in answer["error"]["message"]
+    assert "Traceback" not in n1.log() and "RecursionError" not in n1.log()

@@ -71,6 +71,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError as exc:
         raise Invalid(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. "[" * 50000: a 400, not a 500 with a traceback
+        raise Invalid("request body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
     return body
