@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import ssl
+import stat
 import sys
 import time
 from collections.abc import Coroutine
@@ -93,6 +94,7 @@ class Daemon:
         from symphonyd.api.app import make_app
 
         os.makedirs(self.settings.data_dir, mode=0o700, exist_ok=True)
+        _private(self.settings.data_dir)
         self._lock_data_dir()
         identity = self.membership.load_identity()
         # On SIGTERM, requests in flight get SHUTDOWN_GRACE seconds to finish; after that
@@ -350,6 +352,15 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
         log.error("%s", exc.message)
         return 1
     return 0
+
+
+def _private(data_dir: str) -> None:
+    """The data dir holds the cluster secret and the TLS key: only its owner may enter it
+    (a pre-existing dir keeps no wider mode; say so when it is changed)."""
+    mode = stat.S_IMODE(os.stat(data_dir).st_mode)
+    if mode & 0o077:
+        os.chmod(data_dir, mode & 0o700)
+        log.warning("data dir %s was mode %04o; made it %04o", data_dir, mode, mode & 0o700)
 
 
 def _report_death(task: asyncio.Task[Any]) -> None:

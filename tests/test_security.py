@@ -173,3 +173,13 @@ def test_deeply_nested_json_is_a_400_without_a_traceback(nodeset: NodeSet) -> No
         assert caught.value.code == 400, answer
         assert "nested too deeply" in answer["error"]["message"]
     assert "Traceback" not in n1.log() and "RecursionError" not in n1.log()
+
+
+@pytest.mark.cluster
+def test_a_wider_data_dir_is_made_private_at_start(nodeset: NodeSet) -> None:
+    """Finding 9: a pre-existing data dir kept its mode (0755 stayed 0755)."""
+    node = nodeset.new("n1", start=False)
+    os.chmod(node.data_dir, 0o755)
+    node.start()
+    assert os.stat(node.data_dir).st_mode & 0o777 == 0o700
+    assert "was mode 0755; made it 0700" in node.log()
