@@ -1,5 +1,5 @@
-"""What every service's drivers share (block today, compute next): the host-error boundary
-and the reverter for multi-step work.
+"""What every service's drivers share (block today, compute next): the answer of a health
+check (`Health`), the host-error boundary and the reverter for multi-step work.
 
 * `host_boundary(what)`: a decorator for a driver's public methods. Host errors raised
   inside (`OSError`, `subprocess.CalledProcessError`, `subprocess.TimeoutExpired`) leave
@@ -20,17 +20,26 @@ import functools
 import logging
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from symphonyd.errors import DriverError, SymphonyError
 
-__all__ = ["Reverter", "host_boundary", "host_error"]
+__all__ = ["Health", "Reverter", "host_boundary", "host_error"]
 
 log = logging.getLogger("symphonyd.drivers")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Health:
+    """A driver's answer when checked: can it work here, and if not, why."""
+
+    ok: bool
+    message: str
 
 
 def host_error(what: str, exc: BaseException) -> DriverError:

@@ -29,12 +29,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from symphonyd import metrics
-from symphonyd.errors import Conflict, SymphonyError
+from symphonyd.errors import SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import now_rfc3339
@@ -130,14 +130,11 @@ async def claim(
     *,
     from_status: str = "pending",
     to_status: str = "creating",
-) -> bool:
+) -> None:
     """Take a record for this node's work: `from_status -> to_status` only if it is still
-    `from_status`. False when someone else took it or it changed meanwhile."""
-    try:
-        await patch(cluster, entry_type, record_id, expect=from_status, status=to_status)
-    except Conflict:
-        return False
-    return True
+    `from_status`. Conflict when someone else took it or it changed meanwhile (a worker
+    then stops, and the next pass decides from what the record is now)."""
+    await patch(cluster, entry_type, record_id, expect=from_status, status=to_status)
 
 
 @dataclass
@@ -172,14 +169,6 @@ class Progress:
 class _Backoff:
     attempts: int = 0
     not_before: float = 0.0
-
-
-@dataclass
-class _Pass:
-    """What one pass saw: the objects with work started, and whether the host answered."""
-
-    started: list[str] = field(default_factory=list)
-    ok: bool = True
 
 
 class Reconciler(Generic[R]):
@@ -344,6 +333,3 @@ class Reconciler(Generic[R]):
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-
-    def busy(self) -> Collection[str]:
-        return set(self.workers)

@@ -22,27 +22,20 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from symphonyd.drivers import Health
 from symphonyd.errors import Invalid
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import new_id, now_rfc3339
 from symphonyd.validation import check_name
 
-__all__ = ["Agent", "Probe", "Registry", "RunningService", "ServiceHost", "ServiceType"]
+__all__ = ["Agent", "Registry", "RunningService", "ServiceHost", "ServiceType"]
 
 
 class Agent(Protocol):
     """What the daemon runs per node for a service: a `reconcile.Reconciler` or any loop."""
 
     async def run(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Probe:
-    """A driver's answer when tried: can it work here, and if not, why."""
-
-    ok: bool
-    message: str
 
 
 @dataclass(frozen=True)
@@ -75,7 +68,7 @@ class ServiceType:
     drivers: tuple[str, ...]
     default_driver: str
     check_options: Callable[[str, Mapping[str, Any]], dict[str, Any]]
-    probe: Callable[[str, str, str, dict[str, Any]], Probe]  # (driver, pool, data_dir, options)
+    probe: Callable[[str, str, str, dict[str, Any]], Health]  # (driver, pool, data_dir, options)
     start: Callable[[ServiceHost], RunningService]
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from symphonyd.drivers import Health
 from symphonyd.errors import Invalid, SymphonyError
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.service_types import SERVICE_TYPES
-from symphonyd.services import Probe, Registry, RunningService, ServiceHost, ServiceType
+from symphonyd.services import Registry, RunningService, ServiceHost, ServiceType
 from tests.nodes import NodeSet
 
 
@@ -39,7 +40,7 @@ def toy(probe_ok: bool = True) -> ServiceType:
         drivers=("fake", "other"),
         default_driver="fake",
         check_options=check_options,
-        probe=lambda driver, pool, data_dir, options: Probe(probe_ok, "no toys here"),
+        probe=lambda driver, pool, data_dir, options: Health(probe_ok, "no toys here"),
         start=lambda host: RunningService(verbs=None),
     )
 

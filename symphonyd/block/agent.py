@@ -162,8 +162,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             )
             log.info("volume %s deleted", vid, extra={"resource": vid})
         elif action.verb == "claim":
-            if not await claim(self.cluster, EntryType.VOLUME_UPDATE, vid):
-                raise Conflict(f"volume {vid} was claimed or changed meanwhile")
+            await claim(self.cluster, EntryType.VOLUME_UPDATE, vid)
         elif action.verb in ("create", "recreate"):
             if action.verb == "recreate":
                 with contextlib.suppress(NoSuchVolume):

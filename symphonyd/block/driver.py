@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from symphonyd.drivers import Health
 from symphonyd.errors import Conflict, DriverError, Invalid, NotFound
 from symphonyd.validation import NAME_RE
 
@@ -62,12 +63,6 @@ class VolumeInfo:
 class PoolInfo:
     total: int
     free: int
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    message: str
 
 
 class BlockDriver(Protocol):

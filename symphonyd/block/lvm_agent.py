@@ -236,8 +236,7 @@ class LvmAgent(Reconciler[OwnedLvm]):
     async def act(self, record: OwnedLvm, action: Action) -> None:
         kind, rid = KINDS[record.table], record.record["id"]
         if action.verb == "claim":
-            if not await claim(self.cluster, kind.update, rid):
-                raise Conflict(f"{kind.what} {rid} was claimed or changed meanwhile")
+            await claim(self.cluster, kind.update, rid)
         elif action.verb == "remove":
             try:
                 await run_blocking(kind.remove, record.host, record.record)

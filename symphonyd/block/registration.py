@@ -10,14 +10,14 @@ from symphonyd.block.agent import VolumeAgent
 from symphonyd.block.driver import DRIVER_OPTIONS, check_options, make_driver
 from symphonyd.block.lvm_agent import LvmAgent
 from symphonyd.block.service import BlockService
-from symphonyd.services import Probe, RunningService, ServiceHost, ServiceType
+from symphonyd.drivers import Health
+from symphonyd.services import RunningService, ServiceHost, ServiceType
 
 __all__ = ["BLOCK"]
 
 
-def _probe(driver: str, pool: str, data_dir: str, options: dict[str, Any]) -> Probe:
-    health = make_driver(driver, pool, data_dir, **options).check()
-    return Probe(health.ok, health.message)
+def _probe(driver: str, pool: str, data_dir: str, options: dict[str, Any]) -> Health:
+    return make_driver(driver, pool, data_dir, **options).check()
 
 
 def _start(host: ServiceHost) -> RunningService:

@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from symphonyd.errors import Conflict
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.executor import Outcome, StepEnv, run_step
 from symphonyd.lifecycle.model import Catalog
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.reconcile import Action, GiveUp, Reconciler, RetryLater, run_blocking
+from symphonyd.reconcile import Action, GiveUp, Reconciler, run_blocking
 from symphonyd.security import now_rfc3339, seal, unseal
 from symphonyd.state import lifecycles, nodes
 from symphonyd.state.store import Record, Store
@@ -143,8 +144,8 @@ class StepAgent(Reconciler[LifecycleSteps]):
             result = await self.cluster.propose(
                 step_entry(ref.deployment, ref.index, "pending", claimed)
             )
-            if not result.get("ok"):  # changed meanwhile: decide again at once
-                raise RetryLater(f"step {ref} was changed meanwhile", delay=0.0)
+            if not result.get("ok"):  # the base decides again at once, from what it is now
+                raise Conflict(f"step {ref} was changed meanwhile")
         elif action.verb == "run":
             await self._run(ref)
         else:
