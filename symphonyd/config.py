@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from symphonyd.block.driver import check_options
+from symphonyd.compute.driver import check_options as check_compute_options
 from symphonyd.errors import Invalid
 
 DEFAULT_CONFIG_FILE = "/etc/symphonyd/symphonyd.toml"
@@ -65,6 +66,9 @@ class Settings:
     # What `service new` enables when not told: {driver, pool, options}; file driver, pool
     # "default" unless set.
     block: dict[str, Any] = field(default_factory=dict)
+    # What `service new compute` enables when not told: {driver, options}; libvirt on this
+    # node's own test driver unless `options.uri` is set (e.g. "qemu:///system").
+    compute: dict[str, Any] = field(default_factory=dict)
     # Directories of lifecycle modules besides `<data-dir>/lifecycles/`.
     lifecycle_dirs: list[str] = field(default_factory=list)
 
@@ -131,6 +135,14 @@ def validate(settings: Settings) -> None:
     driver = settings.block.get("driver", "file")
     settings.block["options"] = check_options(driver, settings.block.get("options", {}))
     check_name(settings.block.get("pool", "default"), what="[block] pool")
+    if not isinstance(settings.compute, dict):
+        raise Invalid("compute must be a table: [compute] driver = ..., options = {...}")
+    unknown = sorted(set(settings.compute) - {"driver", "options"})
+    if unknown:
+        raise Invalid(f"[compute]: unknown settings: {', '.join(unknown)} (driver, options)")
+    settings.compute["options"] = check_compute_options(
+        settings.compute.get("driver", "libvirt"), settings.compute.get("options", {})
+    )
     if not isinstance(settings.lifecycle_dirs, list) or not all(
         isinstance(d, str) and os.path.isabs(d) for d in settings.lifecycle_dirs
     ):

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from symphonyd import __version__, metrics, systemd
 from symphonyd.block.service import BlockService
+from symphonyd.compute.service import ComputeService
 from symphonyd.config import Settings
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
 from symphonyd.image import expiry as image_expiry
@@ -93,7 +94,7 @@ class Daemon:
     async def start(self) -> None:
         from symphonyd.api.app import make_app
 
-        os.makedirs(self.settings.data_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.settings.data_dir, mode=DATA_DIR_MODE, exist_ok=True)
         _private(self.settings.data_dir)
         self._lock_data_dir()
         identity = self.membership.load_identity()
@@ -306,6 +307,12 @@ class Daemon:
         assert running is not None and isinstance(running.verbs, BlockService)
         return running.verbs
 
+    def require_compute(self) -> ComputeService:
+        self.require_cluster()
+        running = self.running.get("compute")
+        assert running is not None and isinstance(running.verbs, ComputeService)
+        return running.verbs
+
     def require_lifecycles(self) -> LifecycleService:
         self.require_cluster()
         assert self.lifecycles is not None
@@ -354,13 +361,19 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
     return 0
 
 
+DATA_DIR_MODE = 0o711
+
+
 def _private(data_dir: str) -> None:
-    """The data dir holds the cluster secret and the TLS key: only its owner may enter it
-    (a pre-existing dir keeps no wider mode; say so when it is changed)."""
+    """The data dir holds the cluster secret and the TLS key: only its owner may list or
+    read it. Others may only pass through it (0711), to the files a hypervisor is given
+    by name (a volume, a seed), whose own modes and owners libvirt sets; every secret in it
+    is 0600 or in a 0700 dir. A pre-existing dir keeps no wider mode (the log says so)."""
     mode = stat.S_IMODE(os.stat(data_dir).st_mode)
-    if mode & 0o077:
-        os.chmod(data_dir, mode & 0o700)
-        log.warning("data dir %s was mode %04o; made it %04o", data_dir, mode, mode & 0o700)
+    if mode != DATA_DIR_MODE:
+        os.chmod(data_dir, DATA_DIR_MODE)
+        if mode & 0o066:
+            log.warning("data dir %s was mode %04o; made it %04o", data_dir, mode, DATA_DIR_MODE)
 
 
 def _report_death(task: asyncio.Task[Any]) -> None:

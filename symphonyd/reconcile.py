@@ -14,6 +14,10 @@ Errors a worker meets:
 * `RetryLater(message, delay)`: the object is left alone for `delay` seconds (no delay:
   a backoff doubling from `retry_delay` to `max_retry_delay`), then decided again;
 * `GiveUp(message)`: `give_up` records the reason (usually the record goes `failed`);
+* `Conflict` or `NotFound`: the record changed meanwhile (a patch expecting a status
+  found another, the record is gone): logged as such, not as an error, and decided again
+  from what the record is after the backoff (never at once: a decision that keeps
+  meeting a change must not spin);
 * any other `SymphonyError` or `OSError`: counted, logged, retried with the backoff;
 * anything else is a bug: logged with its traceback, retried with the backoff, and the
   agent goes on (one object's bug must not stop the node's agent).
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from symphonyd import metrics
-from symphonyd.errors import SymphonyError
+from symphonyd.errors import Conflict, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import now_rfc3339
@@ -223,12 +227,16 @@ class Reconciler(Generic[R]):
 
     async def reconcile_once(self) -> list[str]:
         """One pass: start a worker for every object that has actions; their ids."""
+        # A worker busy before the records are read may end while `observe` awaits: the
+        # record read for it is then older than what the worker wrote. It is decided at the
+        # next pass (its end wakes one), never from that stale read.
+        busy = set(self.workers)
         wanted = self.wanted()
         observed = await self.observe(wanted)
         now = time.monotonic()
         started = []
         for record_id, record in wanted.items():
-            if record_id in self.workers:
+            if record_id in self.workers or record_id in busy:
                 continue
             backoff = self._backoff.get(record_id)
             if backoff is not None and backoff.not_before > now:
@@ -258,6 +266,9 @@ class Reconciler(Generic[R]):
         except GiveUp as exc:
             self._backoff.pop(record_id, None)
             await self._guarded(record_id, self.give_up(record, exc.message))
+        except (Conflict, NotFound) as exc:  # the record changed meanwhile
+            self._retry(record_id, None)
+            log.info("%s %s: changed meanwhile (%s)", self.name, record_id, exc.message)
         except (SymphonyError, OSError) as exc:
             self._retry(record_id, None)
             metrics.RECONCILE_ERRORS.labels(self.name).inc()

@@ -131,6 +131,10 @@ def test_entry_type_codes_are_never_reused() -> None:
         "DEPLOYMENT_STEP": 72,
         "DEPLOYMENT_UPDATE": 73,
         "DEPLOYMENT_DELETE": 74,
+        "INSTANCE_CREATE": 80,
+        "INSTANCE_UPDATE": 81,
+        "INSTANCE_DELETE": 82,
+        "INSTANCE_PLACE": 83,
     }
 
 
@@ -736,6 +740,97 @@ def check_deployment_delete(fsm: FSM, before: dict[str, Any]) -> None:
     assert fsm.store.get("deployments", "d1") is None
 
 
+INSTANCE = {
+    "id": "inst1",
+    "name": "web",
+    "node": None,
+    "service_id": None,
+    "placement": {"node": None},
+    "image_id": "img1",
+    "cpus": 1,
+    "memory": 1 << 30,
+    "disk": 10 << 30,
+    "root_volume_id": None,
+    "volumes": [],
+    "network": "user",
+    "user_data": "#cloud-config\n",
+    "network_config": None,
+    "power": "running",
+    "stop": None,
+    "restarts": 0,
+    "restarts_done": 0,
+    "keep_volumes": False,
+    "status": "pending",
+    "status_message": "",
+    "last_error": None,
+    "domain": None,
+    "created_at": NOW,
+    "updated_at": NOW,
+}
+ROOT = {**VOLUME, "id": "root1", "name": "web-root", "image_id": "img1", "status": "pending"}
+
+
+def place_instance(fsm: FSM) -> dict[str, Any]:
+    apply_entry(fsm, EntryType.IMAGE_CREATE, {"image": IMAGE})
+    apply_entry(fsm, EntryType.SERVICE_CREATE, {"service": SERVICE})
+    apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": INSTANCE})
+    body = {"id": "inst1", "node": "n1", "service_id": "csvc1", "root_volume": ROOT}
+    return apply_entry(fsm, EntryType.INSTANCE_PLACE, body)
+
+
+def check_instance_create(fsm: FSM, before: dict[str, Any]) -> None:
+    assert apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": INSTANCE})["ok"]
+    twin = apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": {**INSTANCE, "id": "i2"}})
+    assert twin["ok"] is False and "named 'web' already exists" in twin["error"]["message"]
+    # the image cannot go while an instance made from it exists
+    apply_entry(fsm, EntryType.IMAGE_CREATE, {"image": IMAGE})
+    in_use = apply_entry(fsm, EntryType.IMAGE_DELETE, {"id": "img1"})
+    assert in_use["ok"] is False and "used by instances: web" in in_use["error"]["message"]
+
+
+def check_instance_update(fsm: FSM, before: dict[str, Any]) -> None:
+    apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": INSTANCE})
+    claim = {"id": "inst1", "fields": {"status": "creating"}, "expect_status": "pending"}
+    assert apply_entry(fsm, EntryType.INSTANCE_UPDATE, claim)["ok"]
+    second = apply_entry(fsm, EntryType.INSTANCE_UPDATE, claim)
+    assert second["ok"] is False and second["error"]["code"] == "conflict"
+    assert fsm.store.get("instances", "inst1")["status"] == "creating"
+
+
+def check_instance_place(fsm: FSM, before: dict[str, Any]) -> None:
+    placed = place_instance(fsm)
+    assert placed["ok"], placed
+    record = fsm.store.get("instances", "inst1")
+    assert (record["node"], record["service_id"], record["root_volume_id"]) == (
+        "n1",
+        "csvc1",
+        "root1",
+    )
+    assert fsm.store.get("volumes", "root1")["node"] == "n1"
+    # once only: an old leader's second placement changes nothing, and makes no volume
+    again = {"id": "inst1", "node": "n2", "service_id": "x", "root_volume": {**ROOT, "id": "r2"}}
+    refused = apply_entry(fsm, EntryType.INSTANCE_PLACE, again)
+    assert refused["ok"] is False and "already placed" in refused["error"]["message"]
+    assert fsm.store.get("volumes", "r2") is None
+    # the root volume cannot be removed on its own while the instance uses it
+    doomed = {"id": "root1", "fields": {"status": "deleting"}}
+    in_use = apply_entry(fsm, EntryType.VOLUME_UPDATE, doomed)
+    assert in_use["ok"] is False and "attached to instance web" in in_use["error"]["message"]
+
+
+def check_instance_delete(fsm: FSM, before: dict[str, Any]) -> None:
+    place_instance(fsm)
+    ready = {"id": "root1", "fields": {"status": "ready"}}
+    assert apply_entry(fsm, EntryType.VOLUME_UPDATE, ready)["ok"]
+    body = {"id": "inst1", "keep_volumes": False, "now": LATER}
+    assert apply_entry(fsm, EntryType.INSTANCE_DELETE, body)["ok"]
+    assert fsm.store.get("instances", "inst1") is None
+    root = fsm.store.get("volumes", "root1")
+    assert root["status"] == "deleting" and root["updated_at"] == LATER
+    missing = apply_entry(fsm, EntryType.INSTANCE_DELETE, body)
+    assert missing["ok"] is False and missing["error"]["code"] == "not_found"
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -771,6 +866,10 @@ CHECKS = {
     EntryType.DEPLOYMENT_STEP: check_deployment_step,
     EntryType.DEPLOYMENT_UPDATE: check_deployment_update,
     EntryType.DEPLOYMENT_DELETE: check_deployment_delete,
+    EntryType.INSTANCE_CREATE: check_instance_create,
+    EntryType.INSTANCE_UPDATE: check_instance_update,
+    EntryType.INSTANCE_DELETE: check_instance_delete,
+    EntryType.INSTANCE_PLACE: check_instance_place,
 }
 
 

@@ -292,3 +292,35 @@ def test_the_cli_tells_a_failed_change_by_last_error_alone() -> None:
     stale = {"status": "ready", "last_error": None, "status_message": "last change failed: x"}
     assert failed_change(stale) is None
     assert failed_change({"status": "ready", "status_message": "not removed: x"}) is None
+
+
+class SlowObserver(Recording):
+    """`observe` waits for a gate, so a worker can end while a pass is observing."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.observing = asyncio.Event()
+        self.observed_gate = asyncio.Event()
+
+    async def observe(self, wanted: Any) -> Any:
+        self.observing.set()
+        await self.observed_gate.wait()
+        return None
+
+
+async def test_a_worker_that_ends_while_a_pass_observes_is_not_decided_from_a_stale_read() -> None:
+    agent = SlowObserver({"a": {"id": "a", "todo": ["claim"]}})
+    agent.gates["claim"] = asyncio.Event()
+    agent.observed_gate.set()
+    assert await agent.reconcile_once() == ["a"]  # the worker claims, held at its gate
+    agent.observed_gate.clear()
+    agent.observing.clear()
+    stale = dict(agent.objects)  # what the next pass reads: still "claim" to do
+    agent.wanted = lambda: stale  # type: ignore[method-assign]
+    second = asyncio.create_task(agent.reconcile_once())
+    await agent.observing.wait()
+    agent.gates["claim"].set()  # the worker ends (and would have changed the record)
+    await agent.settle()
+    agent.observed_gate.set()
+    assert await second == []  # not started again from the read made before it ended
+    assert [entry for entry in agent.log if entry[1] == "start claim"] == [("a", "start claim")]

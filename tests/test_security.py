@@ -181,5 +181,6 @@ def test_a_wider_data_dir_is_made_private_at_start(nodeset: NodeSet) -> None:
     node = nodeset.new("n1", start=False)
     os.chmod(node.data_dir, 0o755)
     node.start()
-    assert os.stat(node.data_dir).st_mode & 0o777 == 0o700
-    assert "was mode 0755; made it 0700" in node.log()
+    # 0711: others may pass through to a volume handed to the hypervisor, never list it
+    assert os.stat(node.data_dir).st_mode & 0o777 == 0o711
+    assert "was mode 0755; made it 0711" in node.log()

@@ -51,9 +51,12 @@ def host(cluster: Proposals, settings: dict[str, Any] | None = None) -> ServiceH
 
 def test_the_builtin_types_are_registered_once() -> None:
     registry = Registry(SERVICE_TYPES)
-    assert registry.names() == ["block"]
+    assert registry.names() == ["block", "compute"]
     assert registry.get("block").drivers == ("file", "lvm")
-    with pytest.raises(Invalid, match=r"unknown service type 'nosuch' \(this node offers: block\)"):
+    assert registry.get("compute").drivers == ("libvirt",)
+    with pytest.raises(
+        Invalid, match=r"unknown service type 'nosuch' \(this node offers: block, compute\)"
+    ):
         registry.get("nosuch")
     with pytest.raises(ValueError, match="registered twice"):
         Registry([*SERVICE_TYPES, *SERVICE_TYPES])
@@ -94,7 +97,7 @@ def test_service_new_goes_through_the_registry(nodeset: NodeSet, tmp_path: Path)
     (n1,) = nodeset.form(1)
     refused = n1.cli("service", "new", "nosuch")
     assert refused.returncode == 1
-    assert "unknown service type 'nosuch' (this node offers: block)" in refused.stderr
+    assert "unknown service type 'nosuch' (this node offers: block, compute)" in refused.stderr
     with pytest.raises(SymphonyError, match="unknown block driver 'nosuch'") as caught:
         n1.client().request("POST", "/v1/services", body={"driver": "nosuch"})
     assert caught.value.http_status == 400
@@ -107,4 +110,4 @@ def test_service_new_goes_through_the_registry(nodeset: NodeSet, tmp_path: Path)
     assert shown["health"]["ok"] is True  # reported at once, not at the next check
     schema = n1.client().request("GET", "/v1/openapi.json")
     body = schema["paths"]["/v1/services"]["post"]["requestBody"]["content"]["application/json"]
-    assert body["schema"]["properties"]["type"]["enum"] == ["block"]
+    assert body["schema"]["properties"]["type"]["enum"] == ["block", "compute"]

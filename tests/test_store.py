@@ -32,6 +32,7 @@ def test_a_new_store_is_empty_at_revision_zero() -> None:
         "images",
         "services",
         "volumes",
+        "instances",
         "pvs",
         "vgs",
         "lifecycle_catalogs",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
@@ -58,18 +60,31 @@ async def get_config(request: web.Request) -> web.Response:
         return json_response({"config": cluster_table.config(store)})
 
 
+def setting_value(key: str, value: object) -> int | float:
+    """A value for cluster setting `key`, checked against its range (text is read as a
+    number). Ratios (a float default) take any number, the others integers."""
+    low, high, default = cluster_table.SETTINGS[key]
+    ratio = isinstance(default, float)
+    if isinstance(value, str):
+        text = value.strip()
+        with contextlib.suppress(ValueError):
+            value = float(text) if ratio else int(text)
+    if ratio and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    kind = (float,) if ratio else (int,)
+    if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
+        what = "a number" if ratio else "an integer"
+        raise Invalid(f"{key} must be {what} from {low:g} to {high:g}")
+    return value
+
+
 async def set_config(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     body = await read_json(request)
     if key not in cluster_table.SETTINGS:
         known = ", ".join(sorted(cluster_table.SETTINGS))
         raise NotFound(f"unknown setting {key!r} (known: {known})")
-    low, high, _default = cluster_table.SETTINGS[key]
-    value = body.get("value")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise Invalid(f"{key} must be an integer from {low} to {high}")
+    value = setting_value(key, body.get("value"))
     cluster = daemon_of(request).require_cluster()
     cluster.require_schema_level(cluster_table.INTRODUCED.get(key, 1), f"setting {key}")
     await cluster.propose_ok(Entry(EntryType.CLUSTER_CONFIG, {"key": key, "value": value}))
@@ -179,11 +194,11 @@ ROUTES = [
         "/v1/cluster/config/{key}",
         set_config,
         "Change a cluster-wide setting (images.min_replicas, images.failed_keep, "
-        "deployments.step_patience)",
+        "deployments.step_patience, compute.cpu_overcommit, compute.memory_overcommit)",
         body={
             "type": "object",
             "required": ["value"],
-            "properties": {"value": {"type": "integer"}},
+            "properties": {"value": {"oneOf": [{"type": "number"}, {"type": "string"}]}},
         },
         responses={200: "the settings", 400: "bad value", 404: "unknown setting"},
     ),

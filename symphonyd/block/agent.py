@@ -120,7 +120,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         store = self.cluster.store
         with store.lock:
             self._my_services = {
-                s["id"]: dict(s) for s in services.all_services(store) if s["node"] == self.node
+                s["id"]: dict(s) for s in services.of_type(store, "block") if s["node"] == self.node
             }
             return {
                 v["id"]: OwnedVolume(dict(v), self._my_services[v["service_id"]])

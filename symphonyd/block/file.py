@@ -45,7 +45,9 @@ class FileDriver:
         self.root = root
         self.qemu_img = qemu_img or shutil.which("qemu-img")
         self.capabilities = Capabilities(snapshots=True, image_overlay=self.qemu_img is not None)
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        # 0711: a hypervisor running as another user (qemu) opens a volume by its path
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        os.chmod(root, 0o711)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ class LvmResources:
         with self.cluster.store.lock:
             found = [
                 dict(s)
-                for s in services.all_services(self.cluster.store)
+                for s in services.of_type(self.cluster.store, "block")
                 if s["id"] == ref or (len(ref) >= 4 and s["id"].startswith(ref))
             ]
         if len(found) != 1:
@@ -222,7 +222,7 @@ class LvmAgent(Reconciler[OwnedLvm]):
         with self.cluster.store.lock:
             my_services = {
                 s["id"]: dict(s)
-                for s in services.all_services(self.cluster.store)
+                for s in services.of_type(self.cluster.store, "block")
                 if s["node"] == self.node
             }
         return {

@@ -105,7 +105,9 @@ class BlockService:
         an idle cluster's log does not grow with heartbeats."""
         with self.cluster.store.lock:
             mine = [
-                dict(s) for s in services.all_services(self.cluster.store) if s["node"] == self.node
+                dict(s)
+                for s in services.of_type(self.cluster.store, "block")
+                if s["node"] == self.node
             ]
         for service in mine:
             driver = self.drivers.get(service)

@@ -115,13 +115,19 @@ def show_volume(record: dict[str, Any] | None, as_json: bool) -> None:
 
 @click.group(cls=CommandGroup)
 def service() -> None:
-    """Cloud services enabled on hosts (block)."""
+    """Cloud services enabled on hosts (block, compute)."""
 
 
 @service.command("new")
 @click.argument("kind", metavar="[TYPE]", required=False)
-@click.option("--driver", type=click.Choice(["file", "lvm"]), help="Block driver.")
-@click.option("--pool", help="Pool: a directory name (file) or a volume group (lvm).")
+@click.option(
+    "--driver", type=click.Choice(["file", "lvm", "libvirt"]), help="Driver of the service."
+)
+@click.option("--pool", help="Block pool: a directory name (file) or a volume group (lvm).")
+@click.option(
+    "--uri",
+    help="compute: the libvirt URI, e.g. qemu:///system (default: this node's own test driver).",
+)
 @click.option(
     "-o",
     "--option",
@@ -137,26 +143,37 @@ def service_new(
     kind: str | None,
     driver: str | None,
     pool: str | None,
+    uri: str | None,
     options: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Enable a service on this node (over its local control socket). What is not given
-    comes from the node's [block] settings: the file driver, pool `default`."""
+    """Enable a service on this node (over its local control socket): TYPE is block (the
+    default) or compute. What is not given comes from the node's [block] or [compute]
+    settings: the file driver in pool `default`; libvirt on this node's own test driver."""
     body: dict[str, Any] = {"type": kind, "driver": driver, "pool": pool}
-    if options:
-        pairs = [o.partition("=") for o in options]
-        if any(not sep or not key for key, sep, _ in pairs):
-            raise click.UsageError("driver options are KEY=VALUE")
-        body["options"] = {key: value for key, _, value in pairs}
+    pairs = [o.partition("=") for o in options]
+    if any(not sep or not key for key, sep, _ in pairs):
+        raise click.UsageError("driver options are KEY=VALUE")
+    chosen = {key: value for key, _, value in pairs}
+    if uri is not None:
+        if kind != "compute":
+            raise click.UsageError("--uri is for `service new compute`")
+        chosen["uri"] = uri
+    if chosen:
+        body["options"] = chosen
     record = obj.client(local_only=True).request(
         "POST", "/v1/services", body={k: v for k, v in body.items() if v is not None}
     )
     if as_json:
         print_json(record)
     else:
+        where = f"pool {record['pool']}"
+        if record["type"] == "compute":
+            uri = record["options"].get("uri") or ""
+            where = uri or "this node's own test driver"
         click.echo(
             f"Enabled {record['type']} service {record['id']} "
-            f"({record['driver']}, pool {record['pool']}) on {record['node']}."
+            f"({record['driver']}, {where}) on {record['node']}."
         )
 
 
@@ -170,7 +187,7 @@ def service_list(obj: Context, as_json: bool) -> None:
         print_json(result)
         return
     print_table(
-        ["ID", "NODE", "TYPE", "DRIVER", "POOL", "HEALTH", "FREE"],
+        ["ID", "NODE", "TYPE", "DRIVER", "POOL", "HEALTH", "CAPACITY"],
         [
             [
                 s["id"][:12],
@@ -181,11 +198,19 @@ def service_list(obj: Context, as_json: bool) -> None:
                 "ok"
                 if (s.get("health") or {}).get("ok")
                 else (s.get("health") or {}).get("message", "unknown"),
-                human_size((s.get("capacity") or {}).get("free")),
+                _capacity(s),
             ]
             for s in result["services"]
         ],
     )
+
+
+def _capacity(service: dict[str, Any]) -> str:
+    """Free space of a block service; CPUs and memory of a compute host."""
+    capacity = service.get("capacity") or {}
+    if service["type"] == "compute" and capacity:
+        return f"{capacity.get('cpus')} CPUs, {human_size(capacity.get('memory'))}"
+    return human_size(capacity.get("free"))
 
 
 @service.command("show")

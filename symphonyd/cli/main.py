@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from symphonyd import __version__
 from symphonyd.cli import block as _block
 from symphonyd.cli import images as _images
+from symphonyd.cli import instances as _instances
 from symphonyd.cli import lifecycles as _lifecycles
 from symphonyd.cli import lvm as _lvm
 from symphonyd.cli.command import CommandGroup, Context, json_option
@@ -443,6 +444,7 @@ for _command in (
     _block.service,
     _block.volume,
     _images.image,
+    _instances.instance,
     _lvm.block,
     _lifecycles.lifecycle,
     _lifecycles.deploy,

@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 5  # 5: the cluster setting images.failed_keep
+SCHEMA_VERSION = 6  # 6: compute instances and the compute.* settings
 
 
 class EntryType(IntEnum):
@@ -63,14 +63,20 @@ class EntryType(IntEnum):
     DEPLOYMENT_STEP = 72  # a step claimed or finished, with the lifecycle change it made
     DEPLOYMENT_UPDATE = 73  # resume (failed steps back to pending)
     DEPLOYMENT_DELETE = 74
+    INSTANCE_CREATE = 80
+    INSTANCE_UPDATE = 81
+    INSTANCE_DELETE = 82  # the record goes; its root volume is marked for removal
+    INSTANCE_PLACE = 83  # the leader places an instance and creates its root volume
 
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
 # leader's scheduler, LVM physical volumes and volume groups; schema 4: lifecycles and
-# deployments), and bodies changed since
+# deployments; schema 6: instances), and bodies changed since
 # version 1 (none yet). IMAGE_DELETE refuses an image used by a volume since schema 2; a
 # schema-1 node cannot tell, but no volume can exist while one runs (VOLUME_CREATE is
-# refused until every member speaks schema 2), so both apply it alike.
+# refused until every member speaks schema 2), so both apply it alike. Likewise
+# VOLUME_UPDATE and SERVICE_DELETE refuse what an instance uses since schema 6, and no
+# instance exists before every member speaks it.
 INTRODUCED: dict[int, int] = {
     EntryType.SERVICE_CREATE: 2,
     EntryType.SERVICE_UPDATE: 2,
@@ -90,6 +96,10 @@ INTRODUCED: dict[int, int] = {
     EntryType.DEPLOYMENT_STEP: 4,
     EntryType.DEPLOYMENT_UPDATE: 4,
     EntryType.DEPLOYMENT_DELETE: 4,
+    EntryType.INSTANCE_CREATE: 6,
+    EntryType.INSTANCE_UPDATE: 6,
+    EntryType.INSTANCE_DELETE: 6,
+    EntryType.INSTANCE_PLACE: 6,
 }
 BODY_VERSIONS: dict[int, int] = {}
 

@@ -25,6 +25,7 @@ from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_versio
 from symphonyd.state import (
     cluster,
     images,
+    instances,
     kv,
     lifecycles,
     lvm,
@@ -117,7 +118,7 @@ def apply_volume_create(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_volume_update(store: Store, body: dict[str, Any]) -> Result:
-    return volumes.update(store, body["id"], body["fields"], body.get("expect_status"))
+    return references.update_volume(store, body["id"], body["fields"], body.get("expect_status"))
 
 
 def apply_volume_delete(store: Store, body: dict[str, Any]) -> Result:
@@ -180,6 +181,24 @@ def apply_deployment_delete(store: Store, body: dict[str, Any]) -> Result:
     return lifecycles.delete_deployment(store, body["id"])
 
 
+def apply_instance_create(store: Store, body: dict[str, Any]) -> Result:
+    return instances.create(store, body["instance"])
+
+
+def apply_instance_update(store: Store, body: dict[str, Any]) -> Result:
+    return instances.update(store, body["id"], body["fields"], body.get("expect_status"))
+
+
+def apply_instance_delete(store: Store, body: dict[str, Any]) -> Result:
+    return references.delete_instance(store, body["id"], bool(body["keep_volumes"]), body["now"])
+
+
+def apply_instance_place(store: Store, body: dict[str, Any]) -> Result:
+    return references.place_instance(
+        store, body["id"], body["node"], body["service_id"], body["root_volume"]
+    )
+
+
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
@@ -215,6 +234,10 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.DEPLOYMENT_STEP: apply_deployment_step,
     EntryType.DEPLOYMENT_UPDATE: apply_deployment_update,
     EntryType.DEPLOYMENT_DELETE: apply_deployment_delete,
+    EntryType.INSTANCE_CREATE: apply_instance_create,
+    EntryType.INSTANCE_UPDATE: apply_instance_update,
+    EntryType.INSTANCE_DELETE: apply_instance_delete,
+    EntryType.INSTANCE_PLACE: apply_instance_place,
 }
 
 

@@ -23,15 +23,23 @@ def init(store: Store, info: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "cluster": store.put(TABLE, KEY, info)}
 
 
-# Cluster-wide settings: name -> (minimum, maximum, default). Integers for now.
-SETTINGS: dict[str, tuple[int, int, int]] = {
+# Cluster-wide settings: name -> (minimum, maximum, default). A setting whose default is
+# a float takes any number in its range (ratios); the others take integers.
+SETTINGS: dict[str, tuple[float, float, float]] = {
     "images.min_replicas": (1, 100, 2),
     "deployments.step_patience": (1, 86400, 30),  # seconds a step waits on a lost node
     "images.failed_keep": (1, 31536000, 86400),  # seconds a failed image record is kept
+    "compute.cpu_overcommit": (1.0, 64.0, 4.0),  # vCPUs placed per host CPU
+    "compute.memory_overcommit": (1.0, 4.0, 1.0),  # guest memory placed per byte of RAM
 }
 # Settings added after schema 1: the schema every member needs before one is set (an
 # older node would refuse the key, and the store would diverge).
-INTRODUCED = {"deployments.step_patience": 4, "images.failed_keep": 5}
+INTRODUCED = {
+    "deployments.step_patience": 4,
+    "images.failed_keep": 5,
+    "compute.cpu_overcommit": 6,
+    "compute.memory_overcommit": 6,
+}
 
 
 def config(store: Store) -> dict[str, Any]:

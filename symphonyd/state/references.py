@@ -2,20 +2,36 @@
 that spends a token and adds a member in one step. The FSM's appliers call these, so each
 stays one store call; a new kind of reference (instances using an image or a volume) is
 added here. Like all of state/, it knows nothing of Raft or the API.
+
+Instances: an image is needed while an instance made from it exists; a volume cannot be
+removed while an instance uses it (its root volume goes with the instance); a service
+cannot go while it holds instances. Placing an instance creates its root volume on the
+same node in the same step, and removing one marks its root volume for removal.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from symphonyd.state import images, lvm, nodes, services, tokens, volumes
+from symphonyd.state import images, instances, lvm, nodes, services, tokens, volumes
 from symphonyd.state.store import Store, failure
 
-__all__ = ["add_node_with_token", "delete_image", "delete_service"]
+__all__ = [
+    "add_node_with_token",
+    "delete_image",
+    "delete_instance",
+    "delete_service",
+    "place_instance",
+    "update_volume",
+]
 
 
 def delete_image(store: Store, image_id: str) -> dict[str, Any]:
-    """Delete an image no volume uses (the check and the delete are one step)."""
+    """Delete an image no instance or volume uses (the check and the delete are one step)."""
+    made = instances.using_image(store, image_id)
+    if made:
+        names = ", ".join(sorted(i["name"] for i in made))
+        return failure("conflict", f"image {image_id} is used by instances: {names}")
     users = volumes.using_image(store, image_id)
     if users:
         names = ", ".join(sorted(v["name"] for v in users))
@@ -23,11 +39,74 @@ def delete_image(store: Store, image_id: str) -> dict[str, Any]:
     return images.delete(store, image_id)
 
 
+def update_volume(
+    store: Store, volume_id: str, fields: dict[str, Any], expect_status: str | None = None
+) -> dict[str, Any]:
+    """Change a volume; marking it for removal is refused while an instance uses it."""
+    if fields.get("status") == "deleting":
+        users = instances.using_volume(store, volume_id)
+        if users:
+            names = ", ".join(sorted(i["name"] for i in users))
+            return failure(
+                "conflict",
+                f"volume {volume_id} is attached to instance {names}: detach it first",
+            )
+    return volumes.update(store, volume_id, fields, expect_status)
+
+
+def place_instance(
+    store: Store, instance_id: str, node: str, service_id: str, root_volume: dict[str, Any]
+) -> dict[str, Any]:
+    """Place a pending instance on a node's compute service and create its root volume,
+    already placed on that node's block service (both or neither)."""
+    record = instances.get(store, instance_id)
+    if record is None:
+        return failure("not_found", f"no instance {instance_id}")
+    if record["node"] is not None or record["status"] != "pending":
+        return failure("conflict", f"instance {instance_id} is already placed ({record['status']})")
+    made = volumes.create(store, root_volume)
+    if not made["ok"]:
+        return made
+    instances.place(store, instance_id, node, service_id)
+    result = instances.update(store, instance_id, {"root_volume_id": root_volume["id"]})
+    return {**result, "volume": made["volume"]}
+
+
+def delete_instance(store: Store, instance_id: str, keep_volumes: bool, now: str) -> dict[str, Any]:
+    """Remove an instance record (its domain is gone); its root volume, and its data
+    volumes unless `keep_volumes`, are marked for removal (their node's block agent
+    removes them)."""
+    record = instances.get(store, instance_id)
+    if record is None:
+        return failure("not_found", f"no instance {instance_id}")
+    instances.delete(store, instance_id)
+    doomed: list[str] = [record["root_volume_id"]] if record.get("root_volume_id") else []
+    if not keep_volumes:
+        doomed += list(record.get("volumes", []))
+    for volume_id in doomed:
+        volume = volumes.get(store, volume_id)
+        if volume is None:
+            continue
+        if volume["status"] in ("pending", "failed"):
+            volumes.delete(store, volume_id)
+        else:
+            volumes.update(
+                store, volume_id, {"status": "deleting", "status_message": "", "updated_at": now}
+            )
+    return {"ok": True}
+
+
 def delete_service(store: Store, service_id: str) -> dict[str, Any]:
     """Delete a service that holds no volume, volume group or physical volume."""
     users = sorted(v["name"] for v in volumes.all_volumes(store) if v["service_id"] == service_id)
     if users:
         return failure("conflict", f"service {service_id} still has volumes: {', '.join(users)}")
+    held_instances = sorted(i["name"] for i in instances.on_service(store, service_id))
+    if held_instances:
+        return failure(
+            "conflict",
+            f"service {service_id} still has instances: {', '.join(held_instances)}",
+        )
     held = [
         r.get("name") or r["device"]
         for table in (lvm.VGS, lvm.PVS)

@@ -1,9 +1,10 @@
-"""The services table: a cloud service enabled on one host (`block` for now), by id.
+"""The services table: a cloud service enabled on one host (`block`, `compute`), by id.
 
-A record: id, node, type, driver, pool, options, health ({ok, message, checked_at}: written
-by the owning node only when it changes, `checked_at` being when it was last written),
-capacity ({total, free} bytes; written when the free space moved by more than 1% of the
-total or 64 MiB, whichever is more), created_at, updated_at.
+A record: id, node, type (`block`, `compute`), driver, pool, options, health ({ok,
+message, checked_at}: written by the owning node only when it changes, `checked_at` being
+when it was last written), capacity (block: {total, free} bytes, written when the free
+space moved by more than 1% of the total or 64 MiB, whichever is more; compute: {cpus,
+memory, hypervisor, virt_type}), created_at, updated_at.
 One service of a type per node.
 """
 
@@ -22,6 +23,11 @@ def get(store: Store, service_id: str) -> Record | None:
 
 def all_services(store: Store) -> list[Record]:
     return store.table(TABLE).values()
+
+
+def of_type(store: Store, kind: str) -> list[Record]:
+    """The services of one type (`block`, `compute`)."""
+    return [r for r in all_services(store) if r["type"] == kind]
 
 
 def on_node(store: Store, node: str, kind: str) -> Record | None:

@@ -98,6 +98,7 @@ class Store:
         "images",
         "services",
         "volumes",
+        "instances",
         "pvs",
         "vgs",
         "lifecycle_catalogs",

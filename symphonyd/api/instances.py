@@ -1,0 +1,221 @@
+"""Instance endpoints: create, list, show, start, stop, restart and remove virtual
+machines, and read their console log (from the node that runs them).
+
+What an answer shows: the record, with `status` `unknown` while its node cannot be
+reached (never `running` for a node nobody can reach; `last_status` keeps what the
+record says), and the user-data as its size only (it may hold secrets)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiohttp import web
+
+from symphonyd import scheduler
+from symphonyd.api.routes import Route, daemon_of, flag, json_response, read_json
+from symphonyd.client import NodeClient
+from symphonyd.compute.service import ComputeService
+from symphonyd.errors import Invalid, SymphonyError, Unavailable
+from symphonyd.security import node_credential
+from symphonyd.state import nodes
+from symphonyd.validation import parse_uint
+
+CREATE_FIELDS = {
+    "name",
+    "image",
+    "cpus",
+    "memory",
+    "disk",
+    "node",
+    "network",
+    "user_data",
+    "network_config",
+    "ssh_keys",
+    "start",
+}
+ON_NODE = ("creating", "stopped", "starting", "running", "stopping", "deleting")
+CONSOLE_TIMEOUT = 5.0
+
+
+def compute_of(request: web.Request) -> ComputeService:
+    return daemon_of(request).require_compute()
+
+
+def _views(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    daemon = daemon_of(request)
+    reachable = scheduler.reachable_nodes(daemon.require_cluster(), daemon.settings.name)
+    views = []
+    for record in records:
+        view = dict(record)
+        user_data = view.pop("user_data", "") or ""
+        view["user_data_bytes"] = len(user_data.encode())
+        if view.get("node") and view["node"] not in reachable and view["status"] in ON_NODE:
+            view["last_status"] = view["status"]
+            view["status"] = "unknown"
+            view["status_message"] = f"node {view['node']} is unreachable"
+        views.append(view)
+    return views
+
+
+async def create_instance(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    record = await compute_of(request).create(body)
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    records = sorted(compute_of(request).records(), key=lambda r: r["name"])
+    return json_response({"instances": _views(request, records)})
+
+
+async def show_instance(request: web.Request) -> web.Response:
+    record = compute_of(request).resolve(request.match_info["ref"])
+    return json_response(_views(request, [record])[0])
+
+
+async def start_instance(request: web.Request) -> web.Response:
+    record = await compute_of(request).start(request.match_info["ref"])
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def stop_instance(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"force", "timeout"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise Invalid("'force' must be true or false")
+    timeout = body.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
+        raise Invalid("'timeout' must be a number of seconds")
+    record = await compute_of(request).stop(request.match_info["ref"], force, timeout)
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def restart_instance(request: web.Request) -> web.Response:
+    record = await compute_of(request).restart(request.match_info["ref"])
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def delete_instance(request: web.Request) -> web.Response:
+    keep = flag(request, "keep_volumes")
+    result = await compute_of(request).delete(request.match_info["ref"], keep)
+    if "deleted" in result:
+        return json_response(result, status=200)
+    return json_response(_views(request, [result])[0], status=202)
+
+
+async def console_log(request: web.Request) -> web.Response:
+    """The console text from `offset`, read on the instance's node (asked for it when
+    that is another node)."""
+    compute = compute_of(request)
+    record = compute.resolve(request.match_info["ref"])
+    offset = parse_uint(request.query.get("offset", "0"), what="offset")
+    daemon = daemon_of(request)
+    node = record.get("node")
+    if node is None:
+        return json_response({"text": "", "offset": 0, "size": 0, "node": None})
+    if node == daemon.settings.name:
+        return json_response({**compute.console_log(record["id"], offset), "node": node})
+    cluster = daemon.require_cluster()
+    with cluster.store.lock:
+        member = nodes.get(cluster.store, node)
+    if member is None or daemon.fingerprint is None or daemon.secret is None:
+        raise Unavailable(f"node {node} is not a member any more")
+    client = NodeClient(
+        f"{member['address']}:{member['api_port']}",
+        fingerprint=daemon.fingerprint,
+        token=node_credential(daemon.secret),
+        timeout=CONSOLE_TIMEOUT,
+    )
+    try:
+        answer = await client.request(
+            "GET", f"/v1/instances/{record['id']}/console?offset={offset}"
+        )
+    except SymphonyError as exc:
+        raise Unavailable(f"node {node} does not answer: {exc.message}") from None
+    with contextlib.suppress(AttributeError):
+        answer.setdefault("node", node)
+    return json_response(answer)
+
+
+CREATE_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "image"],
+    "properties": {
+        "name": {"type": "string", "description": "a hostname (1-63 of a-z, 0-9, '-')"},
+        "image": {"type": "string", "description": "image id, name or id prefix"},
+        "cpus": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
+        "memory": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+        "disk": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+        "node": {"type": "string"},
+        "network": {"type": "string", "description": "user (default) or bridge=NAME"},
+        "user_data": {"type": "string", "maxLength": 65536},
+        "network_config": {"type": "string", "description": "network-config v2 (YAML)"},
+        "ssh_keys": {"type": "array", "items": {"type": "string"}},
+        "start": {"type": "boolean", "default": True},
+    },
+}
+
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/instances",
+        create_instance,
+        "Create an instance from an image (placed by the leader, made by its node)",
+        body=CREATE_BODY,
+        responses={202: "recorded, pending", 404: "unknown image", 409: "no node can take it"},
+    ),
+    Route("GET", "/v1/instances", list_instances, "Instances and their status"),
+    Route("GET", "/v1/instances/{ref}", show_instance, "One instance (id, name or id prefix)"),
+    Route(
+        "POST",
+        "/v1/instances/{ref}/start",
+        start_instance,
+        "Start an instance",
+        responses={202: "asked", 409: "failed or being removed"},
+    ),
+    Route(
+        "POST",
+        "/v1/instances/{ref}/stop",
+        stop_instance,
+        "Stop an instance: ACPI power-off, forced after `timeout` seconds (or at once)",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "force": {"type": "boolean"},
+                "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
+            },
+        },
+        responses={202: "asked", 409: "failed or being removed"},
+    ),
+    Route(
+        "POST",
+        "/v1/instances/{ref}/restart",
+        restart_instance,
+        "Reboot a running instance",
+        responses={202: "asked", 409: "not running"},
+    ),
+    Route(
+        "DELETE",
+        "/v1/instances/{ref}",
+        delete_instance,
+        "Remove an instance, its domain, seed and root volume",
+        query={"keep_volumes": "keep attached data volumes (detached)"},
+        responses={200: "removed (it was never made)", 202: "being removed"},
+    ),
+    Route(
+        "GET",
+        "/v1/instances/{ref}/console",
+        console_log,
+        "The instance's serial console log from `offset` (at most 64 KiB per answer)",
+        query={"offset": "byte offset to read from (the `offset` of the last answer)"},
+    ),
+]

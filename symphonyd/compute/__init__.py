@@ -1,0 +1,1 @@
+"""Compute: virtual machine instances on libvirt, booted from images on volumes."""

@@ -1,0 +1,431 @@
+"""The compute agent of a node: makes this node's instance records true with libvirt, and
+brings what libvirt sees back to the records.
+
+Built on `reconcile.Reconciler`. `decide_instance` (pure) compares one instance record
+(and its root volume) with the domain its node has and lists the actions: claim it, build
+it once its root volume is ready (seed ISO, domain definition), define it again when the
+host lost it (a host reboot, the test driver's state after a restart), start, stop
+(graceful with a timeout, or forced), reboot, remove, or record what the domain does now.
+A domain that stops without being asked (the guest powered off, crashed, or was destroyed
+behind symphonyd's back) makes the instance `stopped` with the reason, never started
+again by itself.
+
+Live state comes from libvirt's lifecycle events (`driver.watch`): each event wakes the
+agent, whose next pass lists the domains and records the change; a full comparison runs
+at least every `rest` seconds as a backstop, and a lost hypervisor connection wakes it
+too. Domains carrying symphonyd's metadata whose record is gone are removed (against a
+store known to be current); domains without it are reported, never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from symphonyd.block.service import PoolDrivers
+from symphonyd.compute import cloudinit
+from symphonyd.compute.driver import (
+    DiskSpec,
+    DomainEvent,
+    DomainInfo,
+    DomainSpec,
+    NoSuchDomain,
+)
+from symphonyd.compute.service import ComputeDrivers, instance_dir
+from symphonyd.drivers import Reverter
+from symphonyd.errors import Conflict, NotFound, SymphonyError
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.reconcile import Action, GiveUp, Reconciler, claim, patch, run_blocking
+from symphonyd.security import now_rfc3339
+from symphonyd.state import instances, services, volumes
+
+__all__ = ["ComputeAgent", "OwnedInstance", "decide_instance"]
+
+log = logging.getLogger("symphonyd.compute")
+
+ORPHANS_EVERY = 60.0
+STOP_POLL = 0.25  # how often a graceful stop looks whether the guest is off
+
+
+@dataclass(frozen=True)
+class OwnedInstance:
+    """An instance record of this node with its compute service and root volume."""
+
+    instance: dict[str, Any]
+    service: dict[str, Any]
+    root: dict[str, Any] | None  # the root volume record (None: not made, or gone)
+    data: tuple[dict[str, Any], ...] = ()  # attached data volume records
+
+
+@dataclass(frozen=True)
+class Observed:
+    domains: dict[str, DomainInfo] | None  # by instance id; None: the driver did not answer
+    unmanaged: tuple[str, ...] = ()
+
+
+def decide_instance(
+    instance: Mapping[str, Any],
+    root: Mapping[str, Any] | None,
+    domain: DomainInfo | None,
+    listed: bool,
+) -> list[Action]:
+    """What is left to do for one instance, given its root volume record and its domain
+    (`listed`: whether the host's domains are known at all)."""
+    status = instance["status"]
+    if status == "deleting":
+        return [Action("remove")]
+    if status == "pending":
+        return [Action("claim")]
+    if status == "failed":
+        return []
+    if status == "creating":
+        if root is None:
+            return [Action("fail", "its root volume is gone")]
+        if root["status"] == "failed":
+            return [Action("fail", f"its root volume failed: {root['status_message']}")]
+        if root["status"] != "ready":
+            return []  # woken when the volume changes
+        return [Action("build")]
+    if not listed:
+        return []
+    if domain is None:
+        return [Action("define")]
+    power, state = instance["power"], domain.state
+    actions: list[Action] = []
+    if state in ("running", "paused"):
+        if power == "stopped":
+            return [Action("stop")]
+        if status != "running":
+            actions.append(Action("record", {"status": "running", "status_message": ""}))
+        if instance.get("restarts", 0) > instance.get("restarts_done", 0):
+            actions.append(Action("reboot"))
+    elif state in ("stopped", "crashed"):
+        if power == "running" and status == "starting":
+            actions.append(Action("start"))
+        elif status in ("running", "stopping", "starting"):
+            why = "the guest was stopped from inside or outside symphonyd"
+            if state == "crashed":
+                why = f"the guest crashed{': ' + domain.reason if domain.reason else ''}"
+            elif status == "stopping":
+                why = ""
+            actions.append(
+                Action("record", {"status": "stopped", "power": "stopped", "status_message": why})
+            )
+    seen = {"vcpus": domain.vcpus, "memory": domain.memory}
+    if instance.get("domain") != seen and not any(a.verb == "record" for a in actions):
+        actions.append(Action("record", {"domain": seen}))
+    return actions
+
+
+class ComputeAgent(Reconciler[OwnedInstance]):
+    name = "compute"
+    tables = frozenset({"instances", "volumes", "services"})
+    concurrency = 4
+
+    def __init__(self, cluster: Cluster, node: str, data_dir: str, drivers: ComputeDrivers):
+        super().__init__(cluster)
+        self.node = node
+        self.data_dir = data_dir
+        self.drivers = drivers
+        self.pools = PoolDrivers(data_dir)
+        self._watched: set[str] = set()  # compute services whose events reach us
+        self._reported: set[str] = set()  # unmanaged domains already logged
+        self._service: dict[str, Any] | None = None
+        self._scanned_ids: set[str] | None = None
+        self._scanned_at = 0.0
+
+    # -- decide ---------------------------------------------------------------------------
+
+    def wanted(self) -> dict[str, OwnedInstance]:
+        store = self.cluster.store
+        with store.lock:
+            service = services.on_node(store, self.node, "compute")
+            self._service = dict(service) if service is not None else None
+            if service is None:
+                return {}
+            wanted = {}
+            for record in instances.all_instances(store):
+                if record["node"] != self.node or record["service_id"] != service["id"]:
+                    continue
+                root = volumes.get(store, record["root_volume_id"] or "")
+                data = tuple(
+                    dict(v)
+                    for v in (volumes.get(store, vid) for vid in record.get("volumes", []))
+                    if v is not None
+                )
+                wanted[record["id"]] = OwnedInstance(
+                    dict(record), dict(service), dict(root) if root else None, data
+                )
+            return wanted
+
+    async def observe(self, wanted: Mapping[str, OwnedInstance]) -> Observed:
+        service = self._service
+        if service is None:
+            return Observed(None)
+        driver = self.drivers.get(service)
+        if service["id"] not in self._watched:
+            try:
+                driver.watch(self._on_event)
+                self._watched.add(service["id"])
+            except SymphonyError as exc:
+                log.warning("compute: no libvirt events (comparing every %gs): %s", self.rest, exc)
+        try:
+            found = await run_blocking(driver.domains)
+        except SymphonyError as exc:
+            log.warning("compute: cannot list domains: %s", exc)
+            return Observed(None)
+        mine = {d.instance_id: d for d in found if d.instance_id is not None}
+        return Observed(mine, tuple(sorted(d.name for d in found if d.instance_id is None)))
+
+    def _on_event(self, event: DomainEvent | None) -> None:
+        if event is None:
+            log.warning("compute: the hypervisor connection was lost; comparing everything")
+        else:
+            log.debug("compute: %s %s %s", event.name, event.event, event.detail)
+        self.wake()
+
+    def decide(self, record: OwnedInstance, observed: Observed) -> list[Action]:
+        domains = observed.domains
+        domain = domains.get(record.instance["id"]) if domains is not None else None
+        return decide_instance(record.instance, record.root, domain, domains is not None)
+
+    # -- act ------------------------------------------------------------------------------
+
+    async def act(self, record: OwnedInstance, action: Action) -> None:
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        verb = action.verb
+        if verb == "claim":
+            await claim(self.cluster, EntryType.INSTANCE_UPDATE, iid)
+        elif verb == "fail":
+            raise GiveUp(str(action.arg))
+        elif verb == "build":
+            await self._build(record)
+        elif verb == "define":
+            await self._define(record)
+            status = "starting" if instance["power"] == "running" else "stopped"
+            await self._set(iid, expect=instance["status"], status=status)
+            log.info(
+                "instance %s defined again (the host had lost it)", iid, extra={"resource": iid}
+            )
+        elif verb == "start":
+            try:
+                await run_blocking(driver.start, iid)
+            except SymphonyError as exc:
+                await self._failed_change(
+                    record, "start", exc.message, power="stopped", status="stopped"
+                )
+                return
+            await self._set(iid, expect="starting", status="running", status_message="")
+            log.info("instance %s started", iid, extra={"resource": iid})
+        elif verb == "stop":
+            await self._stop(record)
+        elif verb == "reboot":
+            try:
+                await run_blocking(driver.reboot, iid)
+            except SymphonyError as exc:
+                await self._failed_change(record, "restart", exc.message)
+            await self._set(iid, restarts_done=instance.get("restarts", 0))
+        elif verb == "record":
+            await self._set(iid, expect=instance["status"], **action.arg)
+        elif verb == "remove":
+            await self._remove(record)
+        else:
+            raise GiveUp(f"unknown action {action}")
+
+    async def give_up(self, record: OwnedInstance, reason: str) -> None:
+        iid = record.instance["id"]
+        with contextlib.suppress(Conflict, NotFound):
+            await self._set(iid, expect="creating", status="failed", status_message=reason)
+        log.warning("instance %s failed: %s", iid, reason, extra={"resource": iid})
+
+    async def _set(self, instance_id: str, expect: str | None = None, **fields: Any) -> None:
+        await patch(self.cluster, EntryType.INSTANCE_UPDATE, instance_id, expect=expect, **fields)
+
+    async def _failed_change(
+        self, record: OwnedInstance, action: str, message: str, **fields: Any
+    ) -> None:
+        iid = record.instance["id"]
+        error = {"action": action, "message": message, "at": now_rfc3339()}
+        with contextlib.suppress(Conflict):
+            await self._set(iid, expect=record.instance["status"], last_error=error, **fields)
+        log.warning("instance %s: %s failed: %s", iid, action, message, extra={"resource": iid})
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _disk(self, volume: Mapping[str, Any], target: str) -> DiskSpec:
+        with self.cluster.store.lock:
+            block = services.get(self.cluster.store, volume["service_id"] or "")
+        if block is None or block["node"] != self.node:
+            raise GiveUp(f"volume {volume['name']} is not on node {self.node}")
+        found = self.pools.get(dict(block), volume["pool"]).volumes().get(volume["id"])
+        if found is None:
+            raise GiveUp(f"volume {volume['name']} is not in its pool")
+        return DiskSpec(found.path, found.format, target, volume["id"][:20])
+
+    def _spec(self, record: OwnedInstance) -> DomainSpec:
+        """The domain an instance record asks for (blocking: lists the volumes' pools)."""
+        instance = record.instance
+        if record.root is None:
+            raise GiveUp("its root volume is gone")
+        disks = [self._disk(record.root, "vda")]
+        for index, volume in enumerate(record.data):
+            disks.append(self._disk(volume, "vd" + chr(ord("b") + index)))
+        folder = instance_dir(self.data_dir, instance["id"])
+        return DomainSpec(
+            instance_id=instance["id"],
+            name=instance["name"],
+            vcpus=instance["cpus"],
+            memory=instance["memory"],
+            disks=tuple(disks),
+            console_log=os.path.join(folder, "console.log"),
+            seed=os.path.join(folder, "seed.iso"),
+            network=instance["network"],
+        )
+
+    def _write_seed(self, instance: Mapping[str, Any]) -> None:
+        folder = instance_dir(self.data_dir, instance["id"])
+        os.makedirs(folder, mode=0o711, exist_ok=True)  # qemu (another user) opens the seed
+        os.chmod(folder, 0o711)
+        cloudinit.build_seed(
+            os.path.join(folder, "seed.iso"),
+            instance["id"],
+            instance["name"],
+            instance["user_data"],
+            instance.get("network_config"),
+        )
+
+    async def _define(self, record: OwnedInstance) -> DomainInfo:
+        driver = self.drivers.get(record.service)
+        spec = await run_blocking(self._spec, record)
+        await run_blocking(self._write_seed, record.instance)
+        return await run_blocking(driver.define, spec)
+
+    async def _build(self, record: OwnedInstance) -> None:
+        """Seed and domain for a claimed instance whose root volume is ready; any failure
+        undoes what was made and fails the instance with the reason."""
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        folder = instance_dir(self.data_dir, iid)
+        try:
+            with Reverter() as undo:
+                spec = await run_blocking(self._spec, record)
+                undo.add(shutil.rmtree, folder, True)
+                await run_blocking(self._write_seed, instance)
+                info = await run_blocking(driver.define, spec)
+                undo.add(_quietly_undefine, driver, iid)
+                status = "starting" if instance["power"] == "running" else "stopped"
+                await self._set(
+                    iid,
+                    expect="creating",
+                    status=status,
+                    status_message="",
+                    domain={"vcpus": info.vcpus, "memory": info.memory},
+                )
+                undo.keep()
+        except Conflict:
+            raise  # changed meanwhile (removed while building): decided again
+        except GiveUp:
+            raise
+        except SymphonyError as exc:
+            raise GiveUp(exc.message) from None
+        except OSError as exc:
+            raise GiveUp(str(exc)) from None
+        log.info("instance %s defined on %s", iid, self.node, extra={"resource": iid})
+
+    # -- stopping and removing ------------------------------------------------------------
+
+    async def _stop(self, record: OwnedInstance) -> None:
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        how = instance.get("stop") or {}
+        if instance["status"] != "stopping":
+            with contextlib.suppress(Conflict):
+                await self._set(iid, expect=instance["status"], status="stopping")
+        forced = bool(how.get("force"))
+        if not forced:  # ask the guest (ACPI), then wait for it up to the timeout
+            await run_blocking(driver.shutdown, iid)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + float(how.get("timeout", 60.0))
+            while await self._state(driver, iid) not in ("stopped", "crashed", None):
+                if loop.time() >= deadline:
+                    forced = True
+                    log.info(
+                        "instance %s did not stop within its timeout: forced off",
+                        iid,
+                        extra={"resource": iid},
+                    )
+                    break
+                await asyncio.sleep(STOP_POLL)
+        if forced:
+            await run_blocking(driver.destroy, iid)
+        await self._set(iid, expect="stopping", status="stopped", status_message="", stop=None)
+        log.info("instance %s stopped", iid, extra={"resource": iid})
+
+    async def _state(self, driver: Any, instance_id: str) -> str | None:
+        for domain in await run_blocking(driver.domains):
+            if domain.instance_id == instance_id:
+                return str(domain.state)
+        return None
+
+    async def _remove(self, record: OwnedInstance) -> None:
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        with contextlib.suppress(NoSuchDomain):
+            await run_blocking(driver.undefine, iid)
+        await run_blocking(shutil.rmtree, instance_dir(self.data_dir, iid), True)
+        body = {
+            "id": iid,
+            "keep_volumes": bool(instance.get("keep_volumes")),
+            "now": now_rfc3339(),
+        }
+        await self.cluster.propose_ok(Entry(EntryType.INSTANCE_DELETE, body), idempotent=True)
+        log.info("instance %s removed", iid, extra={"resource": iid})
+
+    # -- what the host has without a record -------------------------------------------------
+
+    async def after_pass(self, wanted: Mapping[str, OwnedInstance], observed: Observed) -> None:
+        for name in observed.unmanaged:
+            if name not in self._reported:
+                self._reported.add(name)
+                log.warning("compute: domain %s was not defined by symphonyd; left alone", name)
+        if observed.domains is None or self._service is None:
+            return
+        ids = set(wanted)
+        now = asyncio.get_running_loop().time()
+        strays = set(observed.domains) - ids
+        gone = self._scanned_ids is None or bool(self._scanned_ids - ids)
+        if not strays or not (gone or now - self._scanned_at >= ORPHANS_EVERY):
+            return
+        self._scanned_ids, self._scanned_at = ids, now
+        await self.cluster.barrier()
+        with self.cluster.store.lock:
+            current = {r["id"] for r in instances.all_instances(self.cluster.store)}
+        driver = self.drivers.get(self._service)
+        for orphan in sorted(strays - current - set(self.workers)):
+            with contextlib.suppress(NoSuchDomain):
+                await run_blocking(driver.undefine, orphan)
+            await run_blocking(shutil.rmtree, instance_dir(self.data_dir, orphan), True)
+            log.info(
+                "removed domain of instance %s (no record)", orphan, extra={"resource": orphan}
+            )
+
+    async def close(self) -> None:
+        await super().close()
+        self.drivers.close()
+
+
+def _quietly_undefine(driver: Any, instance_id: str) -> None:
+    with contextlib.suppress(NoSuchDomain):
+        driver.undefine(instance_id)

@@ -1,0 +1,174 @@
+"""Compute on one real node with libvirt's in-process test driver, through the CLI: an
+instance made from an image (its root volume, seed and domain), stop/start/restart, the
+references that protect what it uses, bad input refused with nothing half-made, a daemon
+restart (the test driver forgets its domains, as a host reboot does: they are defined and
+started again), and removal leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from symphonyd.compute.cloudinit import read_seed
+from symphonyd.compute.testimage import write_image
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+MiB = 1 << 20
+
+
+def run_json(node: NodeProcess, *args: str) -> Any:
+    result = node.cli(*args, "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def refused(node: NodeProcess, *args: str) -> str:
+    result = node.cli(*args, timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def instance(node: NodeProcess, ref: str) -> dict[str, Any]:
+    return dict(node.client().request("GET", f"/v1/instances/{ref}"))
+
+
+@pytest.fixture
+def compute_node(nodeset: NodeSet, tmp_path: Path) -> NodeProcess:
+    (n1,) = nodeset.form(1)
+    assert run_json(n1, "service", "new")["type"] == "block"
+    service = run_json(n1, "service", "new", "compute", "-o", "test_cpus=4")
+    assert (service["type"], service["driver"]) == ("compute", "libvirt")
+    disk = tmp_path / "boot.raw"
+    write_image(str(disk))
+    assert run_json(n1, "image", "new", "boot sector", "boot", str(disk))["status"] == "ready"
+    return n1
+
+
+def test_an_instance_is_made_runs_stops_and_goes(compute_node: NodeProcess, tmp_path: Path) -> None:
+    n1 = compute_node
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (tmp_path / "id.pub").write_bytes(public + b" me@host\n")
+    made = run_json(
+        n1, "instance", "create", "web", "--image", "boot", "--memory", "64M", "--disk", "16M",
+        "--ssh-key", str(tmp_path / "id.pub"),
+    )  # fmt: skip
+    assert (made["status"], made["node"], made["cpus"], made["memory"]) == (
+        "running",
+        "n1",
+        1,
+        64 * MiB,
+    )
+    assert made["domain"] == {"vcpus": 1, "memory": 64 * MiB}
+    assert "user_data" not in made and made["user_data_bytes"] > 0
+
+    # Its root volume, made from the image in the node's block pool.
+    root = run_json(n1, "volume", "show", "web-root")
+    assert (root["id"], root["status"], root["size"]) == (made["root_volume_id"], "ready", 16 * MiB)
+    root_file = n1.data_dir / "volumes" / "default" / f"{root['id']}.raw"
+    assert root_file.read_bytes()[510:512] == b"\x55\xaa"
+    # Its seed: meta-data naming it, user-data installing the key.
+    folder = n1.data_dir / "compute" / "instances" / made["id"]
+    seed = read_seed(str(folder / "seed.iso"))
+    assert f"instance-id: {made['id']}" in seed["meta-data"]
+    assert "local-hostname: web" in seed["meta-data"]
+    assert seed["user-data"].startswith("#cloud-config")
+    assert public.decode() in seed["user-data"]
+
+    listed = run_json(n1, "instance", "list")["instances"]
+    assert [(i["name"], i["status"]) for i in listed] == [("web", "running")]
+    table = n1.cli("instance", "list")
+    assert table.returncode == 0 and "web" in table.stdout and "running" in table.stdout
+
+    stopped = run_json(n1, "instance", "stop", "web", "--timeout", "5")
+    assert (stopped["status"], stopped["power"]) == ("stopped", "stopped")
+    assert run_json(n1, "instance", "start", "web")["status"] == "running"
+    restarted = n1.cli("instance", "restart", "web")
+    assert restarted.returncode == 0, restarted.stderr
+    wait_until(lambda: instance(n1, "web")["restarts_done"] == 1, 10, "the reboot")
+    forced = run_json(n1, "instance", "stop", "web", "--force")
+    assert forced["status"] == "stopped"
+    assert run_json(n1, "instance", "start", "web")["status"] == "running"
+    console = n1.cli("instance", "console-log", "web")
+    assert console.returncode == 0, console.stderr  # the test driver runs no guest code
+
+    # What it uses cannot go while it exists.
+    assert "used by instances: web" in refused(n1, "image", "rm", "boot")
+    assert "attached to instance web" in refused(n1, "volume", "rm", "web-root")
+    compute_id = next(
+        s["id"] for s in run_json(n1, "service", "list")["services"] if s["type"] == "compute"
+    )
+    assert "still has instances: web" in refused(n1, "service", "rm", compute_id)
+
+    gone = n1.cli("instance", "rm", "web")
+    assert gone.returncode == 0, gone.stderr
+    assert run_json(n1, "instance", "list")["instances"] == []
+    wait_until(lambda: not root_file.exists(), 15, "the root volume removed")
+    assert n1.cli("volume", "show", "web-root").returncode == 1
+    assert not folder.exists()
+    assert run_json(n1, "image", "rm", "boot")  # nothing uses it any more
+
+
+def test_bad_input_is_refused_and_nothing_is_half_made(
+    compute_node: NodeProcess, tmp_path: Path
+) -> None:
+    n1 = compute_node
+    base = ("instance", "create")
+    assert "no image 'nope'" in refused(n1, *base, "a", "--image", "nope")
+    assert "invalid instance name" in refused(n1, *base, "Bad_Name", "--image", "boot")
+    assert "no healthy, reachable node" in refused(n1, *base, "big", "--image", "boot",
+                                                   "--cpus", "64")  # fmt: skip
+    assert "memory free" in refused(n1, *base, "fat", "--image", "boot", "--memory", "9999G")
+    assert "no node named 'n9'" in refused(n1, *base, "far", "--image", "boot", "--node", "n9")
+    assert "smaller" in refused(n1, *base, "tiny", "--image", "boot", "--disk", "4096B")
+    assert "network must be" in refused(n1, *base, "net", "--image", "boot", "--network", "nat")
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#cloud-config\n" + b"#" * (64 * 1024))
+    assert "64 KiB" in refused(n1, *base, "ud", "--image", "boot", "--user-data", str(big))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert "not UTF-8" in refused(n1, *base, "ud", "--image", "boot", "--user-data", str(binary))
+    private = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "id").write_bytes(private)
+    message = refused(n1, *base, "key", "--image", "boot", "--ssh-key", str(tmp_path / "id"))
+    assert "PRIVATE key" in message
+    assert private.decode().splitlines()[1] not in message
+    assert run_json(n1, "instance", "list")["instances"] == []
+    assert [v["name"] for v in run_json(n1, "volume", "list")["volumes"]] == []
+    # the name is refused once taken
+    assert run_json(n1, "instance", "create", "one", "--image", "boot", "--disk", "16M",
+                    "--memory", "64M", "--no-start")["status"] == "stopped"  # fmt: skip
+    assert "already exists" in refused(n1, *base, "one", "--image", "boot", "--disk", "16M")
+
+
+def test_a_restarted_node_defines_and_starts_its_instances_again(
+    compute_node: NodeProcess,
+) -> None:
+    n1 = compute_node
+    run_json(n1, "instance", "create", "up", "--image", "boot", "--disk", "16M", "--memory", "64M")
+    run_json(n1, "instance", "create", "down", "--image", "boot", "--disk", "16M",
+             "--memory", "64M", "--no-start")  # fmt: skip
+    n1.stop()
+    n1.start()
+    # The test driver's domains lived in the old process: both are defined again, and only
+    # the one that was running is started.
+    wait_until(
+        lambda: n1.log_path.read_text().count("defined again") >= 2, 30, "both defined again"
+    )
+    wait_until(lambda: instance(n1, "up")["status"] == "running", 30, "up running")
+    assert instance(n1, "down")["status"] == "stopped"
+    assert os.path.exists(n1.data_dir / "compute" / "libvirt-test.xml")

@@ -1,0 +1,79 @@
+"""Compute in a real 3-node cluster on libvirt's test driver: placement by capacity (a
+full node is skipped, `--node` to a full node is refused with the resource that is short,
+the refusal names each node's reason), the root volume made on the instance's node from an
+image that node must fetch, and a node killed with kill -9: its instances show `unknown`
+from the others, and their real state again once it is back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from symphonyd.compute.testimage import write_image
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def run_json(node: NodeProcess, *args: str) -> Any:
+    result = node.cli(*args, "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def instance(node: NodeProcess, ref: str) -> dict[str, Any]:
+    return dict(node.client().request("GET", f"/v1/instances/{ref}"))
+
+
+def test_placement_by_capacity_and_a_killed_node(nodeset: NodeSet, tmp_path: Path) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    for node, cpus in ((n1, 1), (n2, 2)):
+        run_json(node, "service", "new")
+        run_json(node, "service", "new", "compute", "-o", f"test_cpus={cpus}")
+    assert n1.cli("config", "set", "compute.cpu_overcommit", "1").returncode == 0
+    assert n1.cli("config", "set", "images.min_replicas", "1").returncode == 0
+    disk = tmp_path / "boot.raw"
+    write_image(str(disk))
+    assert run_json(n1, "image", "new", "boot sector", "boot", str(disk))["holders"] == ["n1"]
+    small = ("--image", "boot", "--disk", "16M", "--memory", "64M")
+
+    # Two vCPUs fit only on n2, which must fetch the image for the root volume; asked on
+    # n3, which has no compute service.
+    wide = run_json(n3, "instance", "create", "wide", *small, "--cpus", "2")
+    assert (wide["node"], wide["status"]) == ("n2", "running")
+    root = run_json(n3, "volume", "show", "wide-root")
+    assert (root["node"], root["status"]) == ("n2", "ready")
+    # n2 is full now: an explicit --node n2 says which resource is short...
+    full = n1.cli("instance", "create", "extra", *small, "--node", "n2")
+    assert full.returncode == 1
+    assert "node n2 cannot take instance extra: node n2 has 0 vCPUs free, 1 asked" in full.stderr
+    # ... and a free choice skips it.
+    narrow = run_json(n1, "instance", "create", "narrow", *small)
+    assert narrow["node"] == "n1"
+    nowhere = n3.cli("instance", "create", "more", *small)
+    assert nowhere.returncode == 1
+    assert "node n1 has 0 vCPUs free" in nowhere.stderr
+    assert "node n2 has 0 vCPUs free" in nowhere.stderr
+    assert [i["name"] for i in run_json(n3, "instance", "list")["instances"]] == [
+        "narrow",
+        "wide",
+    ]
+
+    # kill -9 the node of `narrow`: the others show it unknown, never running.
+    n1.kill()
+    wait_until(lambda: instance(n2, "narrow")["status"] == "unknown", 30, "narrow unknown")
+    seen = instance(n3, "narrow")
+    assert (seen["status"], seen["last_status"]) == ("unknown", "running")
+    assert "n1 is unreachable" in seen["status_message"]
+    assert instance(n3, "wide")["status"] == "running"
+    listed = n2.cli("instance", "list")
+    assert listed.returncode == 0 and "unknown" in listed.stdout
+    n1.start()
+    # Back: the test driver lost its domain with the process, so it is defined and started
+    # again (starting, then running), and every node shows it running.
+    wait_until(lambda: "defined again" in n1.log_path.read_text(), 30, "the domain defined again")
+    wait_until(lambda: instance(n3, "narrow")["status"] == "running", 30, "narrow running")
+    wait_until(lambda: instance(n1, "narrow")["status"] == "running", 30, "running on n1 too")

@@ -1,0 +1,200 @@
+"""The compute agent's pure decisions (compute/agent.py `decide_instance`) and the
+instances' placement fit (compute/placement.py), without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from symphonyd.compute.agent import decide_instance
+from symphonyd.compute.driver import DomainInfo
+from symphonyd.compute.placement import choose_node
+from symphonyd.errors import Conflict
+from symphonyd.state import cluster as cluster_table
+from symphonyd.state.store import Store
+
+GiB = 1 << 30
+
+
+def instance(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": "i1",
+        "name": "web",
+        "status": "running",
+        "power": "running",
+        "restarts": 0,
+        "restarts_done": 0,
+        "domain": {"vcpus": 1, "memory": GiB},
+        "cpus": 1,
+        "memory": GiB,
+        "disk": 10 * GiB,
+        "image_id": None,
+        "placement": {"node": None},
+        **fields,
+    }
+
+
+def domain(state: str, **fields: Any) -> DomainInfo:
+    return DomainInfo(
+        **{
+            "instance_id": "i1",
+            "name": "symphonyd-web",
+            "state": state,
+            "vcpus": 1,
+            "memory": GiB,
+            **fields,
+        }
+    )
+
+
+READY_ROOT = {"status": "ready", "status_message": ""}
+
+
+def verbs(actions: list[Any]) -> list[str]:
+    return [a.verb for a in actions]
+
+
+def test_pending_is_claimed_and_built_only_once_its_root_volume_is_ready() -> None:
+    assert verbs(decide_instance(instance(status="pending"), None, None, True)) == ["claim"]
+    creating = instance(status="creating")
+    assert decide_instance(creating, {"status": "creating"}, None, True) == []
+    assert verbs(decide_instance(creating, READY_ROOT, None, True)) == ["build"]
+    failed = decide_instance(
+        creating, {"status": "failed", "status_message": "no room"}, None, True
+    )
+    assert verbs(failed) == ["fail"] and "no room" in failed[0].arg
+    assert verbs(decide_instance(creating, None, None, True)) == ["fail"]
+
+
+def test_a_running_instance_in_step_with_its_domain_needs_nothing() -> None:
+    assert decide_instance(instance(), READY_ROOT, domain("running"), True) == []
+
+
+def test_nothing_is_decided_about_domains_the_host_did_not_list() -> None:
+    assert decide_instance(instance(), READY_ROOT, None, False) == []
+
+
+def test_a_domain_the_host_lost_is_defined_again() -> None:
+    assert verbs(decide_instance(instance(), READY_ROOT, None, True)) == ["define"]
+
+
+def test_starting_starts_and_running_is_recorded() -> None:
+    starting = instance(status="starting")
+    assert verbs(decide_instance(starting, READY_ROOT, domain("stopped"), True)) == ["start"]
+    recorded = decide_instance(starting, READY_ROOT, domain("running"), True)
+    assert verbs(recorded) == ["record"] and recorded[0].arg["status"] == "running"
+
+
+def test_a_guest_that_stops_by_itself_is_stopped_not_started_again() -> None:
+    actions = decide_instance(instance(), READY_ROOT, domain("stopped"), True)
+    assert verbs(actions) == ["record"]
+    assert actions[0].arg["status"] == "stopped" and actions[0].arg["power"] == "stopped"
+    assert "stopped from inside or outside" in actions[0].arg["status_message"]
+    crashed = decide_instance(instance(), READY_ROOT, domain("crashed", reason="panicked"), True)
+    assert "crashed: panicked" in crashed[0].arg["status_message"]
+
+
+def test_stop_wish_on_a_running_domain_stops_it() -> None:
+    stopping = instance(status="stopping", power="stopped")
+    assert verbs(decide_instance(stopping, READY_ROOT, domain("running"), True)) == ["stop"]
+    done = decide_instance(stopping, READY_ROOT, domain("stopped"), True)
+    assert done[0].arg == {"status": "stopped", "power": "stopped", "status_message": ""}
+
+
+def test_a_restart_asked_reboots_once() -> None:
+    asked = instance(restarts=1, restarts_done=0)
+    assert verbs(decide_instance(asked, READY_ROOT, domain("running"), True)) == ["reboot"]
+    done = instance(restarts=1, restarts_done=1)
+    assert decide_instance(done, READY_ROOT, domain("running"), True) == []
+
+
+def test_a_changed_domain_size_is_recorded() -> None:
+    actions = decide_instance(instance(), READY_ROOT, domain("running", vcpus=2), True)
+    assert actions[0].arg == {"domain": {"vcpus": 2, "memory": GiB}}
+
+
+def test_deleting_removes_and_failed_waits_for_the_user() -> None:
+    assert verbs(decide_instance(instance(status="deleting"), None, None, False)) == ["remove"]
+    assert decide_instance(instance(status="failed"), READY_ROOT, None, True) == []
+
+
+# -- placement ---------------------------------------------------------------------------
+
+
+def service(sid: str, node: str, kind: str, **capacity: Any) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "node": node,
+        "type": kind,
+        "driver": "libvirt" if kind == "compute" else "file",
+        "pool": "default",
+        "options": {},
+        "health": {"ok": True, "message": "", "checked_at": "t"},
+        "capacity": capacity,
+    }
+
+
+@pytest.fixture
+def store() -> Store:
+    store = Store()
+    store.put("cluster", "cluster", {"id": "c1", "config": {}})
+    for name in ("n1", "n2"):
+        store.put("nodes", name, {"name": name})
+        store.put(
+            "services", f"c-{name}", service(f"c-{name}", name, "compute", cpus=2, memory=4 * GiB)
+        )
+        store.put(
+            "services",
+            f"b-{name}",
+            service(f"b-{name}", name, "block", total=100 * GiB, free=100 * GiB),
+        )
+    return store
+
+
+def placed(store: Store, sid: str, cpus: int, memory: int) -> None:
+    iid = f"x{len(store.table('instances').values())}"
+    store.put(
+        "instances",
+        iid,
+        {
+            **instance(id=iid, name=iid, cpus=cpus, memory=memory),
+            "service_id": sid,
+            "node": sid[2:],
+        },
+    )
+
+
+def test_the_least_loaded_node_is_chosen_and_a_full_one_is_skipped(store: Store) -> None:
+    placed(store, "c-n1", 4, GiB)
+    assert choose_node(store, {"n1", "n2"}, instance())["node"] == "n2"
+    placed(store, "c-n2", 8, GiB)  # n2 is full now: 2 CPUs x 4.0 overcommit
+    assert choose_node(store, {"n1", "n2"}, instance())["node"] == "n1"
+
+
+def test_an_explicit_node_that_is_short_says_which_resource(store: Store) -> None:
+    placed(store, "c-n2", 8, GiB)
+    with pytest.raises(Conflict, match="n2 has 0 vCPUs free, 1 asked"):
+        choose_node(store, {"n1", "n2"}, instance(placement={"node": "n2"}))
+    with pytest.raises(Conflict, match="GiB of memory free"):
+        choose_node(store, {"n1", "n2"}, instance(memory=5 * GiB, placement={"node": "n1"}))
+    with pytest.raises(Conflict, match="unreachable"):
+        choose_node(store, {"n1"}, instance(placement={"node": "n2"}))
+
+
+def test_beyond_every_node_is_refused_and_overcommit_is_a_cluster_setting(store: Store) -> None:
+    with pytest.raises(Conflict, match="no healthy, reachable node"):
+        choose_node(store, {"n1", "n2"}, instance(cpus=9))
+    cluster_table.set_config(store, "compute.cpu_overcommit", 8.0)
+    assert choose_node(store, {"n1", "n2"}, instance(cpus=16))["type"] == "compute"
+    with pytest.raises(Conflict, match="no healthy, reachable node"):
+        choose_node(store, {"n1", "n2"}, instance(cpus=17))
+
+
+def test_the_root_disk_needs_room_in_the_same_nodes_block_pool(store: Store) -> None:
+    with pytest.raises(Conflict, match="block pool"):
+        choose_node(store, {"n1", "n2"}, instance(disk=200 * GiB, placement={"node": "n1"}))
+    store.delete("services", "b-n1")
+    with pytest.raises(Conflict, match="no healthy block service"):
+        choose_node(store, {"n1", "n2"}, instance(placement={"node": "n1"}))
+    assert choose_node(store, {"n1", "n2"}, instance())["node"] == "n2"
