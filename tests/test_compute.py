@@ -172,3 +172,53 @@ def test_a_restarted_node_defines_and_starts_its_instances_again(
     wait_until(lambda: instance(n1, "up")["status"] == "running", 30, "up running")
     assert instance(n1, "down")["status"] == "stopped"
     assert os.path.exists(n1.data_dir / "compute" / "libvirt-test.xml")
+
+
+def test_resize_attach_and_detach_say_when_they_apply(compute_node: NodeProcess) -> None:
+    """The test driver changes vCPUs live only up to the domain's maximum and cannot
+    hot-plug disks: those changes go into the definition and apply at the next start (a
+    detach, when the guest next stops), and the CLI says so."""
+    n1 = compute_node
+    for name in ("data", "spare"):
+        assert run_json(n1, "volume", "create", name, "--size", "8M")["status"] == "ready"
+    small = ("--image", "boot", "--disk", "16M", "--memory", "64M")
+    made = run_json(n1, "instance", "create", "app", *small)
+    data_id = run_json(n1, "volume", "show", "data")["id"]
+
+    resized = n1.cli("instance", "resize", "app", "--cpus", "2", "--memory", "128M")
+    assert resized.returncode == 0, resized.stderr
+    assert "2 vCPUs, 128.0 MiB" in resized.stdout and "at the next start" in resized.stdout
+    record = instance(n1, "app")
+    assert record["applied"]["cpus"] == 2 and record["domain"]["vcpus"] == 1
+    too_big = n1.cli("instance", "resize", "app", "--cpus", "64")
+    assert too_big.returncode == 1 and "cannot be resized: node n1 has" in too_big.stderr
+
+    attached = n1.cli("volume", "attach", "data", "app")
+    assert attached.returncode == 0, attached.stderr
+    assert "attached at the next start" in attached.stdout
+    assert instance(n1, "app")["applied"]["volumes"] == {data_id: "vdb"}
+    assert "attached to instance app" in refused(n1, "volume", "rm", "data")
+    assert "already attached to it" in refused(n1, "volume", "attach", "data", "app")
+
+    # The next start runs the definition: the resize and the disk are live, nothing waits.
+    run_json(n1, "instance", "stop", "app", "--force")
+    started = run_json(n1, "instance", "start", "app")
+    assert started["at_next_start"] == []
+    wait_until(lambda: instance(n1, "app")["domain"]["vcpus"] == 2, 10, "2 vCPUs live")
+    assert instance(n1, "app")["domain"]["memory"] == 128 * MiB
+
+    detached = n1.cli("volume", "detach", "data")
+    assert detached.returncode == 0, detached.stderr
+    assert "detached when the instance next stops" in detached.stdout
+    assert "attached to instance app" in refused(n1, "volume", "rm", "data")  # still held
+    run_json(n1, "instance", "stop", "app", "--force")
+    wait_until(lambda: instance(n1, "app")["applied"]["volumes"] == {}, 10, "detached")
+    assert n1.cli("volume", "rm", "data").returncode == 0
+
+    # A volume given at create is in the first definition; it decides the node.
+    db = run_json(n1, "instance", "create", "db", *small, "--volume", "spare")
+    spare = run_json(n1, "volume", "show", "spare")
+    assert db["applied"]["volumes"] == {spare["id"]: "vdb"} and db["node"] == spare["node"]
+    assert "attached to instance db" in refused(n1, "instance", "create", "x", *small,
+                                                "--volume", "spare")  # fmt: skip
+    assert made["id"] != db["id"]

@@ -1,4 +1,4 @@
-"""The compute agent's pure decisions (compute/agent.py `decide_instance`) and the
+"""The compute agent's pure decisions (compute/decide.py `decide_instance`) and the
 instances' placement fit (compute/placement.py), without a cluster."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from symphonyd.compute.agent import decide_instance
+from symphonyd.compute.decide import decide_instance, detach_note
 from symphonyd.compute.driver import DomainInfo
 from symphonyd.compute.placement import choose_node
 from symphonyd.errors import Conflict
+from symphonyd.reconcile import Action
 from symphonyd.state import cluster as cluster_table
 from symphonyd.state.store import Store
 
@@ -26,6 +27,9 @@ def instance(**fields: Any) -> dict[str, Any]:
         "restarts": 0,
         "restarts_done": 0,
         "domain": {"vcpus": 1, "memory": GiB},
+        "applied": {"cpus": 1, "memory": GiB, "volumes": {}},
+        "volumes": [],
+        "at_next_start": [],
         "cpus": 1,
         "memory": GiB,
         "disk": 10 * GiB,
@@ -112,6 +116,26 @@ def test_a_restart_asked_reboots_once() -> None:
 def test_a_changed_domain_size_is_recorded() -> None:
     actions = decide_instance(instance(), READY_ROOT, domain("running", vcpus=2), True)
     assert actions[0].arg == {"domain": {"vcpus": 2, "memory": GiB}}
+
+
+def test_the_definition_follows_resizes_attaches_and_detaches() -> None:
+    running = domain("running")
+    assert verbs(decide_instance(instance(cpus=2), READY_ROOT, running, True)) == ["resize"]
+    attach = decide_instance(instance(volumes=["d1"]), READY_ROOT, running, True)
+    assert attach == [Action("attach", "d1")]
+    held = {"cpus": 1, "memory": GiB, "volumes": {"d1": "vdb"}}
+    # a disk the running guest holds: detached live where the driver can hot-unplug ...
+    hot = decide_instance(instance(applied=held), READY_ROOT, running, True, hotplug=True)
+    assert hot == [Action("detach", "d1")]
+    # ... else it waits for the guest to stop, and says so once
+    cold = decide_instance(instance(applied=held), READY_ROOT, running, True, hotplug=False)
+    assert cold == [Action("defer detach", "d1")]
+    said = instance(applied=held, at_next_start=[detach_note("d1")])
+    assert decide_instance(said, READY_ROOT, running, True) == []
+    stopped = instance(status="stopped", power="stopped", applied=held)
+    assert decide_instance(stopped, READY_ROOT, domain("stopped"), True) == [Action("detach", "d1")]
+    # a domain defined by a version that did not record its definition is adopted
+    assert verbs(decide_instance(instance(applied=None), READY_ROOT, running, True)) == ["adopt"]
 
 
 def test_deleting_removes_and_failed_waits_for_the_user() -> None:

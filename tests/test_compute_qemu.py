@@ -203,6 +203,14 @@ def test_a_real_guest_boots_stops_and_goes(
     assert record["power"] == "stopped" and "outside symphonyd" in record["status_message"]
     assert run_json(n1, "instance", "start", "vm")["status"] == "running"
 
+    # A data volume is hot-plugged into the running guest (acpi makes it possible).
+    data = run_json(n1, "volume", "create", "data", "--size", "8M")
+    attached = n1.cli("volume", "attach", "data", "vm")
+    assert attached.returncode == 0, attached.stderr
+    assert "(live)" in attached.stdout
+    blocks = virsh(libvirt_uri, "domblklist", "symphonyd-vm")
+    assert "vdb" in blocks and data["id"] in blocks
+
     # A restart of symphonyd does not touch the running guest.
     domain_id = virsh(libvirt_uri, "domid", "symphonyd-vm").strip()
     n1.stop()
@@ -219,3 +227,6 @@ def test_a_real_guest_boots_stops_and_goes(
     assert "symphonyd-vm" not in virsh(libvirt_uri, "list", "--all", "--name").split()
     assert not folder.exists()
     wait_until(lambda: not root.exists(), 15, "the root volume removed")
+    wait_until(  # the data volume goes with it (no --keep-volumes)
+        lambda: n1.cli("volume", "show", "data").returncode == 1, 15, "the data volume removed"
+    )

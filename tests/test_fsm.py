@@ -135,6 +135,8 @@ def test_entry_type_codes_are_never_reused() -> None:
         "INSTANCE_UPDATE": 81,
         "INSTANCE_DELETE": 82,
         "INSTANCE_PLACE": 83,
+        "INSTANCE_ATTACH": 84,
+        "INSTANCE_DETACH": 85,
     }
 
 
@@ -831,6 +833,43 @@ def check_instance_delete(fsm: FSM, before: dict[str, Any]) -> None:
     assert missing["ok"] is False and missing["error"]["code"] == "not_found"
 
 
+DATA = {**VOLUME, "id": "data1", "name": "data", "status": "ready"}
+
+
+def check_instance_attach(fsm: FSM, before: dict[str, Any]) -> None:
+    place_instance(fsm)
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": DATA})
+    body = {"id": "inst1", "volume_id": "data1", "now": LATER}
+    assert apply_entry(fsm, EntryType.INSTANCE_ATTACH, body)["ok"]
+    assert fsm.store.get("instances", "inst1")["volumes"] == ["data1"]
+    twice = apply_entry(fsm, EntryType.INSTANCE_ATTACH, body)
+    assert twice["ok"] is False and "already attached" in twice["error"]["message"]
+    other = {**INSTANCE, "id": "inst2", "name": "db"}
+    apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": other})
+    taken = apply_entry(fsm, EntryType.INSTANCE_ATTACH, {**body, "id": "inst2"})
+    assert taken["ok"] is False and "attached to instance web" in taken["error"]["message"]
+    far = {**DATA, "id": "data2", "name": "far", "node": "n2"}
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": far})
+    elsewhere = apply_entry(fsm, EntryType.INSTANCE_ATTACH, {**body, "volume_id": "data2"})
+    assert elsewhere["ok"] is False and "on its own node" in elsewhere["error"]["message"]
+
+
+def check_instance_detach(fsm: FSM, before: dict[str, Any]) -> None:
+    place_instance(fsm)
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": DATA})
+    body = {"id": "inst1", "volume_id": "data1", "now": LATER}
+    apply_entry(fsm, EntryType.INSTANCE_ATTACH, body)
+    # the domain holds it (applied): it stays in use after the detach is asked
+    held = {"applied": {"cpus": 1, "memory": 1 << 30, "volumes": {"data1": "vdb"}}}
+    apply_entry(fsm, EntryType.INSTANCE_UPDATE, {"id": "inst1", "fields": held})
+    assert apply_entry(fsm, EntryType.INSTANCE_DETACH, body)["ok"]
+    assert fsm.store.get("instances", "inst1")["volumes"] == []
+    doomed = {"id": "data1", "fields": {"status": "deleting"}}
+    assert apply_entry(fsm, EntryType.VOLUME_UPDATE, doomed)["ok"] is False
+    again = apply_entry(fsm, EntryType.INSTANCE_DETACH, body)
+    assert again["ok"] is False and "not attached" in again["error"]["message"]
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -870,6 +909,8 @@ CHECKS = {
     EntryType.INSTANCE_UPDATE: check_instance_update,
     EntryType.INSTANCE_DELETE: check_instance_delete,
     EntryType.INSTANCE_PLACE: check_instance_place,
+    EntryType.INSTANCE_ATTACH: check_instance_attach,
+    EntryType.INSTANCE_DETACH: check_instance_detach,
 }
 
 

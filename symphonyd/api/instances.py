@@ -33,6 +33,7 @@ CREATE_FIELDS = {
     "network_config",
     "ssh_keys",
     "start",
+    "volumes",
 }
 ON_NODE = ("creating", "stopped", "starting", "running", "stopping", "deleting")
 CONSOLE_TIMEOUT = 5.0
@@ -102,6 +103,42 @@ async def restart_instance(request: web.Request) -> web.Response:
     return json_response(_views(request, [record])[0], status=202)
 
 
+async def resize_instance(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"cpus", "memory"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    record = await compute_of(request).resize(
+        request.match_info["ref"], body.get("cpus"), body.get("memory")
+    )
+    return json_response(_views(request, [record])[0], status=202)
+
+
+def _instance_ref(body: dict[str, Any], required: bool) -> str | None:
+    unknown = sorted(set(body) - {"instance"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    ref = body.get("instance")
+    if ref is None and not required:
+        return None
+    if not isinstance(ref, str) or not ref:
+        raise Invalid("'instance' must be given as text")
+    return ref
+
+
+async def attach_volume(request: web.Request) -> web.Response:
+    ref = _instance_ref(await read_json(request), required=True)
+    assert ref is not None
+    record = await compute_of(request).attach(request.match_info["ref"], ref)
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def detach_volume(request: web.Request) -> web.Response:
+    ref = _instance_ref(await read_json(request), required=False)
+    record = await compute_of(request).detach(request.match_info["ref"], ref)
+    return json_response(_views(request, [record])[0], status=202)
+
+
 async def delete_instance(request: web.Request) -> web.Response:
     keep = flag(request, "keep_volumes")
     result = await compute_of(request).delete(request.match_info["ref"], keep)
@@ -160,6 +197,11 @@ CREATE_BODY = {
         "network_config": {"type": "string", "description": "network-config v2 (YAML)"},
         "ssh_keys": {"type": "array", "items": {"type": "string"}},
         "start": {"type": "boolean", "default": True},
+        "volumes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "data volumes to attach (ready, unused, on one node: it runs there)",
+        },
     },
 }
 
@@ -202,6 +244,47 @@ ROUTES = [
         restart_instance,
         "Reboot a running instance",
         responses={202: "asked", 409: "not running"},
+    ),
+    Route(
+        "POST",
+        "/v1/instances/{ref}/resize",
+        resize_instance,
+        "New vCPUs and/or memory: live where the driver can, else at the next start",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "cpus": {"type": "integer", "minimum": 1, "maximum": 256},
+                "memory": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+            },
+        },
+        responses={202: "asked", 409: "no room on its node, failed or being removed"},
+    ),
+    Route(
+        "POST",
+        "/v1/volumes/{ref}/attach",
+        attach_volume,
+        "Attach a ready data volume to an instance on its node (hot-plugged where the "
+        "driver can, else at the next start)",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["instance"],
+            "properties": {"instance": {"type": "string"}},
+        },
+        responses={202: "asked", 409: "in use, not ready, or on another node"},
+    ),
+    Route(
+        "POST",
+        "/v1/volumes/{ref}/detach",
+        detach_volume,
+        "Detach a data volume from its instance",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"instance": {"type": "string"}},
+        },
+        responses={202: "asked", 409: "not attached"},
     ),
     Route(
         "DELETE",

@@ -1,4 +1,5 @@
-"""`symphonyd instance ...`: virtual machines on the compute service."""
+"""`symphonyd instance ...` (virtual machines on the compute service) and `symphonyd
+volume attach|detach`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import click
 
+from symphonyd.cli.block import volume
 from symphonyd.cli.command import CommandGroup, Context, json_option
 from symphonyd.cli.output import (
     human_size,
@@ -106,6 +108,8 @@ def show_instance(record: dict[str, Any] | None, as_json: bool) -> None:
         pairs.append((key, value))
     if record.get("last_error"):
         pairs.append(("last_error", record["last_error"]["message"]))
+    for note in record.get("at_next_start") or []:
+        pairs.append(("at next start", note))
     print_kv_table(pairs)
 
 
@@ -127,6 +131,9 @@ def instance() -> None:
 @click.option(
     "--ssh-key", "key_files", multiple=True, metavar="FILE", help="Public key(s) to install."
 )
+@click.option(
+    "--volume", "data_volumes", multiple=True, metavar="VOLUME", help="Data volume(s) to attach."
+)
 @click.option("--no-start", is_flag=True, help="Define it, but do not start it.")
 @click.option("--no-wait", is_flag=True, help="Return once recorded.")
 @json_option
@@ -143,6 +150,7 @@ def instance_create(
     user_data_file: str | None,
     network_file: str | None,
     key_files: tuple[str, ...],
+    data_volumes: tuple[str, ...],
     no_start: bool,
     no_wait: bool,
     as_json: bool,
@@ -165,6 +173,8 @@ def instance_create(
         body["network_config"] = _read_text(network_file, "network-config file")
     if key_files:
         body["ssh_keys"] = [_read_text(path, "SSH key file") for path in key_files]
+    if data_volumes:
+        body["volumes"] = list(data_volumes)
     client = obj.client()
     record = client.request("POST", "/v1/instances", body=body)
     if not no_wait:
@@ -267,6 +277,125 @@ def instance_stop(
 def instance_restart(obj: Context, ref: str, as_json: bool) -> None:
     """Reboot a running instance."""
     _power(obj, ref, "restart", ("running",), True, as_json)
+
+
+def wait_applied(client: Client, record: dict[str, Any], done: Any) -> dict[str, Any]:
+    """Follow an instance until `done(record)` (a change its node applied)."""
+
+    def finished(current: dict[str, Any]) -> bool:
+        error = current.get("last_error")
+        if error:
+            raise DriverError(
+                f"instance {current['name']}: {error['action']} failed: {error['message']}"
+            )
+        return bool(done(current))
+
+    return (
+        follow_record(
+            client,
+            "instances",
+            resource_path("instances", record["id"]),
+            record,
+            finished,
+            timeout=WAIT_LIMIT,
+            expired=lambda last: DriverError(f"instance {last['name']}: not applied yet"),
+        )
+        or record
+    )
+
+
+def _said(record: dict[str, Any], prefix: str | tuple[str, ...]) -> str:
+    later = [n for n in record.get("at_next_start") or [] if n.startswith(prefix)]
+    return f" ({'; '.join(later)})" if later else " (live)" if record["status"] == "running" else ""
+
+
+@instance.command("resize")
+@click.argument("ref", metavar="INSTANCE")
+@click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs.")
+@click.option("--memory", help="Memory, e.g. 2G.")
+@click.option("--no-wait", is_flag=True, help="Return once asked.")
+@json_option
+@click.pass_obj
+def instance_resize(
+    obj: Context, ref: str, cpus: int | None, memory: str | None, no_wait: bool, as_json: bool
+) -> None:
+    """Change vCPUs and/or memory: live where the hypervisor can, else at the next start
+    (it says which)."""
+    if cpus is None and memory is None:
+        raise click.UsageError("give --cpus, --memory or both")
+    client = obj.client()
+    body = {k: v for k, v in (("cpus", cpus), ("memory", memory)) if v is not None}
+    record = client.request("POST", f"{resource_path('instances', ref)}/resize", body=body)
+    if not no_wait and record["node"]:
+        record = wait_applied(
+            client,
+            record,
+            lambda r: (
+                (r.get("applied") or {}).get("cpus") == r["cpus"]
+                and (r.get("applied") or {}).get("memory") == r["memory"]
+            ),
+        )
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(
+            f"Instance {record['name']}: {record['cpus']} vCPUs, "
+            f"{human_size(record['memory'])}{_said(record, ('cpus', 'memory'))}."
+        )
+
+
+@volume.command("attach")
+@click.argument("volume_ref", metavar="VOLUME")
+@click.argument("instance_ref", metavar="INSTANCE")
+@click.option("--no-wait", is_flag=True, help="Return once asked.")
+@json_option
+@click.pass_obj
+def volume_attach(
+    obj: Context, volume_ref: str, instance_ref: str, no_wait: bool, as_json: bool
+) -> None:
+    """Attach a data volume to an instance on the same node: hot-plugged where the
+    hypervisor can, else at the instance's next start (it says which)."""
+    client = obj.client()
+    path = resource_path("volumes", volume_ref)
+    record = client.request("POST", f"{path}/attach", body={"instance": instance_ref})
+    wanted = record["volumes"][-1]
+    if not no_wait and record["node"]:
+        record = wait_applied(
+            client, record, lambda r: wanted in ((r.get("applied") or {}).get("volumes") or {})
+        )
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"Attached {volume_ref} to {record['name']}{_said(record, 'volume')}.")
+
+
+@volume.command("detach")
+@click.argument("volume_ref", metavar="VOLUME")
+@click.argument("instance_ref", metavar="[INSTANCE]", required=False)
+@click.option("--no-wait", is_flag=True, help="Return once asked.")
+@json_option
+@click.pass_obj
+def volume_detach(
+    obj: Context, volume_ref: str, instance_ref: str | None, no_wait: bool, as_json: bool
+) -> None:
+    """Detach a data volume from its instance: hot-unplugged where the hypervisor can,
+    else when the instance next stops (it says which)."""
+    client = obj.client()
+    volume_id = client.request("GET", resource_path("volumes", volume_ref))["id"]
+    body = {"instance": instance_ref} if instance_ref else {}
+    record = client.request("POST", f"{resource_path('volumes', volume_ref)}/detach", body=body)
+
+    def done(r: dict[str, Any]) -> bool:
+        held = (r.get("applied") or {}).get("volumes") or {}
+        deferred = any(volume_id[:12] in n for n in r.get("at_next_start") or [])
+        return volume_id not in held or deferred
+
+    if not no_wait and record["node"]:
+        record = wait_applied(client, record, done)
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"Detached {volume_ref} from {record['name']}{_said(record, 'volume')}.")
 
 
 @instance.command("rm")

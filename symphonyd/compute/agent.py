@@ -1,11 +1,12 @@
 """The compute agent of a node: makes this node's instance records true with libvirt, and
 brings what libvirt sees back to the records.
 
-Built on `reconcile.Reconciler`. `decide_instance` (pure) compares one instance record
+Built on `reconcile.Reconciler`. `compute/decide.py` (pure) compares one instance record
 (and its root volume) with the domain its node has and lists the actions: claim it, build
 it once its root volume is ready (seed ISO, domain definition), define it again when the
 host lost it (a host reboot, the test driver's state after a restart), start, stop
-(graceful with a timeout, or forced), reboot, remove, or record what the domain does now.
+(graceful with a timeout, or forced), reboot, resize, attach or detach a data volume,
+remove, or record what the domain does now.
 A domain that stops without being asked (the guest powered off, crashed, or was destroyed
 behind symphonyd's back) makes the instance `stopped` with the reason, never started
 again by itself.
@@ -30,6 +31,7 @@ from typing import Any
 
 from symphonyd.block.service import PoolDrivers
 from symphonyd.compute import cloudinit
+from symphonyd.compute.decide import decide_instance, detach_note, disk_targets
 from symphonyd.compute.driver import (
     DiskSpec,
     DomainEvent,
@@ -42,11 +44,19 @@ from symphonyd.drivers import Reverter
 from symphonyd.errors import Conflict, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.reconcile import Action, GiveUp, Reconciler, claim, patch, run_blocking
+from symphonyd.reconcile import (
+    Action,
+    GiveUp,
+    Reconciler,
+    RetryLater,
+    claim,
+    patch,
+    run_blocking,
+)
 from symphonyd.security import now_rfc3339
 from symphonyd.state import instances, services, volumes
 
-__all__ = ["ComputeAgent", "OwnedInstance", "decide_instance"]
+__all__ = ["ComputeAgent", "OwnedInstance"]
 
 log = logging.getLogger("symphonyd.compute")
 
@@ -68,60 +78,6 @@ class OwnedInstance:
 class Observed:
     domains: dict[str, DomainInfo] | None  # by instance id; None: the driver did not answer
     unmanaged: tuple[str, ...] = ()
-
-
-def decide_instance(
-    instance: Mapping[str, Any],
-    root: Mapping[str, Any] | None,
-    domain: DomainInfo | None,
-    listed: bool,
-) -> list[Action]:
-    """What is left to do for one instance, given its root volume record and its domain
-    (`listed`: whether the host's domains are known at all)."""
-    status = instance["status"]
-    if status == "deleting":
-        return [Action("remove")]
-    if status == "pending":
-        return [Action("claim")]
-    if status == "failed":
-        return []
-    if status == "creating":
-        if root is None:
-            return [Action("fail", "its root volume is gone")]
-        if root["status"] == "failed":
-            return [Action("fail", f"its root volume failed: {root['status_message']}")]
-        if root["status"] != "ready":
-            return []  # woken when the volume changes
-        return [Action("build")]
-    if not listed:
-        return []
-    if domain is None:
-        return [Action("define")]
-    power, state = instance["power"], domain.state
-    actions: list[Action] = []
-    if state in ("running", "paused"):
-        if power == "stopped":
-            return [Action("stop")]
-        if status != "running":
-            actions.append(Action("record", {"status": "running", "status_message": ""}))
-        if instance.get("restarts", 0) > instance.get("restarts_done", 0):
-            actions.append(Action("reboot"))
-    elif state in ("stopped", "crashed"):
-        if power == "running" and status == "starting":
-            actions.append(Action("start"))
-        elif status in ("running", "stopping", "starting"):
-            why = "the guest was stopped from inside or outside symphonyd"
-            if state == "crashed":
-                why = f"the guest crashed{': ' + domain.reason if domain.reason else ''}"
-            elif status == "stopping":
-                why = ""
-            actions.append(
-                Action("record", {"status": "stopped", "power": "stopped", "status_message": why})
-            )
-    seen = {"vcpus": domain.vcpus, "memory": domain.memory}
-    if instance.get("domain") != seen and not any(a.verb == "record" for a in actions):
-        actions.append(Action("record", {"domain": seen}))
-    return actions
 
 
 class ComputeAgent(Reconciler[OwnedInstance]):
@@ -194,7 +150,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
     def decide(self, record: OwnedInstance, observed: Observed) -> list[Action]:
         domains = observed.domains
         domain = domains.get(record.instance["id"]) if domains is not None else None
-        return decide_instance(record.instance, record.root, domain, domains is not None)
+        hotplug = self.drivers.get(record.service).capabilities.hotplug_disks
+        return decide_instance(record.instance, record.root, domain, domains is not None, hotplug)
 
     # -- act ------------------------------------------------------------------------------
 
@@ -212,7 +169,13 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         elif verb == "define":
             await self._define(record)
             status = "starting" if instance["power"] == "running" else "stopped"
-            await self._set(iid, expect=instance["status"], status=status)
+            await self._set(
+                iid,
+                expect=instance["status"],
+                status=status,
+                applied=self._applied(record),
+                at_next_start=[],
+            )
             log.info(
                 "instance %s defined again (the host had lost it)", iid, extra={"resource": iid}
             )
@@ -224,7 +187,21 @@ class ComputeAgent(Reconciler[OwnedInstance]):
                     record, "start", exc.message, power="stopped", status="stopped"
                 )
                 return
-            await self._set(iid, expect="starting", status="running", status_message="")
+            # a fresh start runs the definition: what waited for it is live now
+            held = {
+                vid: target
+                for vid, target in ((instance.get("applied") or {}).get("volumes") or {}).items()
+                if vid in instance.get("volumes", [])
+            }
+            applied = {**(instance.get("applied") or {}), "volumes": held}
+            await self._set(
+                iid,
+                expect="starting",
+                status="running",
+                status_message="",
+                at_next_start=[],
+                applied=applied,
+            )
             log.info("instance %s started", iid, extra={"resource": iid})
         elif verb == "stop":
             await self._stop(record)
@@ -236,6 +213,13 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             await self._set(iid, restarts_done=instance.get("restarts", 0))
         elif verb == "record":
             await self._set(iid, expect=instance["status"], **action.arg)
+        elif verb == "adopt":
+            applied = {"cpus": instance["cpus"], "memory": instance["memory"], "volumes": {}}
+            await self._set(iid, expect=instance["status"], applied=applied)
+        elif verb == "resize":
+            await self._resize(record)
+        elif verb in ("attach", "detach", "defer detach"):
+            await self._change_disk(record, verb, str(action.arg))
         elif verb == "remove":
             await self._remove(record)
         else:
@@ -277,8 +261,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         if record.root is None:
             raise GiveUp("its root volume is gone")
         disks = [self._disk(record.root, "vda")]
-        for index, volume in enumerate(record.data):
-            disks.append(self._disk(volume, "vd" + chr(ord("b") + index)))
+        for volume, target in zip(record.data, disk_targets(len(record.data)), strict=True):
+            disks.append(self._disk(volume, target))
         folder = instance_dir(self.data_dir, instance["id"])
         return DomainSpec(
             instance_id=instance["id"],
@@ -309,6 +293,17 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         await run_blocking(self._write_seed, record.instance)
         return await run_blocking(driver.define, spec)
 
+    @staticmethod
+    def _applied(record: OwnedInstance) -> dict[str, Any]:
+        """What a definition made from the record holds."""
+        instance = record.instance
+        targets = disk_targets(len(record.data))
+        return {
+            "cpus": instance["cpus"],
+            "memory": instance["memory"],
+            "volumes": {v["id"]: t for v, t in zip(record.data, targets, strict=True)},
+        }
+
     async def _build(self, record: OwnedInstance) -> None:
         """Seed and domain for a claimed instance whose root volume is ready; any failure
         undoes what was made and fails the instance with the reason."""
@@ -330,6 +325,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
                     status=status,
                     status_message="",
                     domain={"vcpus": info.vcpus, "memory": info.memory},
+                    applied=self._applied(record),
+                    at_next_start=[],
                 )
                 undo.keep()
         except Conflict:
@@ -341,6 +338,105 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         except OSError as exc:
             raise GiveUp(str(exc)) from None
         log.info("instance %s defined on %s", iid, self.node, extra={"resource": iid})
+
+    # -- changes of the definition ----------------------------------------------------------
+
+    async def _resize(self, record: OwnedInstance) -> None:
+        """Apply new vCPUs and memory: live where the driver can (up to the domain's
+        maximum), otherwise in the definition, taken at the next start (and said so)."""
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        applied = dict(instance.get("applied") or {})
+        running = await self._state(driver, iid) in ("running", "paused")
+        later = []
+        for key, change in (("cpus", driver.set_vcpus), ("memory", driver.set_memory)):
+            if applied.get(key) == instance[key]:
+                continue
+            live = running and driver.capabilities.live_resize
+            if live:
+                try:
+                    await run_blocking(change, iid, instance[key], True)
+                except SymphonyError as exc:
+                    log.info("instance %s: %s not changed live (%s)", iid, key, exc.message)
+                    live = False
+            if not live:
+                try:
+                    await run_blocking(change, iid, instance[key], False)
+                except SymphonyError as exc:
+                    await self._failed_change(record, "resize", exc.message)
+                    raise RetryLater(f"resize: {exc.message}") from None
+                if running:
+                    later.append(f"{key} {_amount(key, instance[key])} at the next start")
+            applied[key] = instance[key]
+        notes = [
+            n for n in instance.get("at_next_start") or [] if not n.startswith(("cpus ", "memory "))
+        ]
+        await self._set(
+            iid, expect=instance["status"], applied=applied, at_next_start=notes + later
+        )
+        log.info(
+            "instance %s resized%s",
+            iid,
+            " (at its next start)" if later else "",
+            extra={"resource": iid},
+        )
+
+    async def _change_disk(self, record: OwnedInstance, verb: str, volume_id: str) -> None:
+        instance = record.instance
+        iid = instance["id"]
+        driver = self.drivers.get(record.service)
+        applied = dict(instance.get("applied") or {})
+        held = dict(applied.get("volumes") or {})
+        notes = list(instance.get("at_next_start") or [])
+        if verb == "defer detach":
+            await self._set(
+                iid, expect=instance["status"], at_next_start=[*notes, detach_note(volume_id)]
+            )
+            return
+        running = await self._state(driver, iid) in ("running", "paused", "stopping")
+        live = running and driver.capabilities.hotplug_disks
+        if verb == "attach":
+            volume = next((v for v in record.data if v["id"] == volume_id), None)
+            if volume is None:
+                raise RetryLater(f"volume {volume_id} is not known here yet", delay=1.0)
+            target = next(t for t in disk_targets(len(held) + 1) if t not in held.values())
+            disk = await run_blocking(self._disk, volume, target)
+            try:
+                await run_blocking(driver.attach_disk, iid, disk, live)
+            except SymphonyError as exc:
+                await self._failed_change(record, "attach", exc.message)
+                raise RetryLater(f"attach: {exc.message}") from None
+            held[volume_id] = target
+            if running and not live:
+                notes.append(f"volume {volume['name']} is attached at the next start")
+        else:
+            try:
+                await run_blocking(driver.detach_disk, iid, held[volume_id], live)
+            except NoSuchDomain:
+                raise  # defined again at the next pass, without it
+            except NotFound:
+                pass  # the domain does not hold it: detached already
+            except SymphonyError as exc:
+                await self._failed_change(record, "detach", exc.message)
+                raise RetryLater(f"detach: {exc.message}") from None
+            del held[volume_id]
+            notes = [n for n in notes if n != detach_note(volume_id)]
+        await self._set(
+            iid,
+            expect=instance["status"],
+            applied={**applied, "volumes": held},
+            at_next_start=notes,
+            last_error=None,
+        )
+        log.info(
+            "instance %s: volume %s %sed%s",
+            iid,
+            volume_id,
+            verb,
+            "" if live or not running else " (at the next start)",
+            extra={"resource": iid},
+        )
 
     # -- stopping and removing ------------------------------------------------------------
 
@@ -424,6 +520,10 @@ class ComputeAgent(Reconciler[OwnedInstance]):
     async def close(self) -> None:
         await super().close()
         self.drivers.close()
+
+
+def _amount(key: str, value: int) -> str:
+    return f"{value >> 20} MiB" if key == "memory" else str(value)
 
 
 def _quietly_undefine(driver: Any, instance_id: str) -> None:

@@ -10,20 +10,16 @@ without libvirt0. Every libvirt error leaves a public method as one line of the 
 NoSuchDomain, NotSupported, Unreachable (the connection is reopened on the next call), or
 DriverError. It must not import the store, Raft or the API.
 
-Events: `watch()` runs on the event loop. libvirt takes one event implementation per
-process, for good (C `virEventRegisterImpl` ignores a second, libvirt-python raises
-RuntimeError): the first `watch()` registers libvirtaio's on its loop; a later loop takes
-it over only once that loop is closed (tests run a loop each, the daemon one). libvirt
-calls libvirtaio from whichever thread made a libvirt call (`asyncio.to_thread` workers),
-and a loop may only be touched from its own thread: libvirtaio gets the loop through
-`_LoopHandle`, which hands each call to the loop thread. Lifecycle callbacks run on the
-loop thread; the instance id comes from a cache by UUID, or the domain's metadata.
+Events: `watch()` runs on the event loop, and makes libvirt's events run there
+(`libvirt_events`: one event implementation per process, a later loop takes it over once
+the first is closed). Lifecycle callbacks run on the loop thread; the instance id comes
+from a cache by UUID, or the domain's metadata. libvirt's numbers (states, reasons,
+events) read as words through `libvirt_words`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -33,10 +29,11 @@ import sys
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from symphonyd.compute import domain_xml as dx
+from symphonyd.compute import libvirt_words as words
 from symphonyd.compute.driver import (
     Capabilities,
     DiskSpec,
@@ -49,6 +46,7 @@ from symphonyd.compute.driver import (
     NotSupported,
     Unreachable,
 )
+from symphonyd.compute.libvirt_events import events_loop, events_on
 from symphonyd.drivers import Health, host_error
 from symphonyd.errors import DriverError, Invalid, SymphonyError
 
@@ -59,40 +57,7 @@ log = logging.getLogger("symphonyd.compute.libvirt")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-# libvirt's numbers in words. Domain states (virDomainState) as libvirt names them and
-# folded to STATES; the reasons of those that have some; lifecycle events and details.
-_STATES = "nostate:running running:running blocked:running paused:paused shutdown:stopping "
-_STATES += "shutoff:stopped crashed:crashed pmsuspended:paused"
-_REASONS = {
-    1: "unknown booted migrated restored from-snapshot unpaused migration-canceled "
-    "save-canceled wakeup crashed postcopy postcopy-failed",
-    3: "unknown user migration save dump ioerror watchdog from-snapshot shutting-down "
-    "snapshot crashed starting-up postcopy postcopy-failed api-error",
-    4: "unknown user",
-    5: "unknown shutdown destroyed crashed migrated saved failed from-snapshot daemon",
-    6: "unknown panicked",
-}
-_EVENTS = "defined undefined started suspended resumed stopped shutdown pmsuspended crashed"
-_DETAILS = (
-    "added updated renamed from-snapshot",
-    "removed renamed",
-    "booted migrated restored from-snapshot wakeup",
-    "paused migrated ioerror watchdog restored from-snapshot api-error postcopy postcopy-failed",
-    "unpaused migrated from-snapshot postcopy postcopy-failed",
-    "shutdown destroyed crashed migrated saved failed from-snapshot",
-    "finished guest host",
-    "memory disk",
-    "panicked crashloaded",
-)
-
-
-def _word(words: str, index: int) -> str:
-    table = words.split()
-    return table[index] if 0 <= index < len(table) else str(index)
-
-
 _module: Any = None
-_events_lock = threading.Lock()
 
 
 def _libvirt() -> Any:
@@ -118,59 +83,6 @@ def _unless(*codes: str) -> Iterator[None]:
     except lv.libvirtError as exc:
         if exc.get_error_code() not in [getattr(lv, code) for code in codes]:
             raise
-
-
-class _LoopHandle:
-    """The event loop as libvirtaio uses it (readers, writers, tasks), safe from any
-    thread: each call goes to the loop thread by `call_soon_threadsafe`, in order, and is
-    dropped once the loop is closed."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name not in ("add_reader", "remove_reader", "add_writer", "remove_writer"):
-            raise AttributeError(name)
-        method = getattr(self.loop, name)
-
-        def soon(*args: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # closed
-                self.loop.call_soon_threadsafe(method, *args)
-
-        return soon
-
-    def create_task(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        """A future whose cancel() is thread-safe too (libvirtaio cancels its timers)."""
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # closed
-            coro.close()
-            return concurrent.futures.Future()
-
-
-def _events_loop() -> asyncio.AbstractEventLoop | None:
-    """The loop libvirt's events run on (None: not registered yet)."""
-    impl = sys.modules["libvirtaio"].getCurrentImpl() if "libvirtaio" in sys.modules else None
-    loop = impl.loop if impl is not None else None
-    return cast(asyncio.AbstractEventLoop | None, getattr(loop, "loop", loop))
-
-
-def _events_on(loop: asyncio.AbstractEventLoop) -> None:
-    """Make libvirt's events run on `loop` (see the module's docstring)."""
-    _libvirt()
-    import libvirtaio
-
-    with _events_lock:
-        current = _events_loop()
-        if current is None:
-            try:
-                libvirtaio.virEventRegisterAsyncIOImpl(loop=_LoopHandle(loop))
-            except RuntimeError as exc:  # another event implementation came first
-                raise DriverError(f"cannot run libvirt events on asyncio: {exc}") from exc
-        elif current is not loop:
-            if not current.is_closed():
-                raise DriverError("libvirt events already run on another event loop")
-            libvirtaio.getCurrentImpl().loop = _LoopHandle(loop)
 
 
 def _bounded(fn: Callable[[], T], timeout: float) -> T:
@@ -348,7 +260,7 @@ class LibvirtDriver:
         lifecycle = lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE
         self._callback_id = conn.domainEventRegisterAny(None, lifecycle, self._lifecycle, None)
         conn.registerCloseCallback(self._closed, None)
-        self._watch_loop = _events_loop()
+        self._watch_loop = events_loop()
         with _unless("VIR_ERR_NO_SUPPORT"):  # the test driver has no keepalive
             conn.setKeepAlive(5, 3)
 
@@ -400,14 +312,12 @@ class LibvirtDriver:
     def _info(self, dom: Any) -> DomainInfo:
         parsed = dx.parse_domain(dom.XMLDesc(0))
         self._ids[dom.UUIDString()] = parsed.instance_id
-        state, reason = dom.state()
-        raw, _, folded = _word(_STATES, state).partition(":")
-        why = _word(_REASONS.get(state, "unknown"), reason)
+        state, reason = words.domain_state(*dom.state())
         return DomainInfo(
             instance_id=parsed.instance_id,
             name=dom.name(),
-            state=folded or "stopped",
-            reason=f"{raw}: {why}" if why != "unknown" else "",
+            state=state,
+            reason=reason,
             vcpus=parsed.vcpus,
             memory=parsed.memory,
             disks=parsed.disks,
@@ -582,7 +492,8 @@ class LibvirtDriver:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise DriverError("watch() must be called on the running event loop") from None
-        _events_on(loop)
+        _libvirt()  # before libvirtaio imports it: a missing libvirt0 is a DriverError
+        events_on(loop)
         with self._lock:
             self._on_event = on_event
             if self._conn is not None and self._watch_loop is not loop:
@@ -608,9 +519,8 @@ class LibvirtDriver:
             instance_id = self._ids.get(uuid)
             if event == lv.VIR_DOMAIN_EVENT_UNDEFINED:
                 self._ids.pop(uuid, None)
-            details = _DETAILS[event] if 0 <= event < len(_DETAILS) else ""
-            word = _word(_EVENTS, event)
-            on_event(DomainEvent(instance_id, dom.name(), word, _word(details, detail)))
+            what, why = words.lifecycle_event(event, detail)
+            on_event(DomainEvent(instance_id, dom.name(), what, why))
         except Exception:
             log.exception("libvirt: handling a lifecycle event failed")
 
@@ -618,7 +528,7 @@ class LibvirtDriver:
         if conn is not self._conn:
             return
         self._lost = True
-        why = _word("error end-of-file keepalive client", reason)
+        why = words.close_reason(reason)
         log.warning("libvirt: the connection to %s closed (%s)", self.uri, why)
         if self._on_event is not None:
             try:

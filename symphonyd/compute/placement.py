@@ -31,7 +31,14 @@ from symphonyd.state import cluster as cluster_table
 from symphonyd.state import images, instances, nodes, services
 from symphonyd.state.store import Store
 
-__all__ = ["INSTANCE_FIT", "InstanceRequest", "choose_node", "place_instances", "root_volume"]
+__all__ = [
+    "INSTANCE_FIT",
+    "InstanceRequest",
+    "check_resize",
+    "choose_node",
+    "place_instances",
+    "root_volume",
+]
 
 log = logging.getLogger("symphonyd.compute")
 
@@ -103,6 +110,8 @@ def _filter(
             f"node {node} has {max(memory, 0) / GiB:.2f} GiB of memory free, "
             f"{request.memory / GiB:.2f} GiB asked (compute.memory_overcommit {ratio:g})"
         )
+    if request.disk == 0:  # a resize: the root disk is made already
+        return None
     block = committed["block"].get(node)
     if block is None:
         return f"node {node} has no healthy block service for the root disk"
@@ -191,6 +200,23 @@ def _why_not(store: Store, reachable: set[str], request: InstanceRequest) -> str
         else:
             reasons.append(_filter(service, request, committed) or f"{service['node']}: fits")
     return "; ".join(reasons) or "no node has a compute service (`symphonyd service new compute`)"
+
+
+def check_resize(store: Store, record: Mapping[str, Any], resized: Mapping[str, Any]) -> None:
+    """Refuse a resize the instance's node has no room for (its present share counted
+    as free). Call with the store locked."""
+    service = services.get(store, record["service_id"])
+    if service is None:
+        raise Conflict(f"instance {record['name']} has no compute service any more")
+    committed = dict(INSTANCE_FIT.committed(store))
+    used = dict(committed["used"])
+    cpus, memory, count = used.get(service["id"], [0, 0, 0])
+    used[service["id"]] = [cpus - record["cpus"], memory - record["memory"], count]
+    committed["used"] = used
+    request = InstanceRequest(resized["cpus"], resized["memory"], 0, frozenset(), service["node"])
+    short = _filter(service, request, committed)
+    if short is not None:
+        raise Conflict(f"instance {record['name']} cannot be resized: {short}")
 
 
 def root_volume(record: Mapping[str, Any], node: str, block: Mapping[str, Any]) -> dict[str, Any]:

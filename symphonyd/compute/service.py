@@ -19,7 +19,7 @@ from typing import Any
 from symphonyd import scheduler
 from symphonyd.compute import cloudinit
 from symphonyd.compute.driver import ComputeDriver, check_options
-from symphonyd.compute.placement import choose_node
+from symphonyd.compute.placement import check_resize, choose_node
 from symphonyd.errors import Conflict, Invalid, SymphonyError
 from symphonyd.image.service import ImageService
 from symphonyd.raft.cluster import Cluster
@@ -183,6 +183,16 @@ class ComputeService:
         if not isinstance(start, bool):
             raise Invalid("'start' must be true or false")
         node = _text(body, "node")
+        data = [self._volume(ref) for ref in _texts(body, "volumes")]
+        homes = sorted({v["node"] for v in data})
+        if len(homes) > 1:
+            raise Conflict(f"the volumes are on different nodes ({', '.join(homes)})")
+        if homes and node is not None and node != homes[0]:
+            raise Conflict(
+                f"the volumes are on node {homes[0]}: the instance runs there, not on {node}"
+            )
+        if homes:
+            node = homes[0]
         self.cluster.require_schema(EntryType.INSTANCE_CREATE)
         now = now_rfc3339()
         record: dict[str, Any] = {
@@ -196,7 +206,7 @@ class ComputeService:
             "memory": memory,
             "disk": disk,
             "root_volume_id": None,
-            "volumes": [],
+            "volumes": [v["id"] for v in data],
             "network": network,
             "user_data": user_data,
             "network_config": network_config,
@@ -209,6 +219,8 @@ class ComputeService:
             "status_message": "",
             "last_error": None,
             "domain": None,
+            "applied": None,
+            "at_next_start": [],
             "created_at": now,
             "updated_at": now,
         }
@@ -271,6 +283,55 @@ class ComputeService:
             raise Conflict(f"instance {record['name']} is stopped: start it instead")
         await self._set(record["id"], restarts=record.get("restarts", 0) + 1, last_error=None)
         return self.resolve(record["id"])
+
+    async def resize(self, ref: str, cpus: object, memory: object) -> dict[str, Any]:
+        """New vCPUs and/or memory: the node applies them live where its driver can (up to
+        the domain's maximum), otherwise in the definition, taken at the next start."""
+        record = self._live(ref, "be resized")
+        fields: dict[str, Any] = {}
+        if cpus is not None:
+            fields["cpus"] = check_cpus(cpus)
+        if memory is not None:
+            fields["memory"] = check_memory(memory)
+        if not fields:
+            raise Invalid("give cpus, memory or both")
+        if record["service_id"] is not None:
+            with self.cluster.store.lock:
+                check_resize(self.cluster.store, record, {**record, **fields})
+        await self._set(record["id"], last_error=None, **fields)
+        return self.resolve(record["id"])
+
+    def _volume(self, ref: str) -> dict[str, Any]:
+        with self.cluster.store.lock:
+            found = volumes.find(self.cluster.store, ref)
+        volume = dict(resolve_one(found, ref, "volume"))
+        if volume["status"] != "ready":
+            raise Conflict(f"volume {volume['name']} is {volume['status']}, not ready")
+        return volume
+
+    async def attach(self, volume_ref: str, instance_ref: str) -> dict[str, Any]:
+        """Attach a ready data volume to an instance on its node: hot-plugged where the
+        driver can, otherwise in the definition, taken at the next start."""
+        record = self._live(instance_ref, "take a volume")
+        volume = self._volume(volume_ref)
+        body = {"id": record["id"], "volume_id": volume["id"], "now": now_rfc3339()}
+        await self.cluster.propose_ok(Entry(EntryType.INSTANCE_ATTACH, body))
+        return self.resolve(record["id"])
+
+    async def detach(self, volume_ref: str, instance_ref: str | None) -> dict[str, Any]:
+        with self.cluster.store.lock:
+            found = volumes.find(self.cluster.store, volume_ref)
+            volume = dict(resolve_one(found, volume_ref, "volume"))
+            users = [dict(r) for r in instances.using_volume(self.cluster.store, volume["id"])]
+        users = [u for u in users if volume["id"] in u.get("volumes", [])]
+        if instance_ref is not None:
+            wanted = self.resolve(instance_ref)
+            users = [u for u in users if u["id"] == wanted["id"]]
+        if not users:
+            raise Conflict(f"volume {volume['name']} is not attached")
+        body = {"id": users[0]["id"], "volume_id": volume["id"], "now": now_rfc3339()}
+        await self.cluster.propose_ok(Entry(EntryType.INSTANCE_DETACH, body))
+        return self.resolve(users[0]["id"])
 
     async def delete(self, ref: str, keep_volumes: bool) -> dict[str, Any]:
         record = self.resolve(ref)

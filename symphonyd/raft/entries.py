@@ -67,6 +67,8 @@ class EntryType(IntEnum):
     INSTANCE_UPDATE = 81
     INSTANCE_DELETE = 82  # the record goes; its root volume is marked for removal
     INSTANCE_PLACE = 83  # the leader places an instance and creates its root volume
+    INSTANCE_ATTACH = 84  # a data volume wanted on an instance (checked against other users)
+    INSTANCE_DETACH = 85
 
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
@@ -100,6 +102,8 @@ INTRODUCED: dict[int, int] = {
     EntryType.INSTANCE_UPDATE: 6,
     EntryType.INSTANCE_DELETE: 6,
     EntryType.INSTANCE_PLACE: 6,
+    EntryType.INSTANCE_ATTACH: 6,
+    EntryType.INSTANCE_DETACH: 6,
 }
 BODY_VERSIONS: dict[int, int] = {}
 

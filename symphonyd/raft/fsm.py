@@ -182,7 +182,7 @@ def apply_deployment_delete(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_instance_create(store: Store, body: dict[str, Any]) -> Result:
-    return instances.create(store, body["instance"])
+    return references.create_instance(store, body["instance"])
 
 
 def apply_instance_update(store: Store, body: dict[str, Any]) -> Result:
@@ -197,6 +197,14 @@ def apply_instance_place(store: Store, body: dict[str, Any]) -> Result:
     return references.place_instance(
         store, body["id"], body["node"], body["service_id"], body["root_volume"]
     )
+
+
+def apply_instance_attach(store: Store, body: dict[str, Any]) -> Result:
+    return references.attach_volume(store, body["id"], body["volume_id"], body["now"])
+
+
+def apply_instance_detach(store: Store, body: dict[str, Any]) -> Result:
+    return references.detach_volume(store, body["id"], body["volume_id"], body["now"])
 
 
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
@@ -238,6 +246,8 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.INSTANCE_UPDATE: apply_instance_update,
     EntryType.INSTANCE_DELETE: apply_instance_delete,
     EntryType.INSTANCE_PLACE: apply_instance_place,
+    EntryType.INSTANCE_ATTACH: apply_instance_attach,
+    EntryType.INSTANCE_DETACH: apply_instance_detach,
 }
 
 

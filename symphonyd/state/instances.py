@@ -7,8 +7,15 @@ volumes (ids of attached data volumes, in attach order), network (`user` or
 `bridge=NAME`), user_data (text), network_config (a version-2 mapping or None), power
 (what the user wants: `running` or `stopped`), stop ({force, timeout} of the stop asked
 for, or None), status, status_message, last_error ({action, message, at} or None),
-domain ({vcpus, memory} the defined domain has, as its node last saw it; None before it
-is defined), created_at, updated_at.
+domain ({vcpus, memory} the running domain has, as its node last saw it; None before it
+is defined), applied ({cpus, memory, volumes: {volume id: disk target}}: what the
+domain's definition holds, written by its node's agent; None before it is defined),
+at_next_start (changes made to the definition of a running domain that it takes only
+when it next starts, as text for people), created_at, updated_at.
+
+A volume is in use by an instance while it is in its `volumes` (wanted) or in its
+`applied` volumes (the domain still has it: a detach not yet done, or done only in the
+definition of a domain that still runs).
 
 Statuses: `pending` (waiting for a place or for its node to take it), `creating` (its root
 volume, seed and domain being made), `stopped`, `starting`, `running`, `stopping`,
@@ -51,12 +58,19 @@ def find(store: Store, ref: str) -> list[Record]:
     return lookup.matches(all_instances(store), ref, by_id=lambda i: get(store, i))
 
 
+def applied_volumes(record: Record) -> dict[str, str]:
+    """The data volumes the instance's domain holds (volume id -> disk target)."""
+    return dict((record.get("applied") or {}).get("volumes") or {})
+
+
 def using_volume(store: Store, volume_id: str) -> list[Record]:
-    """Instances whose root or data volume is `volume_id`."""
+    """Instances whose root or data volume is `volume_id` (wanted or still applied)."""
     return [
         r
         for r in all_instances(store)
-        if r.get("root_volume_id") == volume_id or volume_id in r.get("volumes", [])
+        if r.get("root_volume_id") == volume_id
+        or volume_id in r.get("volumes", [])
+        or volume_id in applied_volumes(r)
     ]
 
 

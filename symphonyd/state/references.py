@@ -18,9 +18,12 @@ from symphonyd.state.store import Store, failure
 
 __all__ = [
     "add_node_with_token",
+    "attach_volume",
+    "create_instance",
     "delete_image",
     "delete_instance",
     "delete_service",
+    "detach_volume",
     "place_instance",
     "update_volume",
 ]
@@ -54,6 +57,71 @@ def update_volume(
     return volumes.update(store, volume_id, fields, expect_status)
 
 
+def create_instance(store: Store, instance: dict[str, Any]) -> dict[str, Any]:
+    """Record a new instance; the data volumes it asks for must be ready, unused and on
+    one node (where it is then placed)."""
+    nodes_of = set()
+    for volume_id in instance.get("volumes", []):
+        volume = volumes.get(store, volume_id)
+        if volume is None:
+            return failure("not_found", f"no volume {volume_id}")
+        users = [i["name"] for i in instances.using_volume(store, volume_id)]
+        if users:
+            return failure(
+                "conflict", f"volume {volume['name']} is attached to instance {', '.join(users)}"
+            )
+        if volume["status"] != "ready":
+            return failure("conflict", f"volume {volume['name']} is {volume['status']}, not ready")
+        nodes_of.add(volume["node"])
+    if len(nodes_of) > 1:
+        return failure(
+            "conflict", "the volumes are on different nodes: " + ", ".join(sorted(nodes_of))
+        )
+    return instances.create(store, instance)
+
+
+def attach_volume(store: Store, instance_id: str, volume_id: str, now: str) -> dict[str, Any]:
+    """Attach a ready data volume to an instance on the same node (its node's agent puts
+    it in the domain): refused while another instance uses it."""
+    record = instances.get(store, instance_id)
+    volume = volumes.get(store, volume_id)
+    if record is None:
+        return failure("not_found", f"no instance {instance_id}")
+    if volume is None:
+        return failure("not_found", f"no volume {volume_id}")
+    if record["status"] in ("failed", "deleting"):
+        return failure("conflict", f"instance {record['name']} is {record['status']}")
+    if volume_id in record.get("volumes", []):
+        return failure("conflict", f"volume {volume['name']} is already attached to it")
+    users = [i["name"] for i in instances.using_volume(store, volume_id)]
+    if users:
+        return failure(
+            "conflict", f"volume {volume['name']} is attached to instance {', '.join(users)}"
+        )
+    if volume["status"] != "ready":
+        return failure("conflict", f"volume {volume['name']} is {volume['status']}, not ready")
+    if record["node"] is not None and volume["node"] != record["node"]:
+        return failure(
+            "conflict",
+            f"volume {volume['name']} is on node {volume['node']}, instance {record['name']} "
+            f"on node {record['node']}: a volume is attached on its own node",
+        )
+    fields = {"volumes": [*record.get("volumes", []), volume_id], "updated_at": now}
+    return instances.update(store, instance_id, fields)
+
+
+def detach_volume(store: Store, instance_id: str, volume_id: str, now: str) -> dict[str, Any]:
+    """Take a data volume off an instance's wish list; it stays in use until the domain
+    no longer holds it (the agent removes it from `applied`)."""
+    record = instances.get(store, instance_id)
+    if record is None:
+        return failure("not_found", f"no instance {instance_id}")
+    if volume_id not in record.get("volumes", []):
+        return failure("conflict", f"volume {volume_id} is not attached to {record['name']}")
+    wanted = [v for v in record["volumes"] if v != volume_id]
+    return instances.update(store, instance_id, {"volumes": wanted, "updated_at": now})
+
+
 def place_instance(
     store: Store, instance_id: str, node: str, service_id: str, root_volume: dict[str, Any]
 ) -> dict[str, Any]:
@@ -83,6 +151,7 @@ def delete_instance(store: Store, instance_id: str, keep_volumes: bool, now: str
     doomed: list[str] = [record["root_volume_id"]] if record.get("root_volume_id") else []
     if not keep_volumes:
         doomed += list(record.get("volumes", []))
+        doomed += [v for v in instances.applied_volumes(record) if v not in doomed]
     for volume_id in doomed:
         volume = volumes.get(store, volume_id)
         if volume is None:

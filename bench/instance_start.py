@@ -1,0 +1,677 @@
+"""Instance start benchmark: how long a compute instance takes from the request to running,
+against the floor of defining and starting the same libvirt domain directly.
+
+Usage (repository root, symphonyd installed):
+
+    python bench/instance_start.py               # 20 runs of each sequential figure
+    python bench/instance_start.py --quick       # 5 runs (the 3-node burst is still 20)
+    python bench/instance_start.py --no-cluster  # the floor only
+    python bench/instance_start.py --qemu        # also a real guest under qemu (TCG): root
+
+What it times, in one run:
+
+1. Floor: the domain XML symphonyd makes (`domain_xml` of a `DomainSpec` like the agent's:
+   1 vCPU, 64 MiB, one raw disk, the seed ISO, a file console) defined and started with
+   libvirt-python (`defineXML` + `create`) on an isolated test driver (`LibvirtDriver`
+   with uri "" writes its node file), and the same through `LibvirtDriver.define` +
+   `start`. Each domain is destroyed and undefined afterwards (not timed).
+2. One node (block + compute on the test driver with 64 CPUs and 64 GiB, an image made
+   with `testimage.write_image`, `images.min_replicas 1`): `POST /v1/instances` (disk 16M,
+   memory 64M) on the control socket, then `GET /v1/instances/{id}` every 10 ms until it
+   shows `running` (at most 60 s), sequentially; the first status seen of each phase is
+   kept. One creation before them warms the node up (its time is shown, not counted).
+   Also `symphonyd instance create` (which waits itself) and, for the CLI's own cost,
+   `symphonyd instance list`. Every instance is removed after it ran (DELETE, then until
+   the instance and its root volume are gone, at most 60 s), also timed.
+3. Three nodes (the same on each, `images.min_replicas 3` so every node holds the image
+   before the clock starts, one instance per node made and removed to warm them): 20
+   POSTs sent at once from 20 threads to n1, `GET /v1/instances` every 20 ms until all 20
+   run (at most 120 s); the spread over the nodes; then all 20 removed at once.
+4. `--qemu` (root, with libvirtd, virtlogd and qemu-system-x86_64): a libvirtd of its own
+   on a socket in the temp dir (like tests/test_compute_qemu.py; stopped by PID, the
+   iptables rules it added removed), the direct floor on it (`defineXML` + `create` until
+   the boot sector's marker is in the console file) and one node with compute on it
+   (`-o virt_type=qemu`): POST until the marker is in `GET /v1/instances/{id}/console`
+   (every 50 ms, at most 120 s), 5 runs each, each removed after.
+
+p50 and p90 are nearest-rank percentiles. The figures end as a markdown table for
+docs/performance.md with the command line that made them. Every loop is bounded in count
+and in time; every process it starts is stopped by its PID (NodeSet.cleanup, and the
+libvirtd/virtlogd it started), also when a step fails. It must not touch libvirt domains
+it did not define (leftovers are removed by their `symphonyd-bench-` names only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from symphonyd.client import Client
+from symphonyd.compute import cloudinit
+from symphonyd.compute.domain_xml import domain_name, domain_xml
+from symphonyd.compute.driver import DiskSpec, DomainSpec
+from symphonyd.compute.libvirt import LibvirtDriver
+from symphonyd.compute.testimage import MARKER, write_image
+from symphonyd.errors import NotFound
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+T = TypeVar("T")
+MiB = 1 << 20
+GiB = 1 << 30
+IMAGE = "boot"
+PREFIX = "bench-"  # every instance and floor domain: `symphonyd-bench-...` in libvirt
+TEST_CAPACITY = ("-o", "test_cpus=64", "-o", f"test_memory={64 * GiB}")
+SIZES = {"disk": "16M", "memory": "64M"}
+POLL = 0.01  # s between GETs of one instance
+POLL_ALL = 0.02  # s between GETs of the list, 20 at once
+POLL_CONSOLE = 0.05  # s between reads of a console
+LIMIT = 60.0  # s for one instance to run, or to be gone
+LIMIT_ALL = 120.0  # s for 20 at once, and for a guest's marker
+CLI_RUNS = 5
+QEMU_RUNS = 5
+BURST = 20
+MARKER_TEXT = MARKER.decode().strip()
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
+@dataclass
+class Figure:
+    label: str
+    values: list[float]
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        """n, p50, p90 (p90 of one value: -)."""
+        p50 = duration(percentile(self.values, 50)) if self.values else "-"
+        p90 = duration(percentile(self.values, 90)) if len(self.values) > 1 else "-"
+        return [str(len(self.values)), p50, p90]
+
+
+@dataclass
+class Report:
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, label: str, values: list[float], note: str = "") -> None:
+        figure = Figure(label, values, note)
+        self.figures.append(figure)
+        n, p50, p90 = figure.cells()
+        print(f"  {label}: n={n} p50 {p50} p90 {p90} {note}".rstrip(), flush=True)
+
+    def table(self) -> str:
+        lines = ["| measurement | n | p50 | p90 | notes |", "|---|---|---|---|---|"]
+        for f in self.figures:
+            lines.append("| " + " | ".join([f.label, *f.cells(), f.note]) + " |")
+        return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
+        f"Python {platform.python_version()}, load average at start {load}"
+    )
+
+
+def versions(qemu: bool) -> str:
+    import libvirt
+
+    v = libvirt.getVersion()
+    text = f"libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+    if qemu:
+        with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+            out = subprocess.run(
+                ["qemu-system-x86_64", "--version"], capture_output=True, text=True, timeout=30
+            ).stdout
+            text += f", {out.splitlines()[0]}"
+    return text
+
+
+# -- bounded waiting --------------------------------------------------------------------------
+
+
+def poll(check: Callable[[], T | None], limit: float, every: float, what: str) -> T:
+    """`check()` until it returns something other than None or False; at most `limit`
+    seconds and limit / every + 1 tries."""
+    deadline = time.monotonic() + limit
+    for _ in range(int(limit / every) + 1):
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {limit:g} s waiting for {what}")
+
+
+def gone(client: Client, path: str) -> bool:
+    try:
+        client.request("GET", path)
+    except NotFound:
+        return True
+    return False
+
+
+# -- the floor: libvirt-python directly --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A disk and a seed to define domains with, as the agent lays them out."""
+
+    folder: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> Guest:
+        folder.mkdir(mode=0o711)
+        os.chmod(folder, 0o711)  # qemu (libvirt-qemu) opens what is in it
+        disk = folder / "disk.raw"
+        write_image(str(disk))
+        os.truncate(disk, 16 * MiB)
+        guest = cls(folder)
+        guest.seed(folder / "seed.iso")
+        return guest
+
+    def seed(self, path: Path) -> None:
+        """A seed as the agent writes one for an instance without user-data."""
+        name = PREFIX + "floor"
+        user_data = cloudinit.default_user_data([], name)
+        cloudinit.build_seed(str(path), uuid.uuid4().hex, name, user_data)
+
+    def spec(self, index: int) -> DomainSpec:
+        iid = uuid.uuid4().hex
+        disk = DiskSpec(str(self.folder / "disk.raw"), "raw", "vda", iid[:20])
+        return DomainSpec(
+            instance_id=iid,
+            name=f"{PREFIX}floor-{index}",
+            vcpus=1,
+            memory=64 * MiB,
+            disks=(disk,),
+            console_log=str(self.folder / f"console-{index}.log"),
+            seed=str(self.folder / "seed.iso"),
+        )
+
+
+def floor_test(report: Report, base: Path, runs: int) -> None:
+    guest = Guest.make(base / "floor")
+    driver = LibvirtDriver(
+        "", str(base / "floor-data"), test_cpus=64, test_memory=64 * GiB
+    )  # its own test:///<tmp>/compute/libvirt-test.xml
+    try:
+        conn = driver.connection
+        direct = []
+        for i in range(runs):
+            xml = domain_xml(guest.spec(i), "test", None)
+            t0 = time.perf_counter()
+            dom = conn.defineXML(xml)
+            dom.create()
+            direct.append(time.perf_counter() - t0)
+            dom.destroy()
+            dom.undefine()
+        report.add("floor, test driver: libvirt-python `defineXML` + `create`", direct)
+        through = []
+        for i in range(runs):
+            spec = guest.spec(runs + i)
+            t0 = time.perf_counter()
+            driver.define(spec)
+            driver.start(spec.instance_id)
+            through.append(time.perf_counter() - t0)
+            driver.undefine(spec.instance_id)
+        report.add("floor, test driver: `LibvirtDriver.define` + `start`", through)
+        seeds = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            guest.seed(base / f"seed-{i}.iso")
+            seeds.append(time.perf_counter() - t0)
+        report.add("floor: `cloudinit.build_seed` (one per instance, fsynced)", seeds)
+        left = conn.listAllDomains(0)
+        if left:
+            raise RuntimeError(f"the floor left domains: {[d.name() for d in left]}")
+    finally:
+        driver.close()
+
+
+# -- nodes -------------------------------------------------------------------------------------
+
+
+def cli_json(node: NodeProcess, *args: str, timeout: float = 120.0) -> Any:
+    result = node.cli(*args, "--json", timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"symphonyd {' '.join(args)} failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def enable(node: NodeProcess, *compute_args: str) -> None:
+    cli_json(node, "service", "new")
+    cli_json(node, "service", "new", "compute", *compute_args)
+
+
+def import_image(node: NodeProcess, base: Path, replicas: int) -> None:
+    result = node.cli("config", "set", "images.min_replicas", str(replicas))
+    if result.returncode != 0:
+        raise RuntimeError(f"config set failed: {result.stderr.strip()}")
+    disk = base / "boot.raw"
+    if not disk.exists():
+        write_image(str(disk))
+    cli_json(node, "image", "new", "boot sector", IMAGE, str(disk))
+
+
+def services_healthy(node: NodeProcess, members: int) -> None:
+    """Until every member's block and compute services report healthy with a capacity."""
+
+    def ready() -> bool:
+        listed = node.client().request("GET", "/v1/services")["services"]
+        ok = [s for s in listed if (s.get("health") or {}).get("ok") and s.get("capacity")]
+        return len(ok) == 2 * members
+
+    poll(ready, LIMIT, 0.1, f"{2 * members} healthy services")
+
+
+@dataclass
+class Timeline:
+    """One instance's record as last seen, and when (s after the POST) each step was first
+    seen: `posted` (the POST answered), `placed` (it has a node), and each status."""
+
+    record: dict[str, Any]
+    seen: dict[str, float]
+
+
+def create(client: Client, name: str, **extra: str) -> Timeline:
+    """POST an instance (`extra`: more fields of the request); GET it every 10 ms until it
+    runs (at most LIMIT s)."""
+    t0 = time.perf_counter()
+    body = {"name": name, "image": IMAGE, **SIZES, **extra}
+    record = client.request("POST", "/v1/instances", body=body)
+    timeline = Timeline(record, {"posted": time.perf_counter() - t0})
+
+    def note(current: dict[str, Any]) -> bool:
+        """Keep what `current` (just read) shows; True once it runs."""
+        now, seen = time.perf_counter() - t0, timeline.seen
+        timeline.record = current
+        if current.get("node"):
+            seen.setdefault("placed", now)
+        seen.setdefault(current["status"], now)
+        if current["status"] == "failed":
+            raise RuntimeError(f"instance {name} failed: {current['status_message']}")
+        return bool(current["status"] == "running")
+
+    if not note(record):
+        path = f"/v1/instances/{record['id']}"
+        poll(lambda: note(client.request("GET", path)), LIMIT, POLL, f"instance {name} running")
+    return timeline
+
+
+def remove(client: Client, record: dict[str, Any]) -> float:
+    """DELETE an instance; seconds until it is gone (then until its root volume is)."""
+    t0 = time.perf_counter()
+    client.request("DELETE", f"/v1/instances/{record['id']}")
+    poll(lambda: gone(client, f"/v1/instances/{record['id']}"), LIMIT, POLL, "removal")
+    took = time.perf_counter() - t0
+    root = record.get("root_volume_id")
+    if root:
+        poll(lambda: gone(client, f"/v1/volumes/{root}"), LIMIT, POLL, "its root volume gone")
+    return took
+
+
+def phases(report: Report, where: str, timelines: list[Timeline]) -> None:
+    steps = (
+        ("posted", "POST answered"),
+        ("placed", "placed (has a node)"),
+        ("creating", "`creating` first seen (claimed; root volume from the image)"),
+        ("starting", "`starting` first seen (seed and domain defined)"),
+    )
+    for key, what in steps:
+        values = [t.seen[key] for t in timelines if key in t.seen]
+        if values:
+            report.add(f"{where}: {what}", values, "after the POST")
+
+
+def one_node(report: Report, base: Path, runs: int) -> None:
+    nodes = NodeSet(base / "one")
+    try:
+        (node,) = nodes.form(1)
+        enable(node, *TEST_CAPACITY)
+        import_image(node, base, replicas=1)
+        services_healthy(node, 1)
+        client = node.client(timeout=LIMIT)
+        warm = create(client, f"{PREFIX}warm")
+        remove(client, warm.record)
+        timelines, removals = [], []
+        for i in range(runs):
+            timeline = create(client, f"{PREFIX}api-{i}")
+            timelines.append(timeline)
+            removals.append(remove(client, timeline.record))
+        where = "1 node, test driver"
+        report.add(
+            f"{where}: API POST -> `running` (GET every 10 ms)",
+            [t.seen["running"] for t in timelines],
+            f"first (warm-up, not counted): {duration(warm.seen['running'])}",
+        )
+        phases(report, where, timelines)
+        report.add(f"{where}: DELETE -> gone", removals)
+        by_cli = []
+        for i in range(CLI_RUNS):
+            t0 = time.perf_counter()
+            record = cli_json(
+                node, "instance", "create", f"{PREFIX}cli-{i}", "--image", IMAGE,
+                "--disk", SIZES["disk"], "--memory", SIZES["memory"],
+            )  # fmt: skip
+            by_cli.append(time.perf_counter() - t0)
+            if record["status"] != "running":
+                raise RuntimeError(f"instance create answered {record['status']}")
+            remove(client, record)
+        report.add(f"{where}: `symphonyd instance create` (waits itself)", by_cli)
+        listing = []
+        for _ in range(CLI_RUNS):
+            t0 = time.perf_counter()
+            cli_json(node, "instance", "list")
+            listing.append(time.perf_counter() - t0)
+        report.add(f"{where}: `symphonyd instance list` (the CLI's own cost)", listing)
+    finally:
+        nodes.cleanup()
+
+
+def three_nodes(report: Report, base: Path) -> None:
+    nodes = NodeSet(base / "three")
+    try:
+        members = nodes.form(3)
+        for node in members:
+            enable(node, *TEST_CAPACITY)
+        first = members[0]
+        import_image(first, base, replicas=3)
+        client = first.client(timeout=LIMIT)
+
+        def held() -> bool:
+            return len(client.request("GET", f"/v1/images/{IMAGE}")["holders"]) == 3
+
+        poll(held, LIMIT, 0.1, "the image on all three nodes")
+        services_healthy(first, 3)
+        for node in members:  # warm each node up: one instance made there and removed
+            remove(client, create(client, f"{PREFIX}warm-{node.name}", node=node.name).record)
+
+        names = [f"{PREFIX}burst-{i}" for i in range(BURST)]
+        started = time.perf_counter()
+
+        def post(name: str) -> tuple[dict[str, Any], float]:
+            body = {"name": name, "image": IMAGE, **SIZES}
+            record = Client(socket_path=first.socket_path, timeout=LIMIT).request(
+                "POST", "/v1/instances", body=body
+            )
+            return record, time.perf_counter() - started
+
+        with ThreadPoolExecutor(max_workers=BURST) as pool:
+            answers = list(pool.map(post, names))
+        ids = {record["id"] for record, _ in answers}
+        placed_at: dict[str, float] = {}
+        running_at: dict[str, float] = {}
+        spread = {node.name: 0 for node in members}
+
+        def all_running() -> bool:
+            listed = client.request("GET", "/v1/instances")["instances"]
+            now = time.perf_counter() - started
+            for record in (r for r in listed if r["id"] in ids):
+                if record["status"] == "failed":
+                    raise RuntimeError(f"{record['name']} failed: {record['status_message']}")
+                if record["node"]:
+                    placed_at.setdefault(record["id"], now)
+                if record["status"] == "running" and record["id"] not in running_at:
+                    running_at[record["id"]] = now
+                    spread[record["node"]] = spread.get(record["node"], 0) + 1
+            return len(running_at) == len(ids)
+
+        poll(all_running, LIMIT_ALL, POLL_ALL, f"{BURST} instances running")
+        spread_text = ", ".join(f"{name} {count}" for name, count in spread.items())
+        where = f"3 nodes, {BURST} at once"
+        since = "from the first POST"
+        report.add(f"{where}: POST answered", [t for _, t in answers], since)
+        report.add(f"{where}: each placed (has a node)", list(placed_at.values()), since)
+        report.add(f"{where}: each `running`", list(running_at.values()), since)
+        report.add(f"{where}: all `running`", [max(running_at.values())], f"spread: {spread_text}")
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=BURST) as pool:
+            list(pool.map(lambda i: client.request("DELETE", f"/v1/instances/{i}"), sorted(ids)))
+
+        def none_left() -> bool:
+            listed = client.request("GET", "/v1/instances")["instances"]
+            return not any(record["id"] in ids for record in listed)
+
+        poll(none_left, LIMIT_ALL, POLL_ALL, f"{BURST} instances gone")
+        report.add(f"{where}: DELETE all -> all gone", [time.perf_counter() - t0])
+    finally:
+        nodes.cleanup()
+
+
+# -- qemu ----------------------------------------------------------------------------------------
+
+
+def our_domains(uri: str) -> list[str]:
+    listed = subprocess.run(
+        ["virsh", "-c", uri, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout.split()
+    return [name for name in listed if name.startswith(domain_name(PREFIX))]
+
+
+@contextlib.contextmanager
+def libvirtd(base: Path) -> Iterator[str]:
+    """A libvirtd of its own on a socket under `base` (and virtlogd if none runs), as
+    tests/test_compute_qemu.py starts it; yields its URI. Stopped by PID; the domains this
+    benchmark left and the iptables rules libvirtd added are removed."""
+    from tests.test_compute_qemu import _remove_added_rules, _rules, _stop
+
+    run = base / "libvirtd-run"
+    run.mkdir()
+    config = base / "libvirtd.conf"
+    config.write_text(
+        f'unix_sock_dir = "{run}"\nunix_sock_group = "root"\nunix_sock_rw_perms = "0700"\n'
+        'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+    )
+    os.makedirs("/var/log/libvirt", exist_ok=True)
+    before = _rules()
+    started: list[subprocess.Popen[bytes]] = []
+    log = open(base / "daemons.log", "wb")  # noqa: SIM115 (closed below)
+    uri = f"qemu+unix:///system?socket={run}/libvirt-sock"
+    try:
+        if not os.path.exists("/run/libvirt/virtlogd-sock"):
+            started.append(subprocess.Popen(["virtlogd"], stdout=log, stderr=log))
+            wait_until(lambda: os.path.exists("/run/libvirt/virtlogd-sock"), 20, "virtlogd")
+        daemon = subprocess.Popen(
+            ["libvirtd", "-f", str(config), "-p", str(base / "libvirtd.pid")],
+            stdout=log,
+            stderr=log,
+        )
+        started.append(daemon)
+
+        def answers() -> bool:
+            if daemon.poll() is not None:
+                text = (base / "daemons.log").read_text(errors="replace")
+                hint = " (another libvirtd runs on this host)" if "pid file" in text else ""
+                raise RuntimeError(f"libvirtd exited{hint}:\n{text[-2000:]}")
+            probe = subprocess.run(
+                ["virsh", "-c", uri, "version"], capture_output=True, timeout=60, check=False
+            )
+            return probe.returncode == 0
+
+        wait_until(answers, 120, "libvirtd answering", interval=0.5)  # probes qemu first
+        yield uri
+    finally:
+        for name in our_domains(uri):  # only what a failed step left, by our names
+            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
+            subprocess.run(
+                ["virsh", "-c", uri, "undefine", name, "--nvram"], capture_output=True, check=False
+            )
+        for proc in reversed(started):
+            _stop(proc)
+        log.close()
+        _remove_added_rules(before)
+
+
+def marker_in(path: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        return MARKER_TEXT in path.read_text(errors="replace")
+    return False
+
+
+def qemu_floor(report: Report, base: Path, uri: str) -> None:
+    import libvirt
+
+    guest = Guest.make(base / "floor-qemu")
+    conn = libvirt.open(uri)
+    try:
+        started, booted = [], []
+        for i in range(QEMU_RUNS):
+            spec = guest.spec(i)
+            xml = domain_xml(spec, "qemu", None)
+            t0 = time.perf_counter()
+            dom = conn.defineXML(xml)
+            try:
+                dom.create()
+                started.append(time.perf_counter() - t0)
+                booted_now = functools.partial(marker_in, Path(spec.console_log))
+                poll(booted_now, LIMIT_ALL, POLL_CONSOLE, "the marker in the console file")
+                booted.append(time.perf_counter() - t0)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                dom.undefine()
+        report.add("floor, qemu TCG: libvirt-python `defineXML` + `create`", started)
+        report.add("floor, qemu TCG: `defineXML` -> marker in the console file", booted)
+    finally:
+        conn.close()
+
+
+def boot(client: Client, name: str) -> dict[str, float]:
+    """POST an instance; seconds until `running` is first seen and until the marker is in
+    its console (both polled every 50 ms, at most LIMIT_ALL s); then remove it."""
+    t0 = time.perf_counter()
+    body = {"name": name, "image": IMAGE, **SIZES}
+    record = client.request("POST", "/v1/instances", body=body)
+    path = f"/v1/instances/{record['id']}"
+    seen: dict[str, float] = {}
+
+    def marker() -> bool:
+        if "running" not in seen:
+            status = client.request("GET", path)["status"]
+            if status == "failed":
+                raise RuntimeError(f"instance {name} failed")
+            if status == "running":
+                seen["running"] = time.perf_counter() - t0
+        return MARKER_TEXT in client.request("GET", f"{path}/console")["text"]
+
+    poll(marker, LIMIT_ALL, POLL_CONSOLE, "the marker in the console")
+    seen["marker"] = time.perf_counter() - t0
+    remove(client, record)
+    return seen
+
+
+def qemu_node(report: Report, base: Path, uri: str) -> None:
+    nodes = NodeSet(base / "qemu")
+    try:
+        (node,) = nodes.form(1)
+        enable(node, "--uri", uri, "-o", "virt_type=qemu")
+        import_image(node, base, replicas=1)
+        services_healthy(node, 1)
+        client = node.client(timeout=LIMIT)
+        cold = boot(client, f"{PREFIX}qemu-warm")
+        runs = [boot(client, f"{PREFIX}qemu-{i}") for i in range(QEMU_RUNS)]
+        where = "1 node, qemu TCG"
+        running = [seen["running"] for seen in runs if "running" in seen]
+        report.add(f"{where}: API POST -> `running` (GET every 50 ms)", running)
+        report.add(
+            f"{where}: API POST -> marker in `/console` (GET every 50 ms)",
+            [seen["marker"] for seen in runs],
+            f"first (warm-up, not counted): {duration(cold['marker'])}",
+        )
+    finally:
+        nodes.cleanup()
+
+
+def qemu_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "--qemu starts libvirtd: run as root"
+    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            return f"--qemu needs {tool} (scripts/bootstrap --test installs it)"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="runs of each sequential figure")
+    parser.add_argument("--quick", action="store_true", help="5 runs")
+    parser.add_argument("--no-cluster", action="store_true", help="the floor only")
+    parser.add_argument("--qemu", action="store_true", help="also a real guest (root)")
+    args = parser.parse_args()
+    runs = 5 if args.quick else args.runs
+    if not 1 <= runs <= 200:
+        parser.error("--runs must be between 1 and 200")
+    if args.qemu and (why := qemu_missing()):
+        parser.error(why)
+    command = " ".join(["python", "bench/instance_start.py", *sys.argv[1:]])
+    host = f"machine: {machine()}\nsoftware: {versions(args.qemu)}"
+    print(host, flush=True)
+    report = Report()
+    base = Path(tempfile.mkdtemp(prefix="instance-bench-"))
+    os.chmod(base, 0o711)  # qemu (libvirt-qemu) passes through it to the volumes
+    try:
+        floor_test(report, base, runs)
+        if not args.no_cluster:
+            one_node(report, base, runs)
+            three_nodes(report, base)
+        if args.qemu:
+            with libvirtd(base) as uri:
+                qemu_floor(report, base, uri)
+                if not args.no_cluster:
+                    qemu_node(report, base, uri)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(f"`{command}`")
+    print(host)
+    print()
+    print(report.table())
+
+
+if __name__ == "__main__":
+    main()

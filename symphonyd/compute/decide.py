@@ -1,0 +1,109 @@
+"""What the compute agent decides for one instance, purely: from its record, its root
+volume record and the domain its node has, the actions still to do (no I/O, no clock;
+tested without a cluster). The agent (`compute/agent.py`) acts on them.
+
+The power state: a claimed instance is built once its root volume is ready; a defined
+one whose domain the host lost is defined again; `starting` starts, a `stopped` wish
+stops; a domain that stops without being asked makes the instance `stopped` with the
+reason, never started again. The definition: `applied` (what the domain's definition
+holds) is compared with the record; resizes and attaches are applied (live where the
+driver can, otherwise in the definition), a detach of a disk a running guest still holds
+waits for it to stop when the driver cannot hot-unplug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from symphonyd.compute.driver import DomainInfo
+from symphonyd.reconcile import Action
+
+__all__ = ["decide_instance", "detach_note", "disk_targets"]
+
+
+def detach_note(volume_id: str) -> str:
+    return f"volume {volume_id[:12]} is detached when the instance next stops"
+
+
+def decide_instance(
+    instance: Mapping[str, Any],
+    root: Mapping[str, Any] | None,
+    domain: DomainInfo | None,
+    listed: bool,
+    hotplug: bool = False,
+) -> list[Action]:
+    """What is left to do for one instance, given its root volume record and its domain
+    (`listed`: whether the host's domains are known at all; `hotplug`: whether its driver
+    can attach and detach disks of a running domain)."""
+    status = instance["status"]
+    if status == "deleting":
+        return [Action("remove")]
+    if status == "pending":
+        return [Action("claim")]
+    if status == "failed":
+        return []
+    if status == "creating":
+        if root is None:
+            return [Action("fail", "its root volume is gone")]
+        if root["status"] == "failed":
+            return [Action("fail", f"its root volume failed: {root['status_message']}")]
+        if root["status"] != "ready":
+            return []  # woken when the volume changes
+        return [Action("build")]
+    if not listed:
+        return []
+    if domain is None:
+        return [Action("define")]
+    power, state = instance["power"], domain.state
+    actions: list[Action] = []
+    if state in ("running", "paused"):
+        if power == "stopped":
+            return [Action("stop")]
+        if status != "running":
+            actions.append(Action("record", {"status": "running", "status_message": ""}))
+        if instance.get("restarts", 0) > instance.get("restarts_done", 0):
+            actions.append(Action("reboot"))
+    elif state in ("stopped", "crashed"):
+        if power == "running" and status == "starting":
+            actions.append(Action("start"))
+        elif status in ("running", "stopping", "starting"):
+            why = "the guest was stopped from inside or outside symphonyd"
+            if state == "crashed":
+                why = f"the guest crashed{': ' + domain.reason if domain.reason else ''}"
+            elif status == "stopping":
+                why = ""
+            actions.append(
+                Action("record", {"status": "stopped", "power": "stopped", "status_message": why})
+            )
+    seen = {"vcpus": domain.vcpus, "memory": domain.memory}
+    if instance.get("domain") != seen and not any(a.verb == "record" for a in actions):
+        actions.append(Action("record", {"domain": seen}))
+    return actions + _definition_changes(instance, state, hotplug)
+
+
+def _definition_changes(instance: Mapping[str, Any], state: str, hotplug: bool) -> list[Action]:
+    """Resizes, attaches and detaches the domain's definition lacks (`applied`)."""
+    applied = instance.get("applied")
+    if applied is None:  # defined by a version that did not record it
+        return [Action("adopt")]
+    actions = []
+    if (applied.get("cpus"), applied.get("memory")) != (instance["cpus"], instance["memory"]):
+        actions.append(Action("resize"))
+    held = applied.get("volumes") or {}
+    wanted = list(instance.get("volumes", []))
+    actions += [Action("attach", vid) for vid in wanted if vid not in held]
+    running = state in ("running", "paused", "stopping")
+    notes = instance.get("at_next_start") or []
+    for vid in sorted(set(held) - set(wanted)):
+        if running and not hotplug:  # the guest still uses it: wait for it to stop
+            if detach_note(vid) not in notes:
+                actions.append(Action("defer detach", vid))
+        else:
+            actions.append(Action("detach", vid))
+    return actions
+
+
+def disk_targets(count: int) -> list[str]:
+    """Disk targets of data volumes: vdb, vdc, ... (vda is the root disk)."""
+    return ["vd" + chr(ord("b") + i) for i in range(min(count, 24))]
