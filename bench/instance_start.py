@@ -14,12 +14,14 @@ What it times, in one run:
    1 vCPU, 64 MiB, one raw disk, the seed ISO, a file console) defined and started with
    libvirt-python (`defineXML` + `create`) on an isolated test driver (`LibvirtDriver`
    with uri "" writes its node file), and the same through `LibvirtDriver.define` +
-   `start`. Each domain is destroyed and undefined afterwards (not timed).
+   `start`. Each domain is destroyed and undefined afterwards (not timed). Also the seed
+   ISO the agent writes for each instance (`cloudinit.build_seed`).
 2. One node (block + compute on the test driver with 64 CPUs and 64 GiB, an image made
    with `testimage.write_image`, `images.min_replicas 1`): `POST /v1/instances` (disk 16M,
    memory 64M) on the control socket, then `GET /v1/instances/{id}` every 10 ms until it
-   shows `running` (at most 60 s), sequentially; the first status seen of each phase is
-   kept. One creation before them warms the node up (its time is shown, not counted).
+   shows `running` (at most 60 s), sequentially; when each phase was first seen by that
+   poll is kept (a phase shorter than a poll is not seen). One creation before them warms
+   the node up (its time is shown, not counted).
    Also `symphonyd instance create` (which waits itself) and, for the CLI's own cost,
    `symphonyd instance list`. Every instance is removed after it ran (DELETE, then until
    the instance and its root volume are gone, at most 60 s), also timed.
@@ -28,17 +30,19 @@ What it times, in one run:
    POSTs sent at once from 20 threads to n1, `GET /v1/instances` every 20 ms until all 20
    run (at most 120 s); the spread over the nodes; then all 20 removed at once.
 4. `--qemu` (root, with libvirtd, virtlogd and qemu-system-x86_64): a libvirtd of its own
-   on a socket in the temp dir (like tests/test_compute_qemu.py; stopped by PID, the
-   iptables rules it added removed), the direct floor on it (`defineXML` + `create` until
+   on a socket in the temp dir (tests/libvirtd.py: stopped by PID, the iptables
+   rules it added removed), the direct floor on it (`defineXML` + `create` until
    the boot sector's marker is in the console file) and one node with compute on it
    (`-o virt_type=qemu`): POST until the marker is in `GET /v1/instances/{id}/console`
-   (every 50 ms, at most 120 s), 5 runs each, each removed after.
+   (every 50 ms, at most 120 s), 5 runs each, each removed after. With --no-cluster, only
+   the floor on it.
 
 p50 and p90 are nearest-rank percentiles. The figures end as a markdown table for
 docs/performance.md with the command line that made them. Every loop is bounded in count
 and in time; every process it starts is stopped by its PID (NodeSet.cleanup, and the
 libvirtd/virtlogd it started), also when a step fails. It must not touch libvirt domains
-it did not define (leftovers are removed by their `symphonyd-bench-` names only).
+it did not define (leftovers under its own socket are removed by their `symphonyd-`
+names only).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +70,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from symphonyd.client import Client
 from symphonyd.compute import cloudinit
-from symphonyd.compute.domain_xml import domain_name, domain_xml
+from symphonyd.compute.domain_xml import domain_xml
 from symphonyd.compute.driver import DiskSpec, DomainSpec
 from symphonyd.compute.libvirt import LibvirtDriver
 from symphonyd.compute.testimage import MARKER, write_image
 from symphonyd.errors import NotFound
-from tests.nodes import NodeProcess, NodeSet, wait_until
+from tests.libvirtd import running_libvirtd
+from tests.nodes import NodeProcess, NodeSet
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -155,6 +160,14 @@ def versions(qemu: bool) -> str:
 
     v = libvirt.getVersion()
     text = f"libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        describe = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        text = f"symphonyd {describe or '?'}, {text}"
     if qemu:
         with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
             out = subprocess.run(
@@ -360,7 +373,7 @@ def phases(report: Report, where: str, timelines: list[Timeline]) -> None:
     for key, what in steps:
         values = [t.seen[key] for t in timelines if key in t.seen]
         if values:
-            report.add(f"{where}: {what}", values, "after the POST")
+            report.add(f"{where}: {what}", values, "first seen by the 10 ms poll")
 
 
 def one_node(report: Report, base: Path, runs: int) -> None:
@@ -482,71 +495,6 @@ def three_nodes(report: Report, base: Path) -> None:
 # -- qemu ----------------------------------------------------------------------------------------
 
 
-def our_domains(uri: str) -> list[str]:
-    listed = subprocess.run(
-        ["virsh", "-c", uri, "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout.split()
-    return [name for name in listed if name.startswith(domain_name(PREFIX))]
-
-
-@contextlib.contextmanager
-def libvirtd(base: Path) -> Iterator[str]:
-    """A libvirtd of its own on a socket under `base` (and virtlogd if none runs), as
-    tests/test_compute_qemu.py starts it; yields its URI. Stopped by PID; the domains this
-    benchmark left and the iptables rules libvirtd added are removed."""
-    from tests.test_compute_qemu import _remove_added_rules, _rules, _stop
-
-    run = base / "libvirtd-run"
-    run.mkdir()
-    config = base / "libvirtd.conf"
-    config.write_text(
-        f'unix_sock_dir = "{run}"\nunix_sock_group = "root"\nunix_sock_rw_perms = "0700"\n'
-        'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
-    )
-    os.makedirs("/var/log/libvirt", exist_ok=True)
-    before = _rules()
-    started: list[subprocess.Popen[bytes]] = []
-    log = open(base / "daemons.log", "wb")  # noqa: SIM115 (closed below)
-    uri = f"qemu+unix:///system?socket={run}/libvirt-sock"
-    try:
-        if not os.path.exists("/run/libvirt/virtlogd-sock"):
-            started.append(subprocess.Popen(["virtlogd"], stdout=log, stderr=log))
-            wait_until(lambda: os.path.exists("/run/libvirt/virtlogd-sock"), 20, "virtlogd")
-        daemon = subprocess.Popen(
-            ["libvirtd", "-f", str(config), "-p", str(base / "libvirtd.pid")],
-            stdout=log,
-            stderr=log,
-        )
-        started.append(daemon)
-
-        def answers() -> bool:
-            if daemon.poll() is not None:
-                text = (base / "daemons.log").read_text(errors="replace")
-                hint = " (another libvirtd runs on this host)" if "pid file" in text else ""
-                raise RuntimeError(f"libvirtd exited{hint}:\n{text[-2000:]}")
-            probe = subprocess.run(
-                ["virsh", "-c", uri, "version"], capture_output=True, timeout=60, check=False
-            )
-            return probe.returncode == 0
-
-        wait_until(answers, 120, "libvirtd answering", interval=0.5)  # probes qemu first
-        yield uri
-    finally:
-        for name in our_domains(uri):  # only what a failed step left, by our names
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
-            subprocess.run(
-                ["virsh", "-c", uri, "undefine", name, "--nvram"], capture_output=True, check=False
-            )
-        for proc in reversed(started):
-            _stop(proc)
-        log.close()
-        _remove_added_rules(before)
-
-
 def marker_in(path: Path) -> bool:
     with contextlib.suppress(FileNotFoundError):
         return MARKER_TEXT in path.read_text(errors="replace")
@@ -560,7 +508,7 @@ def qemu_floor(report: Report, base: Path, uri: str) -> None:
     conn = libvirt.open(uri)
     try:
         started, booted = [], []
-        for i in range(QEMU_RUNS):
+        for i in range(QEMU_RUNS + 1):  # the first warms libvirtd up (not counted)
             spec = guest.spec(i)
             xml = domain_xml(spec, "qemu", None)
             t0 = time.perf_counter()
@@ -575,8 +523,10 @@ def qemu_floor(report: Report, base: Path, uri: str) -> None:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
                 dom.undefine()
-        report.add("floor, qemu TCG: libvirt-python `defineXML` + `create`", started)
-        report.add("floor, qemu TCG: `defineXML` -> marker in the console file", booted)
+        where = "floor, qemu TCG"
+        first = f"first (warm-up, not counted): {duration(booted[0])}"
+        report.add(f"{where}: libvirt-python `defineXML` + `create`", started[1:])
+        report.add(f"{where}: `defineXML` -> marker in the console file", booted[1:], first)
     finally:
         conn.close()
 
@@ -660,7 +610,7 @@ def main() -> None:
             one_node(report, base, runs)
             three_nodes(report, base)
         if args.qemu:
-            with libvirtd(base) as uri:
+            with running_libvirtd(base) as uri:
                 qemu_floor(report, base, uri)
                 if not args.no_cluster:
                     qemu_node(report, base, uri)

@@ -78,6 +78,7 @@ def node_status(
                 "status": record.get("status", "unknown"),
                 "version": record.get("version"),
                 "schema": record.get("schema", 1),
+                "cordoned": bool(record.get("cordoned", False)),
             }
         )
     members.sort(key=lambda m: (m["name"], m["raft_addr"]))

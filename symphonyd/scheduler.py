@@ -1,7 +1,8 @@
 """Placement: which node's service gets a new resource, one fit function per kind.
 
 Placement is generic (`best`): the healthy services of a type on nodes this node is
-connected to, filtered and scored by the kind's `Fit` (volumes: `VOLUME_FIT`; instances
+connected to and that are not cordoned (`node evacuate`), filtered and scored by the
+kind's `Fit` (volumes: `VOLUME_FIT`; instances
 bring their own cpu/memory/disk fit).
 
 The API handler checks that a placement exists (so a request that cannot be served is
@@ -79,6 +80,8 @@ def best(store: Store, reachable: set[str], fit: Fit[Q], request: Q) -> dict[str
         health = service.get("health") or {}
         if not health.get("ok") or service["node"] not in reachable:
             continue
+        if (nodes.get(store, service["node"]) or {}).get("cordoned"):
+            continue  # `node evacuate`: nothing new is placed there
         if fit.filter(service, request, committed) is not None:
             continue
         fitting.append((fit.score(service, request, committed), service["node"], dict(service)))

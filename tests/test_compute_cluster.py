@@ -77,3 +77,68 @@ def test_placement_by_capacity_and_a_killed_node(nodeset: NodeSet, tmp_path: Pat
     wait_until(lambda: "defined again" in n1.log_path.read_text(), 30, "the domain defined again")
     wait_until(lambda: instance(n3, "narrow")["status"] == "running", 30, "narrow running")
     wait_until(lambda: instance(n1, "narrow")["status"] == "running", 30, "running on n1 too")
+
+
+def test_move_evacuate_and_restore(nodeset: NodeSet, tmp_path: Path) -> None:
+    nodes = nodeset.form(3)
+    n1, n2, n3 = nodes
+    for node in nodes:
+        run_json(node, "service", "new")
+        run_json(node, "service", "new", "compute", "-o", "test_cpus=4")
+    assert n1.cli("config", "set", "images.min_replicas", "1").returncode == 0
+    disk = tmp_path / "boot.raw"
+    write_image(str(disk))
+    run_json(n1, "image", "new", "boot sector", "boot", str(disk))
+    data = run_json(n1, "volume", "create", "data", "--size", "8M", "--node", "n1")
+    pool = Path("volumes") / "default"
+    # what a guest would have written, in the data disk's file on n1
+    marker = b"written by the guest before the move"
+    with open(n1.data_dir / pool / f"{data['id']}.raw", "r+b") as f:
+        f.seek(4096)
+        f.write(marker)
+    made = run_json(n1, "instance", "create", "web", "--image", "boot", "--disk", "16M",
+                    "--memory", "64M", "--volume", "data")  # fmt: skip
+    assert (made["node"], made["status"]) == ("n1", "running")
+    sources = [n1.data_dir / pool / f"{v}.raw" for v in (made["root_volume_id"], data["id"])]
+    contents = [p.read_bytes() for p in sources]
+
+    same = n1.cli("instance", "move", "web", "--node", "n1")
+    assert same.returncode == 1 and "is on node n1 already" in same.stderr
+    moved = n3.cli("instance", "move", "web", "--node", "n2")
+    assert moved.returncode == 0, moved.stderr
+    assert "running on node n2" in moved.stdout
+    record = instance(n1, "web")
+    assert (record["node"], record["status"], record["move"]) == ("n2", "running", None)
+    # its volumes are on n2 now, under their names, with the same content
+    root = run_json(n1, "volume", "show", "web-root")
+    moved_data = run_json(n1, "volume", "show", "data")
+    assert (root["node"], moved_data["node"]) == ("n2", "n2")
+    assert root["id"] == record["root_volume_id"] and record["volumes"] == [moved_data["id"]]
+    copies = [n2.data_dir / pool / f"{v['id']}.raw" for v in (root, moved_data)]
+    assert [p.read_bytes() for p in copies] == contents
+    assert marker in copies[1].read_bytes()
+    wait_until(lambda: not any(p.exists() for p in sources), 20, "the source copies removed")
+    wait_until(lambda: "on another node" in n1.log_path.read_text(), 20, "n1's domain removed")
+
+    # Evacuate n2: it is cordoned, and web moves to another node.
+    evacuated = n1.cli("node", "evacuate", "n2")
+    assert evacuated.returncode == 0, evacuated.stderr
+    assert "n2 is cordoned" in evacuated.stdout and "web: moved" in evacuated.stdout
+    record = instance(n1, "web")
+    assert record["node"] in ("n1", "n3") and record["status"] == "running"
+    listed = n1.cli("node", "list")
+    assert "(cordoned)" in listed.stdout
+    small = ("--image", "boot", "--disk", "16M", "--memory", "64M", "--no-start")
+    refused = n1.cli("instance", "create", "late", *small, "--node", "n2")
+    assert refused.returncode == 1 and "node n2 is cordoned" in refused.stderr
+    assert n1.cli("node", "restore", "n2").returncode == 0
+    assert run_json(n1, "instance", "create", "late", *small, "--node", "n2")["node"] == "n2"
+
+    # An offline node: its instances' volumes cannot be read, so they cannot move.
+    run_json(n1, "instance", "create", "far", *small, "--node", "n3")
+    n3.kill()
+    wait_until(lambda: instance(n1, "far")["status"] == "unknown", 30, "far unknown")
+    offline = n1.cli("node", "evacuate", "n3")
+    assert offline.returncode == 1
+    assert "far: instance far cannot move: its volumes are only on node n3" in offline.stdout
+    assert instance(n1, "far")["node"] == "n3"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,109 +20,20 @@ from typing import Any
 import pytest
 
 from symphonyd.compute.testimage import MARKER, write_image
+from tests.libvirtd import TOOLS, running_libvirtd
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.privileged]
-
-TABLES = ("filter", "nat", "mangle")
-
-
-def _rules() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    if shutil.which("iptables") is None:
-        return found
-    for table in TABLES:
-        result = subprocess.run(
-            ["iptables", "-t", table, "-S"], capture_output=True, text=True, check=False
-        )
-        found[table] = result.stdout.splitlines() if result.returncode == 0 else []
-    return found
-
-
-def _remove_added_rules(before: dict[str, list[str]]) -> None:
-    """Undo the iptables rules and chains that appeared while libvirtd ran."""
-    for table, rules in _rules().items():
-        added = [r for r in rules if r not in before.get(table, [])]
-        for rule in added:
-            if rule.startswith("-A "):
-                subprocess.run(["iptables", "-t", table, "-D", *rule.split()[1:]], check=False)
-        for rule in added:
-            if rule.startswith("-N "):
-                chain = rule.split()[1]
-                subprocess.run(["iptables", "-t", table, "-F", chain], check=False)
-                subprocess.run(["iptables", "-t", table, "-X", chain], check=False)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("starts libvirtd: needs root (CI runs as root)")
-    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):
+    for tool in TOOLS:
         assert shutil.which(tool), f"{tool} is missing: run scripts/bootstrap --test"
-    base = tmp_path_factory.mktemp("libvirtd")
-    run = base / "run"
-    run.mkdir()
-    config = base / "libvirtd.conf"
-    config.write_text(
-        f'unix_sock_dir = "{run}"\nunix_sock_group = "root"\nunix_sock_rw_perms = "0700"\n'
-        'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
-    )
-    # What this container needs for libvirtd's qemu driver (see ARCHITECTURE.md).
-    os.makedirs("/var/log/libvirt", exist_ok=True)
-    if os.path.exists("/dev/kvm"):
-        shutil.chown("/dev/kvm", group="kvm")
-        os.chmod("/dev/kvm", 0o660)
-    before = _rules()
-    started: list[subprocess.Popen[bytes]] = []
-    log = open(base / "daemons.log", "wb")  # noqa: SIM115 (closed below)
-    uri = f"qemu+unix:///system?socket={run}/libvirt-sock"
-    try:
-        if not os.path.exists("/run/libvirt/virtlogd-sock"):
-            started.append(subprocess.Popen(["virtlogd"], stdout=log, stderr=log))
-            wait_until(lambda: os.path.exists("/run/libvirt/virtlogd-sock"), 20, "virtlogd")
-        libvirtd = subprocess.Popen(
-            ["libvirtd", "-f", str(config), "-p", str(base / "libvirtd.pid")],
-            stdout=log,
-            stderr=log,
-        )
-        started.append(libvirtd)
-
-        def answers() -> bool:
-            assert libvirtd.poll() is None, (base / "daemons.log").read_text()[-2000:]
-            probe = subprocess.run(
-                ["virsh", "-c", uri, "version"], capture_output=True, timeout=60, check=False
-            )
-            return probe.returncode == 0
-
-        # the first connection probes qemu's capabilities: it can take a while
-        wait_until(answers, 120, "libvirtd answering", interval=0.5)
+    with running_libvirtd(tmp_path_factory.mktemp("libvirtd")) as uri:
         yield uri
-    finally:
-        leftovers = subprocess.run(
-            ["virsh", "-c", uri, "list", "--all", "--name"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        for name in leftovers:  # only what a failed test left, by name under our socket
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
-            subprocess.run(
-                ["virsh", "-c", uri, "undefine", name, "--nvram"], capture_output=True, check=False
-            )
-        for proc in reversed(started):
-            _stop(proc)
-        log.close()
-        _remove_added_rules(before)
 
 
 def run_json(node: NodeProcess, *args: str) -> Any:

@@ -137,6 +137,7 @@ def test_entry_type_codes_are_never_reused() -> None:
         "INSTANCE_PLACE": 83,
         "INSTANCE_ATTACH": 84,
         "INSTANCE_DETACH": 85,
+        "INSTANCE_MOVE": 86,
     }
 
 
@@ -870,6 +871,66 @@ def check_instance_detach(fsm: FSM, before: dict[str, Any]) -> None:
     assert again["ok"] is False and "not attached" in again["error"]["message"]
 
 
+def move(fsm: FSM, step: str, **body: Any) -> dict[str, Any]:
+    return apply_entry(fsm, EntryType.INSTANCE_MOVE, {"id": "inst1", "step": step, "now": LATER,
+                                                      **body})  # fmt: skip
+
+
+def check_instance_move(fsm: FSM, before: dict[str, Any]) -> None:
+    place_instance(fsm)
+    ready = {"status": "ready"}
+    apply_entry(fsm, EntryType.VOLUME_UPDATE, {"id": "root1", "fields": ready})
+    running = {"id": "inst1", "fields": {"status": "running"}}
+    apply_entry(fsm, EntryType.INSTANCE_UPDATE, running)
+    target = {"node": "n2", "service_id": "c2", "block_service_id": "b2", "pool": "default",
+              "was_running": True, "timeout": 60.0}  # fmt: skip
+    assert move(fsm, "begin", move={**target, "node": "n1"})["ok"] is False  # its own node
+    assert move(fsm, "begin", move=target)["ok"]
+    record = fsm.store.get("instances", "inst1")
+    assert (record["status"], record["power"], record["move"]["phase"]) == (
+        "stopping",
+        "stopped",
+        "stopping",
+    )
+    assert move(fsm, "begin", move=target)["ok"] is False  # one move at a time
+    early = move(fsm, "copy", volumes=[])
+    assert early["ok"] is False and "not stopped" in early["error"]["message"]
+    apply_entry(fsm, EntryType.INSTANCE_UPDATE, {"id": "inst1", "fields": {"status": "stopped"}})
+    copy = {**ROOT, "id": "copy1", "name": "web-root-mv-1", "node": "n2", "status": "pending",
+            "source": {"volume_id": "root1", "node": "n1", "format": "raw"}}  # fmt: skip
+    assert move(fsm, "copy", volumes=[copy])["ok"]
+    assert fsm.store.get("instances", "inst1")["move"]["volumes"] == {"root1": "copy1"}
+    # the copy is held by the move: it cannot be removed on its own
+    doomed = {"id": "copy1", "fields": {"status": "deleting"}}
+    assert apply_entry(fsm, EntryType.VOLUME_UPDATE, doomed)["ok"] is False
+    not_yet = move(fsm, "switch")
+    assert not_yet["ok"] is False and "not ready" in not_yet["error"]["message"]
+    apply_entry(fsm, EntryType.VOLUME_UPDATE, {"id": "copy1", "fields": ready})
+    assert move(fsm, "switch")["ok"]
+    record = fsm.store.get("instances", "inst1")
+    assert (record["node"], record["root_volume_id"], record["status"], record["power"]) == (
+        "n2",
+        "copy1",
+        "creating",
+        "running",
+    )
+    assert move(fsm, "finish")["ok"]
+    assert fsm.store.get("instances", "inst1")["move"] is None
+    assert fsm.store.get("volumes", "root1")["status"] == "deleting"
+    assert fsm.store.get("volumes", "copy1")["name"] == "web-root"
+    # an aborted move removes its copies and starts the instance again where it was
+    apply_entry(fsm, EntryType.INSTANCE_UPDATE, {"id": "inst1", "fields": {"status": "stopped"}})
+    assert move(fsm, "begin", move={**target, "node": "n3"})["ok"]
+    copy2 = {**copy, "id": "copy2", "name": "web-root-mv-2",
+             "source": {"volume_id": "copy1", "node": "n2", "format": "raw"}}  # fmt: skip
+    assert move(fsm, "copy", volumes=[copy2])["ok"]
+    assert move(fsm, "abort", reason="the copy failed")["ok"]
+    record = fsm.store.get("instances", "inst1")
+    assert record["move"] is None and record["status"] == "starting"
+    assert record["last_error"]["message"] == "the copy failed"
+    assert fsm.store.get("volumes", "copy2") is None  # pending: removed at once
+
+
 CHECKS = {
     EntryType.BARRIER: check_barrier,
     EntryType.CLUSTER_INIT: check_cluster_init,
@@ -911,6 +972,7 @@ CHECKS = {
     EntryType.INSTANCE_PLACE: check_instance_place,
     EntryType.INSTANCE_ATTACH: check_instance_attach,
     EntryType.INSTANCE_DETACH: check_instance_detach,
+    EntryType.INSTANCE_MOVE: check_instance_move,
 }
 
 

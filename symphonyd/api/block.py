@@ -10,7 +10,7 @@ from aiohttp import web
 from symphonyd.api.progress import with_progress
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.service import BlockService
-from symphonyd.errors import Invalid, NotFound
+from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.state import lvm
 
 
@@ -65,6 +65,22 @@ async def snapshot_volume(request: web.Request) -> web.Response:
     return json_response(
         await block_of(request).snapshot(request.match_info["ref"], name), status=202
     )
+
+
+def _node_only(request: web.Request) -> None:
+    if request.get("principal") != "node":
+        raise Forbidden("a volume's content is read by the members' daemons only")
+
+
+async def volume_digest(request: web.Request) -> web.Response:
+    _node_only(request)
+    return json_response(await block_of(request).digest(request.match_info["ref"]))
+
+
+async def volume_content(request: web.Request) -> web.StreamResponse:
+    _node_only(request)
+    _volume, path = await block_of(request).readable_path(request.match_info["ref"])
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 
 TABLES = {"pvs": lvm.PVS, "vgs": lvm.VGS}
@@ -187,6 +203,20 @@ ROUTES = [
         snapshot_volume,
         "Snapshot a volume",
         body={"type": "object", "properties": {"name": {"type": "string"}}},
+    ),
+    Route(
+        "GET",
+        "/v1/volumes/{ref}/digest",
+        volume_digest,
+        "SHA-256 and size of a volume, read whole on its node (members' daemons only)",
+        responses={403: "not a member's daemon", 409: "in use by a running instance"},
+    ),
+    Route(
+        "GET",
+        "/v1/volumes/{ref}/content",
+        volume_content,
+        "A volume's content, Range requests resume (members' daemons only; its node only)",
+        responses={403: "not a member's daemon", 409: "in use by a running instance"},
     ),
     Route(
         "POST",

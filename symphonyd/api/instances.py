@@ -139,6 +139,34 @@ async def detach_volume(request: web.Request) -> web.Response:
     return json_response(_views(request, [record])[0], status=202)
 
 
+async def move_instance(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"node"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    node = body.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        raise Invalid("'node' must be text")
+    record = await compute_of(request).move(request.match_info["ref"], node)
+    return json_response(_views(request, [record])[0], status=202)
+
+
+async def evacuate_node(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"stop_only"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    stop_only = body.get("stop_only", False)
+    if not isinstance(stop_only, bool):
+        raise Invalid("'stop_only' must be true or false")
+    result = await compute_of(request).evacuate(request.match_info["name"], stop_only)
+    return json_response(result, status=202)
+
+
+async def restore_node(request: web.Request) -> web.Response:
+    return json_response(await compute_of(request).restore(request.match_info["name"]))
+
+
 async def delete_instance(request: web.Request) -> web.Response:
     keep = flag(request, "keep_volumes")
     result = await compute_of(request).delete(request.match_info["ref"], keep)
@@ -285,6 +313,37 @@ ROUTES = [
             "properties": {"instance": {"type": "string"}},
         },
         responses={202: "asked", 409: "not attached"},
+    ),
+    Route(
+        "POST",
+        "/v1/instances/{ref}/move",
+        move_instance,
+        "Move an instance to another node, cold (stopped, volumes copied verified, "
+        "started there if it ran)",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"node": {"type": "string", "description": "default: the best"}},
+        },
+        responses={202: "moving", 409: "cannot move, or no node can take it"},
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/evacuate",
+        evacuate_node,
+        "Cordon a node and move its instances to others (or only stop them)",
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"stop_only": {"type": "boolean"}},
+        },
+        responses={202: "{node, cordoned, moving, stopped, cannot: [{name, reason}]}"},
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/restore",
+        restore_node,
+        "Uncordon a node (nothing moves back)",
     ),
     Route(
         "DELETE",

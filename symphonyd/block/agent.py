@@ -7,7 +7,8 @@ image copy never holds up a delete, a resize or a new empty volume on the same n
 Work is claimed through the log (`pending` -> `creating` only if still `pending`), so two
 nodes never act on one volume. A volume found `creating` with no worker was interrupted
 (the node stopped): its leftovers are removed and it is made again. Volumes in a pool
-without a record are removed, against a store known to be current.
+without a record are removed, against a store known to be current. A volume with a
+`source` is a copy of another node's volume (an instance's move, `block/transfer.py`).
 
 A change of a ready volume that fails (a resize the pool has no room for, a snapshot)
 sets the record's `last_error` (`{action, message, at}`, with a `status_message` for
@@ -21,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from symphonyd.block.driver import NoSuchVolume, NotSupported, VolumeInfo
 from symphonyd.block.service import PoolDrivers
+from symphonyd.block.transfer import VolumeSource, fetch_volume, transfer_dir
 from symphonyd.errors import Conflict, SymphonyError
 from symphonyd.image.service import ImageService
 from symphonyd.progress import ProgressBoard
@@ -110,6 +113,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         self.board = board  # how far each volume being made is (never in the log)
         self.drivers = drivers
         self.images = images
+        self.sources = VolumeSource(cluster.store, images.fingerprint, images.credential)
         self._scanned_ids: set[str] | None = None  # this node's volumes at the last scan
         self._scanned_at = 0.0
         self._my_services: dict[str, dict[str, Any]] = {}
@@ -261,9 +265,15 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         volume = record.volume
         vid = volume["id"]
         driver = self.drivers.get(record.service, volume["pool"])
+        copied = None
         try:
             image_path = image_format = None
-            if volume["image_id"]:
+            if volume.get("source"):  # a copy of another node's volume (a move)
+                copied = os.path.join(transfer_dir(self.drivers.data_dir), f"{vid}.part")
+                await fetch_volume(self.sources, volume["source"], copied, progress)
+                image_path, image_format = copied, volume["source"]["format"]
+                progress.set_stage("copying volume", volume["size"])
+            elif volume["image_id"]:
                 image_record = self.images.resolve(volume["image_id"])
                 image_id = image_record["id"]
                 progress.set_stage(
@@ -289,6 +299,10 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             raise GiveUp(exc.message) from None
         except OSError as exc:
             raise GiveUp(str(exc)) from None
+        finally:
+            if copied is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(copied)
         return info
 
     # -- orphans ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ a waiting client knows that an error it sees afterwards is about the state it as
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
@@ -28,7 +29,7 @@ from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import patch
 from symphonyd.security import new_id, now_rfc3339
-from symphonyd.state import lvm, services, volumes
+from symphonyd.state import instances, lvm, services, volumes
 from symphonyd.state.lookup import resolve_one
 from symphonyd.validation import check_name, parse_size
 
@@ -253,6 +254,38 @@ class BlockService:
         await self._set(volume["id"], status="deleting", status_message="", last_error=None)
         return self.resolve(volume["id"])
 
+    async def readable_path(self, ref: str) -> tuple[dict[str, Any], str]:
+        """The file (or device) of a volume of this node that may be read whole: ready, and
+        no instance running on it (a copy of a disk in use would not be consistent)."""
+        volume = self.resolve(ref)
+        if volume["node"] != self.node:
+            raise Conflict(f"volume {volume['name']} is on node {volume['node']}, not here")
+        if volume["status"] != "ready":
+            raise Conflict(f"volume {volume['name']} is {volume['status']}, not ready")
+        with self.cluster.store.lock:
+            store = self.cluster.store
+            busy = [
+                i["name"]
+                for i in instances.using_volume(store, volume["id"])
+                if i["status"] not in ("stopped", "failed")
+            ]
+            service = services.get(store, volume["service_id"] or "")
+        if busy:
+            raise Conflict(f"volume {volume['name']} is in use by running instance {busy[0]}")
+        if service is None:
+            raise Conflict(f"volume {volume['name']} has no service")
+        driver = self.drivers.get(dict(service), volume["pool"])
+        found = (await asyncio.to_thread(driver.volumes)).get(volume["id"])
+        if found is None:
+            raise Conflict(f"volume {volume['name']} is not in its pool")
+        return volume, found.path
+
+    async def digest(self, ref: str) -> dict[str, Any]:
+        """SHA-256 and size of a volume of this node, read whole (for a verified copy)."""
+        volume, path = await self.readable_path(ref)
+        sha256, size = await asyncio.to_thread(_hash_file, path)
+        return {"id": volume["id"], "sha256": sha256, "size": size, "format": volume["format"]}
+
     def _footprint(self) -> tuple[Any, ...]:
         """What this node's pools hold, as the store says: when it changes (a volume made,
         grown or removed, a group made), the capacity is reported again at once, so the
@@ -291,3 +324,13 @@ class BlockService:
             await self.cluster.wait_for_tables(
                 {"volumes", "services", "vgs"}, seen, HEALTH_EVERY if ok else 1.0
             )
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size

@@ -398,6 +398,95 @@ def volume_detach(
         click.echo(f"Detached {volume_ref} from {record['name']}{_said(record, 'volume')}.")
 
 
+def _moved(client: Client, record: dict[str, Any]) -> dict[str, Any]:
+    """Follow a moving instance until its move finished (or was given up)."""
+
+    def done(current: dict[str, Any]) -> bool:
+        error = current.get("last_error")
+        if error and error["action"] == "move":
+            raise DriverError(f"instance {current['name']} did not move: {error['message']}")
+        if current["status"] == "failed":
+            raise DriverError(f"instance {current['name']} failed: {current['status_message']}")
+        return not current.get("move")
+
+    return (
+        follow_record(
+            client,
+            "instances",
+            resource_path("instances", record["id"]),
+            record,
+            done,
+            timeout=WAIT_LIMIT,
+            expired=lambda last: DriverError(f"instance {last['name']} is still moving"),
+        )
+        or record
+    )
+
+
+@instance.command("move")
+@click.argument("ref", metavar="INSTANCE")
+@click.option("--node", help="Target node (default: the best other node).")
+@click.option("--no-wait", is_flag=True, help="Return once the move has begun.")
+@json_option
+@click.pass_obj
+def instance_move(obj: Context, ref: str, node: str | None, no_wait: bool, as_json: bool) -> None:
+    """Move an instance to another node, cold: stopped, its volumes copied and verified,
+    started there if it ran; the source copies are removed once it runs there."""
+    client = obj.client()
+    body = {"node": node} if node else {}
+    record = client.request("POST", f"{resource_path('instances', ref)}/move", body=body)
+    target = record["move"]["node"]
+    if not no_wait:
+        record = _moved(client, record)
+    if as_json:
+        print_json(record)
+    elif no_wait:
+        click.echo(f"Moving instance {record['name']} to node {target}.")
+    else:
+        click.echo(f"Instance {record['name']} is {record['status']} on node {record['node']}.")
+
+
+@click.command("evacuate")
+@click.argument("name")
+@click.option("--stop-only", is_flag=True, help="Only stop its instances (do not move them).")
+@click.option("--no-wait", is_flag=True, help="Return once the moves have begun.")
+@json_option
+@click.pass_obj
+def node_evacuate(obj: Context, name: str, stop_only: bool, no_wait: bool, as_json: bool) -> None:
+    """Cordon a node (nothing new is placed there) and move each of its instances to
+    another node (running ones are stopped first and started there), or only stop them."""
+    client = obj.client()
+    result = client.request("POST", f"/v1/nodes/{name}/evacuate", body={"stop_only": stop_only})
+    if not no_wait:
+        for moving in result["moving"]:
+            _moved(client, client.request("GET", resource_path("instances", moving)))
+        for stopping in result["stopped"]:
+            wait_instance(
+                client, client.request("GET", resource_path("instances", stopping)), ("stopped",)
+            )
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"Node {name} is cordoned: nothing new is placed there.")
+        for moved in result["moving"]:
+            click.echo(f"  {moved}: {'moving' if no_wait else 'moved'}")
+        for stopped in result["stopped"]:
+            click.echo(f"  {stopped}: stopped")
+        for problem in result["cannot"]:
+            click.echo(f"  {problem['name']}: {problem['reason']}")
+    if result["cannot"]:
+        sys.exit(1)
+
+
+@click.command("restore")
+@click.argument("name")
+@click.pass_obj
+def node_restore(obj: Context, name: str) -> None:
+    """Uncordon a node: new work may be placed there again (nothing moves back)."""
+    obj.client().request("POST", f"/v1/nodes/{name}/restore", body={})
+    click.echo(f"Node {name} takes new work again.")
+
+
 @instance.command("rm")
 @click.argument("ref", metavar="INSTANCE")
 @click.option("--keep-volumes", is_flag=True, help="Keep attached data volumes (detached).")

@@ -250,7 +250,7 @@ def _print_members(members: list[dict[str, Any]]) -> None:
                 m["name"],
                 m["role"],
                 m["health"],
-                m["status"],
+                m["status"] + (" (cordoned)" if m.get("cordoned") else ""),
                 m["raft_addr"],
                 m["api"] or "-",
                 m.get("version") or "-",
@@ -439,6 +439,9 @@ def config_set(obj: Context, key: str, value: str) -> None:
     result = obj.client().request("PUT", f"/v1/cluster/config/{key}", body={"value": value})
     click.echo(f"{key} = {result['config'][key]}")
 
+
+node.add_command(_instances.node_evacuate)
+node.add_command(_instances.node_restore)
 
 for _command in (
     _block.service,

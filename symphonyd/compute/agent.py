@@ -53,7 +53,7 @@ from symphonyd.reconcile import (
     patch,
     run_blocking,
 )
-from symphonyd.security import now_rfc3339
+from symphonyd.security import new_id, now_rfc3339
 from symphonyd.state import instances, services, volumes
 
 __all__ = ["ComputeAgent", "OwnedInstance"]
@@ -72,6 +72,7 @@ class OwnedInstance:
     service: dict[str, Any]
     root: dict[str, Any] | None  # the root volume record (None: not made, or gone)
     data: tuple[dict[str, Any], ...] = ()  # attached data volume records
+    copies: tuple[dict[str, Any], ...] = ()  # a move's copies of its volumes
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,14 @@ class ComputeAgent(Reconciler[OwnedInstance]):
                     for v in (volumes.get(store, vid) for vid in record.get("volumes", []))
                     if v is not None
                 )
+                move_copies = ((record.get("move") or {}).get("volumes") or {}).values()
+                copies = tuple(
+                    dict(v)
+                    for v in (volumes.get(store, vid) for vid in move_copies)
+                    if v is not None
+                )
                 wanted[record["id"]] = OwnedInstance(
-                    dict(record), dict(service), dict(root) if root else None, data
+                    dict(record), dict(service), dict(root) if root else None, data, copies
                 )
             return wanted
 
@@ -151,7 +158,9 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         domains = observed.domains
         domain = domains.get(record.instance["id"]) if domains is not None else None
         hotplug = self.drivers.get(record.service).capabilities.hotplug_disks
-        return decide_instance(record.instance, record.root, domain, domains is not None, hotplug)
+        return decide_instance(
+            record.instance, record.root, domain, domains is not None, hotplug, record.copies
+        )
 
     # -- act ------------------------------------------------------------------------------
 
@@ -222,6 +231,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             await self._change_disk(record, verb, str(action.arg))
         elif verb == "remove":
             await self._remove(record)
+        elif verb in ("copy out", "abort move", "switch", "finish move"):
+            await self._move_step(record, verb, action.arg)
         else:
             raise GiveUp(f"unknown action {action}")
 
@@ -438,6 +449,67 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             extra={"resource": iid},
         )
 
+    # -- moving -------------------------------------------------------------------------
+
+    async def _move_step(self, record: OwnedInstance, verb: str, reason: Any) -> None:
+        instance = record.instance
+        iid = instance["id"]
+        body: dict[str, Any] = {"id": iid, "now": now_rfc3339()}
+        if verb == "copy out":
+            body.update(step="copy", volumes=self._copies(record))
+        elif verb == "abort move":
+            body.update(step="abort", reason=str(reason))
+        elif verb == "switch":
+            body.update(step="switch")
+        else:
+            body.update(step="finish")
+        await self.cluster.propose_ok(Entry(EntryType.INSTANCE_MOVE, body))
+        log.info(
+            "instance %s: move %s%s",
+            iid,
+            body["step"],
+            f" ({reason})" if reason else "",
+            extra={"resource": iid},
+        )
+
+    def _copies(self, record: OwnedInstance) -> list[dict[str, Any]]:
+        """Records of the copies of the instance's volumes on the move's target node."""
+        move = record.instance["move"]
+        now = now_rfc3339()
+        sources = [record.root, *record.data] if record.root else list(record.data)
+        copies = []
+        for volume in sources:
+            if volume is None:
+                continue
+            copy_id = new_id()
+            copies.append(
+                {
+                    **{k: None for k in ("format", "allocated", "actual_size", "progress")},
+                    "id": copy_id,
+                    "name": f"{volume['name'][:48]}-mv-{copy_id[:6]}",
+                    "node": move["node"],
+                    "placement": {"node": move["node"], "pool": move["pool"]},
+                    "service_id": move["block_service_id"],
+                    "pool": move["pool"],
+                    "size": volume["size"],
+                    "image_id": None,
+                    "overlay": False,
+                    "source": {
+                        "volume_id": volume["id"],
+                        "node": self.node,
+                        "format": volume["format"] or "raw",
+                    },
+                    "status": "pending",
+                    "status_message": "",
+                    "last_error": None,
+                    "snapshots": [],
+                    "snapshots_done": [],
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        return copies
+
     # -- stopping and removing ------------------------------------------------------------
 
     async def _stop(self, record: OwnedInstance) -> None:
@@ -506,15 +578,21 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             return
         self._scanned_ids, self._scanned_at = ids, now
         await self.cluster.barrier()
-        with self.cluster.store.lock:
-            current = {r["id"] for r in instances.all_instances(self.cluster.store)}
+        with self.cluster.store.lock:  # an instance moved away belongs to its new node
+            current = {
+                r["id"]
+                for r in instances.all_instances(self.cluster.store)
+                if r["node"] == self.node
+            }
         driver = self.drivers.get(self._service)
         for orphan in sorted(strays - current - set(self.workers)):
             with contextlib.suppress(NoSuchDomain):
                 await run_blocking(driver.undefine, orphan)
             await run_blocking(shutil.rmtree, instance_dir(self.data_dir, orphan), True)
             log.info(
-                "removed domain of instance %s (no record)", orphan, extra={"resource": orphan}
+                "removed domain of instance %s (its record is gone or on another node)",
+                orphan,
+                extra={"resource": orphan},
             )
 
     async def close(self) -> None:

@@ -8,12 +8,15 @@ stops; a domain that stops without being asked makes the instance `stopped` with
 reason, never started again. The definition: `applied` (what the domain's definition
 holds) is compared with the record; resizes and attaches are applied (live where the
 driver can, otherwise in the definition), a detach of a disk a running guest still holds
-waits for it to stop when the driver cannot hot-unplug.
+waits for it to stop when the driver cannot hot-unplug. A move (state/moves.py): the
+node it leaves stops it, records the copies of its volumes on the target, and switches
+it there once they are ready (or aborts when one fails); the target builds it, and
+finishes the move once it runs (or rests, if it was stopped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from symphonyd.compute.driver import DomainInfo
@@ -32,13 +35,18 @@ def decide_instance(
     domain: DomainInfo | None,
     listed: bool,
     hotplug: bool = False,
+    copies: Sequence[Mapping[str, Any]] = (),
 ) -> list[Action]:
     """What is left to do for one instance, given its root volume record and its domain
     (`listed`: whether the host's domains are known at all; `hotplug`: whether its driver
-    can attach and detach disks of a running domain)."""
+    can attach and detach disks of a running domain; `copies`: the volume copies of a
+    move in progress)."""
     status = instance["status"]
     if status == "deleting":
         return [Action("remove")]
+    moving = _move(instance, status, copies)
+    if moving is not None:
+        return moving
     if status == "pending":
         return [Action("claim")]
     if status == "failed":
@@ -79,7 +87,33 @@ def decide_instance(
     seen = {"vcpus": domain.vcpus, "memory": domain.memory}
     if instance.get("domain") != seen and not any(a.verb == "record" for a in actions):
         actions.append(Action("record", {"domain": seen}))
-    return actions + _definition_changes(instance, state, hotplug)
+    actions += _definition_changes(instance, state, hotplug)
+    phase = (instance.get("move") or {}).get("phase")
+    settled = (status, state) in (("running", "running"), ("stopped", "stopped"))
+    if phase == "switched" and settled and instance["power"] == status and not actions:
+        actions.append(Action("finish move"))  # it runs (or rests) on its new node
+    return actions
+
+
+def _move(
+    instance: Mapping[str, Any], status: str, copies: Sequence[Mapping[str, Any]]
+) -> list[Action] | None:
+    """The steps of a move on the node the instance leaves (None: no move step now)."""
+    move = instance.get("move") or {}
+    phase = move.get("phase")
+    if phase == "stopping" and status == "stopped":
+        return [Action("copy out")]
+    if phase != "copying":
+        return None
+    wanted = set((move.get("volumes") or {}).values())
+    for copy in copies:
+        if copy["status"] == "failed":
+            return [Action("abort move", f"copying {copy['name']}: {copy['status_message']}")]
+    if wanted - {c["id"] for c in copies}:
+        return [Action("abort move", "a copy of its volumes was removed")]
+    if all(c["status"] == "ready" for c in copies):
+        return [Action("switch")]
+    return []  # copying: woken when a copy changes
 
 
 def _definition_changes(instance: Mapping[str, Any], state: str, hotplug: bool) -> list[Action]:

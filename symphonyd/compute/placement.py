@@ -153,9 +153,15 @@ INSTANCE_FIT: scheduler.Fit[InstanceRequest] = scheduler.Fit(
 )
 
 
-def choose_node(store: Store, reachable: set[str], record: Mapping[str, Any]) -> dict[str, Any]:
+def choose_node(
+    store: Store,
+    reachable: set[str],
+    record: Mapping[str, Any],
+    exclude: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """The compute service for an instance record (call with the store locked), or
-    Conflict saying why none (for an explicit node: which resource it lacks)."""
+    Conflict saying why none (for an explicit node: which resource it lacks). Nodes in
+    `exclude` are not candidates (a move: the node it leaves)."""
     wish = (record.get("placement") or {}).get("node")
     image = images.get(store, record["image_id"]) if record.get("image_id") else None
     request = InstanceRequest(
@@ -173,6 +179,8 @@ def choose_node(store: Store, reachable: set[str], record: Mapping[str, Any]) ->
             raise Conflict(f"node {wish} has no compute service (`symphonyd service new compute`)")
         if wish not in reachable:
             raise Conflict(f"node {wish} is unreachable")
+        if (nodes.get(store, wish) or {}).get("cordoned"):
+            raise Conflict(f"node {wish} is cordoned (`symphonyd node restore {wish}`)")
         if not (service.get("health") or {}).get("ok"):
             why = (service.get("health") or {}).get("message") or "not checked yet"
             raise Conflict(f"the compute service of node {wish} is unhealthy: {why}")
@@ -181,25 +189,32 @@ def choose_node(store: Store, reachable: set[str], record: Mapping[str, Any]) ->
             raise Conflict(f"node {wish} cannot take instance {record['name']}: {short}")
         return dict(service)
     try:
-        return scheduler.best(store, reachable, INSTANCE_FIT, request)
+        return scheduler.best(store, reachable - exclude, INSTANCE_FIT, request)
     except Conflict as exc:
-        raise Conflict(f"{exc.message}: {_why_not(store, reachable, request)}") from None
+        why = _why_not(store, reachable, request, exclude)
+        raise Conflict(f"{exc.message}: {why}") from None
 
 
-def _why_not(store: Store, reachable: set[str], request: InstanceRequest) -> str:
+def _why_not(
+    store: Store, reachable: set[str], request: InstanceRequest, exclude: frozenset[str]
+) -> str:
     """Why each compute service cannot take `request`, for the refusal."""
     committed = INSTANCE_FIT.committed(store)
     reasons = []
     for service in sorted(services.of_type(store, "compute"), key=lambda s: s["node"]):
+        if service["node"] in exclude:
+            continue
         health = service.get("health") or {}
         if service["node"] not in reachable:
             reasons.append(f"node {service['node']} is unreachable")
+        elif (nodes.get(store, service["node"]) or {}).get("cordoned"):
+            reasons.append(f"node {service['node']} is cordoned")
         elif not health.get("ok"):
             why = health.get("message") or "not checked yet"
             reasons.append(f"the compute service of node {service['node']} is unhealthy: {why}")
         else:
             reasons.append(_filter(service, request, committed) or f"{service['node']}: fits")
-    return "; ".join(reasons) or "no node has a compute service (`symphonyd service new compute`)"
+    return "; ".join(reasons) or "no other node has a compute service"
 
 
 def check_resize(store: Store, record: Mapping[str, Any], resized: Mapping[str, Any]) -> None:

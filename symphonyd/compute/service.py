@@ -20,13 +20,13 @@ from symphonyd import scheduler
 from symphonyd.compute import cloudinit
 from symphonyd.compute.driver import ComputeDriver, check_options
 from symphonyd.compute.placement import check_resize, choose_node
-from symphonyd.errors import Conflict, Invalid, SymphonyError
+from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError
 from symphonyd.image.service import ImageService
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import patch
 from symphonyd.security import new_id, now_rfc3339
-from symphonyd.state import instances, services, volumes
+from symphonyd.state import instances, moves, nodes, services, volumes
 from symphonyd.state.lookup import resolve_one
 from symphonyd.validation import check_name, parse_size
 
@@ -252,6 +252,9 @@ class ComputeService:
                 f"instance {record['name']} failed ({record['status_message']}): "
                 f"remove it and create it again; it cannot {verb}"
             )
+        if record.get("move"):
+            target = record["move"]["node"]
+            raise Conflict(f"instance {record['name']} is moving to node {target}: wait for it")
         return record
 
     async def start(self, ref: str) -> dict[str, Any]:
@@ -343,6 +346,102 @@ class ComputeService:
             record["id"], status="deleting", keep_volumes=bool(keep_volumes), last_error=None
         )
         return self.resolve(record["id"])
+
+    # -- moving and evacuating --------------------------------------------------------------
+
+    async def move(self, ref: str, node: str | None) -> dict[str, Any]:
+        """Move an instance to another node, cold (docs/compute.md): stopped, its volumes
+        copied there verified, defined there and started if it ran; the source copies go
+        only once it runs there."""
+        record = self._live(ref, "move")
+        return await self._begin_move(record, node)
+
+    async def _begin_move(self, record: dict[str, Any], node: str | None) -> dict[str, Any]:
+        if record["status"] not in moves.MOVABLE or record["node"] is None:
+            raise Conflict(f"instance {record['name']} is {record['status']}: it cannot move")
+        if record.get("move"):
+            raise Conflict(f"instance {record['name']} is already moving")
+        if node == record["node"]:
+            raise Conflict(f"instance {record['name']} is on node {node} already")
+        reachable = scheduler.reachable_nodes(self.cluster, self.node)
+        with self.cluster.store.lock:
+            store = self.cluster.store
+            held = [volumes.get(store, v) for v in [record["root_volume_id"], *record["volumes"]]]
+            if record["node"] not in reachable:
+                raise Conflict(
+                    f"instance {record['name']} cannot move: its volumes are only on node "
+                    f"{record['node']}, which is unreachable"
+                )
+            for volume in held:
+                if volume is None or volume["status"] != "ready":
+                    raise Conflict(f"instance {record['name']} has a volume that is not ready")
+                if volume.get("overlay"):
+                    raise Conflict(
+                        f"volume {volume['name']} is an overlay of an image: it cannot move"
+                    )
+            disk = sum(int(v["size"]) for v in held if v is not None)
+            wish = {**record, "disk": disk, "placement": {"node": node}}
+            target = choose_node(store, reachable, wish, exclude=frozenset({record["node"]}))
+            block = services.on_node(store, target["node"], "block")
+        if block is None:
+            raise Conflict(f"node {target['node']} has no block service")
+        move = {
+            "node": target["node"],
+            "service_id": target["id"],
+            "block_service_id": block["id"],
+            "pool": block["pool"],
+            "was_running": record["power"] == "running",
+            "timeout": DEFAULT_STOP_TIMEOUT,
+        }
+        body = {"id": record["id"], "step": "begin", "move": move, "now": now_rfc3339()}
+        await self.cluster.propose_ok(Entry(EntryType.INSTANCE_MOVE, body))
+        return self.resolve(record["id"])
+
+    async def evacuate(self, node: str, stop_only: bool) -> dict[str, Any]:
+        """Cordon `node` (nothing new is placed there) and move each of its instances to
+        another node, or only stop them; says which could not and why."""
+        with self.cluster.store.lock:
+            if nodes.get(self.cluster.store, node) is None:
+                raise NotFound(f"no node named {node!r}")
+            mine = [
+                dict(r)
+                for r in instances.all_instances(self.cluster.store)
+                if r["node"] == node and r["status"] not in ("failed", "deleting")
+            ]
+        await self._cordon(node, True)
+        moving, stopped, cannot = [], [], []
+        for record in sorted(mine, key=lambda r: r["name"]):
+            try:
+                if stop_only:
+                    if record["power"] == "running":
+                        await self.stop(record["id"], False, None)
+                    stopped.append(record["name"])
+                elif not record.get("move"):
+                    await self._begin_move(record, None)
+                    moving.append(record["name"])
+                else:
+                    moving.append(record["name"])
+            except SymphonyError as exc:
+                cannot.append({"name": record["name"], "reason": exc.message})
+        return {
+            "node": node,
+            "cordoned": True,
+            "moving": moving,
+            "stopped": stopped,
+            "cannot": cannot,
+        }
+
+    async def restore(self, node: str) -> dict[str, Any]:
+        """Uncordon `node`: new work may be placed there again (nothing moves back)."""
+        with self.cluster.store.lock:
+            if nodes.get(self.cluster.store, node) is None:
+                raise NotFound(f"no node named {node!r}")
+        await self._cordon(node, False)
+        return {"node": node, "cordoned": False}
+
+    async def _cordon(self, node: str, cordoned: bool) -> None:
+        body = {"name": node, "fields": {"cordoned": cordoned}}
+        await self.cluster.propose_ok(Entry(EntryType.NODE_UPDATE, body), idempotent=True)
 
     # -- console ----------------------------------------------------------------------------
 

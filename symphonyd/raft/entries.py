@@ -69,6 +69,7 @@ class EntryType(IntEnum):
     INSTANCE_PLACE = 83  # the leader places an instance and creates its root volume
     INSTANCE_ATTACH = 84  # a data volume wanted on an instance (checked against other users)
     INSTANCE_DETACH = 85
+    INSTANCE_MOVE = 86  # a step of a cold move to another node (state/moves.py)
 
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
@@ -104,6 +105,7 @@ INTRODUCED: dict[int, int] = {
     EntryType.INSTANCE_PLACE: 6,
     EntryType.INSTANCE_ATTACH: 6,
     EntryType.INSTANCE_DETACH: 6,
+    EntryType.INSTANCE_MOVE: 6,
 }
 BODY_VERSIONS: dict[int, int] = {}
 

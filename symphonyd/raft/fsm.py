@@ -29,6 +29,7 @@ from symphonyd.state import (
     kv,
     lifecycles,
     lvm,
+    moves,
     nodes,
     references,
     services,
@@ -207,6 +208,10 @@ def apply_instance_detach(store: Store, body: dict[str, Any]) -> Result:
     return references.detach_volume(store, body["id"], body["volume_id"], body["now"])
 
 
+def apply_instance_move(store: Store, body: dict[str, Any]) -> Result:
+    return moves.move_step(store, body)
+
+
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
@@ -248,6 +253,7 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.INSTANCE_PLACE: apply_instance_place,
     EntryType.INSTANCE_ATTACH: apply_instance_attach,
     EntryType.INSTANCE_DETACH: apply_instance_detach,
+    EntryType.INSTANCE_MOVE: apply_instance_move,
 }
 
 

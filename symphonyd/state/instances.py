@@ -15,7 +15,7 @@ when it next starts, as text for people), created_at, updated_at.
 
 A volume is in use by an instance while it is in its `volumes` (wanted) or in its
 `applied` volumes (the domain still has it: a detach not yet done, or done only in the
-definition of a domain that still runs).
+definition of a domain that still runs), or while a move holds it (state/moves.py).
 
 Statuses: `pending` (waiting for a place or for its node to take it), `creating` (its root
 volume, seed and domain being made), `stopped`, `starting`, `running`, `stopping`,
@@ -63,14 +63,23 @@ def applied_volumes(record: Record) -> dict[str, str]:
     return dict((record.get("applied") or {}).get("volumes") or {})
 
 
+def moving_volumes(record: Record) -> set[str]:
+    """The volumes a move of the instance holds: its copies, and its sources once it has
+    switched node (until the move finishes)."""
+    move = record.get("move") or {}
+    return set((move.get("volumes") or {}).values()) | set(move.get("sources") or [])
+
+
 def using_volume(store: Store, volume_id: str) -> list[Record]:
-    """Instances whose root or data volume is `volume_id` (wanted or still applied)."""
+    """Instances whose root or data volume is `volume_id` (wanted, still applied, or held
+    by a move)."""
     return [
         r
         for r in all_instances(store)
         if r.get("root_volume_id") == volume_id
         or volume_id in r.get("volumes", [])
         or volume_id in applied_volumes(r)
+        or volume_id in moving_volumes(r)
     ]
 
 

@@ -152,6 +152,7 @@ def delete_instance(store: Store, instance_id: str, keep_volumes: bool, now: str
     if not keep_volumes:
         doomed += list(record.get("volumes", []))
         doomed += [v for v in instances.applied_volumes(record) if v not in doomed]
+    doomed += [v for v in sorted(instances.moving_volumes(record)) if v not in doomed]
     for volume_id in doomed:
         volume = volumes.get(store, volume_id)
         if volume is None:
