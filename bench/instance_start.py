@@ -610,7 +610,8 @@ def main() -> None:
             one_node(report, base, runs)
             three_nodes(report, base)
         if args.qemu:
-            with running_libvirtd(base) as uri:
+            with running_libvirtd(base) as daemon:
+                uri = daemon.uri
                 qemu_floor(report, base, uri)
                 if not args.no_cluster:
                     qemu_node(report, base, uri)

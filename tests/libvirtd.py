@@ -15,12 +15,12 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.nodes import wait_until
 
-__all__ = ["TOOLS", "running_libvirtd"]
+__all__ = ["TOOLS", "Libvirtd", "running_libvirtd"]
 
 TOOLS = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64")
 TABLES = ("filter", "nat", "mangle")
@@ -69,9 +69,21 @@ def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class Libvirtd:
+    """The running libvirtd: its URI, and a restart (guests keep running across it)."""
+
+    def __init__(self, uri: str, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        self.uri = uri
+        self._start, self._stop = start, stop
+
+    def restart(self) -> None:
+        self._stop()
+        self._start()
+
+
 @contextlib.contextmanager
-def running_libvirtd(base: Path) -> Iterator[str]:
-    """Run libvirtd with its socket under `base`; yields its URI."""
+def running_libvirtd(base: Path) -> Iterator[Libvirtd]:
+    """Run libvirtd with its socket under `base`; yields it."""
     for tool in TOOLS:
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is missing: run scripts/bootstrap --test")
@@ -95,22 +107,28 @@ def running_libvirtd(base: Path) -> Iterator[str]:
         if not os.path.exists("/run/libvirt/virtlogd-sock"):
             started.append(subprocess.Popen(["virtlogd"], stdout=log, stderr=log))
             wait_until(lambda: os.path.exists("/run/libvirt/virtlogd-sock"), 20, "virtlogd")
-        daemon = subprocess.Popen(
-            ["libvirtd", "-f", str(config), "-p", str(base / "libvirtd.pid")],
-            stdout=log,
-            stderr=log,
-        )
-        started.append(daemon)
+        daemons: list[subprocess.Popen[bytes]] = []
 
-        def answers() -> bool:
-            if daemon.poll() is not None:
-                text = log_path.read_text(errors="replace")
-                hint = " (another libvirtd runs on this host)" if "pid file" in text else ""
-                raise RuntimeError(f"libvirtd exited{hint}:\n{text[-2000:]}")
-            return _virsh(uri, "version").returncode == 0
+        def start() -> None:
+            daemon = subprocess.Popen(
+                ["libvirtd", "-f", str(config), "-p", str(base / "libvirtd.pid")],
+                stdout=log,
+                stderr=log,
+            )
+            daemons.append(daemon)
+            started.append(daemon)
 
-        wait_until(answers, 120, "libvirtd answering", interval=0.5)
-        yield uri
+            def answers() -> bool:
+                if daemon.poll() is not None:
+                    text = log_path.read_text(errors="replace")
+                    hint = " (another libvirtd runs on this host)" if "pid file" in text else ""
+                    raise RuntimeError(f"libvirtd exited{hint}:\n{text[-2000:]}")
+                return _virsh(uri, "version").returncode == 0
+
+            wait_until(answers, 120, "libvirtd answering", interval=0.5)
+
+        start()
+        yield Libvirtd(uri, start, lambda: _stop(daemons[-1]))
     finally:
         listed = _virsh(uri, "list", "--all", "--name").stdout.split()
         for name in listed:  # only ours, left by a failed test, under our own socket

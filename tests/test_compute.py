@@ -222,3 +222,58 @@ def test_resize_attach_and_detach_say_when_they_apply(compute_node: NodeProcess)
     assert "attached to instance db" in refused(n1, "instance", "create", "x", *small,
                                                 "--volume", "spare")  # fmt: skip
     assert made["id"] != db["id"]
+
+
+class WithoutLibvirt(NodeProcess):
+    """A node whose Python cannot load libvirt-python (as on a host without libvirt0)."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        super().__init__(base, name)
+        self.hide = base / "no-libvirt"
+        self.hide.mkdir(exist_ok=True)
+        (self.hide / "sitecustomize.py").write_text('import sys\nsys.modules["libvirt"] = None\n')
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.hide),
+                                                          env.get("PYTHONPATH")]))  # fmt: skip
+        return env
+
+
+def test_a_host_without_libvirt_runs_everything_but_compute(tmp_path: Path) -> None:
+    nodes = NodeSet(tmp_path)
+    try:
+        node = WithoutLibvirt(tmp_path, "n1")
+        nodes.nodes.append(node)
+        node.start()
+        assert node.cli("init").returncode == 0
+        assert run_json(node, "service", "new")["type"] == "block"
+        assert run_json(node, "volume", "create", "v", "--size", "8M")["status"] == "ready"
+        why = refused(node, "service", "new", "compute")
+        assert (
+            "the libvirt driver cannot work here: libvirt-python needs the host's libvirt0" in why
+        )
+        assert [s["type"] for s in run_json(node, "service", "list")["services"]] == ["block"]
+    finally:
+        nodes.cleanup()
+
+
+def test_an_unreachable_hypervisor_is_refused_with_the_reason(nodeset: NodeSet) -> None:
+    (n1,) = nodeset.form(1)
+    uri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+    why = refused(n1, "service", "new", "compute", "--uri", uri)
+    assert "the libvirt driver cannot work here: cannot connect to qemu+unix" in why
+    assert run_json(n1, "service", "list")["services"] == []  # nothing recorded
+
+
+def test_keep_volumes_keeps_data_volumes_detached(compute_node: NodeProcess) -> None:
+    n1 = compute_node
+    run_json(n1, "volume", "create", "keep", "--size", "8M")
+    run_json(n1, "instance", "create", "k", "--image", "boot", "--disk", "16M",
+             "--memory", "64M", "--volume", "keep", "--no-start")  # fmt: skip
+    gone = n1.cli("instance", "rm", "k", "--keep-volumes")
+    assert gone.returncode == 0, gone.stderr
+    kept = run_json(n1, "volume", "show", "keep")
+    assert kept["status"] == "ready"
+    wait_until(lambda: n1.cli("volume", "show", "k-root").returncode == 1, 15, "root removed")
+    assert n1.cli("volume", "rm", "keep").returncode == 0  # nothing holds it any more

@@ -20,20 +20,20 @@ from typing import Any
 import pytest
 
 from symphonyd.compute.testimage import MARKER, write_image
-from tests.libvirtd import TOOLS, running_libvirtd
+from tests.libvirtd import TOOLS, Libvirtd, running_libvirtd
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.privileged]
 
 
 @pytest.fixture(scope="module")
-def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
     if os.geteuid() != 0:
         pytest.skip("starts libvirtd: needs root (CI runs as root)")
     for tool in TOOLS:
         assert shutil.which(tool), f"{tool} is missing: run scripts/bootstrap --test"
-    with running_libvirtd(tmp_path_factory.mktemp("libvirtd")) as uri:
-        yield uri
+    with running_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
+        yield daemon
 
 
 def run_json(node: NodeProcess, *args: str) -> Any:
@@ -66,8 +66,9 @@ def traversable(tmp_path: Path) -> Iterator[None]:
 
 
 def test_a_real_guest_boots_stops_and_goes(
-    libvirt_uri: str, traversable: None, nodeset: NodeSet, tmp_path: Path
+    libvirtd: Libvirtd, traversable: None, nodeset: NodeSet, tmp_path: Path
 ) -> None:
+    libvirt_uri = libvirtd.uri
     (n1,) = nodeset.form(1)
     run_json(n1, "service", "new")
     service = run_json(
@@ -128,6 +129,19 @@ def test_a_real_guest_boots_stops_and_goes(
     time.sleep(2)  # give the restarted agent passes to (not) act
     assert virsh(libvirt_uri, "domid", "symphonyd-vm").strip() == domain_id
     assert n1.client().request("GET", "/v1/instances/vm")["status"] == "running"
+
+    # libvirtd restarts (the guest keeps running): the agent notices the lost
+    # connection, connects again and follows the events of the new one.
+    libvirtd.restart()
+    assert virsh(libvirt_uri, "domid", "symphonyd-vm").strip() == domain_id
+    wait_until(lambda: "connection was lost" in n1.log_path.read_text(), 30, "the loss noticed")
+    virsh(libvirt_uri, "destroy", "symphonyd-vm")
+    wait_until(
+        lambda: n1.client().request("GET", "/v1/instances/vm")["status"] == "stopped",
+        10,
+        "stopped after a destroy on the new connection",
+    )
+    assert run_json(n1, "instance", "start", "vm")["status"] == "running"
 
     folder = n1.data_dir / "compute" / "instances" / made["id"]
     root = n1.data_dir / "volumes" / "default" / f"{made['root_volume_id']}.raw"

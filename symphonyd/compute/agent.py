@@ -62,6 +62,7 @@ log = logging.getLogger("symphonyd.compute")
 
 ORPHANS_EVERY = 60.0
 STOP_POLL = 0.25  # how often a graceful stop looks whether the guest is off
+RELIST = 2.0  # after the hypervisor did not answer, ask again this soon
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         try:
             found = await run_blocking(driver.domains)
         except SymphonyError as exc:
-            log.warning("compute: cannot list domains: %s", exc)
+            log.warning("compute: cannot list domains (trying again in %gs): %s", RELIST, exc)
+            asyncio.get_running_loop().call_later(RELIST, self.wake)  # not the 30 s rest
             return Observed(None)
         mine = {d.instance_id: d for d in found if d.instance_id is not None}
         return Observed(mine, tuple(sorted(d.name for d in found if d.instance_id is None)))

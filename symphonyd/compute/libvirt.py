@@ -501,7 +501,8 @@ class LibvirtDriver:
                     self._unsubscribe()
                 else:  # opened before events ran on this loop: its I/O is not watched
                     self._drop()
-            self._connection()
+        # The connection is (re)opened and subscribed by the next call, in a worker thread:
+        # opening one to a busy libvirtd takes seconds, never on the loop.
 
     def _lifecycle(self, conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         on_event = self._on_event

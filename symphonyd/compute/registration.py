@@ -3,6 +3,7 @@ compute agent, its health reports, the leader's instance placement)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from symphonyd.compute import placement
@@ -25,7 +26,8 @@ def _probe(driver: str, pool: str, data_dir: str, options: dict[str, Any]) -> He
     try:
         return opened.check()
     finally:
-        opened.close()
+        with contextlib.suppress(SymphonyError):  # closing what never opened may fail too
+            opened.close()
 
 
 def _start(host: ServiceHost) -> RunningService:
