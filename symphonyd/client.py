@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
@@ -78,12 +79,18 @@ class Client:
         token: str | None = None,
         fingerprint: str | None = None,
         timeout: float = 30.0,
+        start_wait: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.addr = parse_addr(addr) if addr else None
         self.token = token
         self.fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
         self.timeout = timeout
+        # A local daemon that is starting (its socket not there yet, or not accepting):
+        # wait for it this many seconds, saying so once through `on_wait`.
+        self.start_wait = start_wait
+        self.on_wait = on_wait
 
     def describe(self) -> str:
         if self.addr:
@@ -197,10 +204,9 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.addr and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        conn = self._connection(timeout or self.timeout)
+        conn = self._connect(timeout or self.timeout)
         try:
             with self._network_errors():
-                conn.connect()
                 self._check_peer(conn)
                 conn.request(method, path, body=payload, headers=headers)
                 response = conn.getresponse()
@@ -208,6 +214,33 @@ class Client:
             conn.close()
             raise
         return conn, response
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        """A connected connection; to a local socket of a daemon that is starting, after
+        waiting for it (at most `start_wait` seconds; nothing is sent before)."""
+        deadline = time.monotonic() + (0.0 if self.addr else self.start_wait)
+        said = False
+        while True:
+            conn = self._connection(timeout)
+            try:
+                with self._network_errors():
+                    try:
+                        conn.connect()
+                        return conn
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        if time.monotonic() >= deadline:
+                            raise
+            except BaseException:
+                conn.close()
+                raise
+            conn.close()
+            if not said and self.on_wait is not None:
+                self.on_wait(
+                    f"waiting up to {self.start_wait:g} s for symphonyd at {self.describe()} "
+                    "to start..."
+                )
+                said = True
+            time.sleep(0.1)
 
     @contextlib.contextmanager
     def _network_errors(self) -> Iterator[None]:

@@ -168,19 +168,19 @@ class LvmResources:
             found = (await asyncio.to_thread(host.volume_groups)).get(record["name"])
         update = KINDS[table].update
         if found is None:
-            message = "gone from the host: lvm2 no longer lists it"
-            if record["status_message"] != message:
-                await patch(self.cluster, update, record["id"], status_message=message)
+            if record["status_message"] != GONE:
+                await patch(self.cluster, update, record["id"], status_message=GONE)
             return
         if (found.size, found.free) != (record["size"], record["free"]):
+            # Only the message this refresh wrote is cleared: a "not removed: ..." of a
+            # refused removal stays (the sizes move when an LV appears behind our back).
+            back = {"status_message": ""} if record["status_message"] == GONE else {}
             await patch(
-                self.cluster,
-                update,
-                record["id"],
-                size=found.size,
-                free=found.free,
-                status_message="",
+                self.cluster, update, record["id"], size=found.size, free=found.free, **back
             )
+
+
+GONE = "gone from the host: lvm2 no longer lists it"
 
 
 def host_of(service: Mapping[str, Any]) -> LvmHost:

@@ -40,7 +40,25 @@ class Context:
             return Client(
                 addr=self.addr, token=self.token, fingerprint=fingerprint, timeout=timeout
             )
-        return Client(socket_path=self.socket_path, timeout=timeout)
+        return Client(
+            socket_path=self.socket_path,
+            timeout=timeout,
+            start_wait=start_wait(),
+            on_wait=lambda text: click.echo(text, err=True),
+        )
+
+
+START_WAIT = 10.0  # seconds a command waits for a local daemon that is starting
+
+
+def start_wait() -> float:
+    """How long a command waits for a local daemon that is starting: SYMPHONYD_START_WAIT
+    seconds (0: not at all), default START_WAIT."""
+    text = os.environ.get("SYMPHONYD_START_WAIT", "")
+    try:
+        return max(0.0, min(float(text), 600.0)) if text else START_WAIT
+    except ValueError:
+        return START_WAIT
 
 
 class CommandGroup(click.Group):
