@@ -68,6 +68,9 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), port or 15760
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to connect (and finish the TLS handshake)
+
+
 class Client:
     """Blocking client for the CLI."""
 
@@ -143,7 +146,10 @@ class Client:
         finally:
             conn.close()
         if response.status >= 400:
-            raise _error(response, data)
+            error = _error(response, data)
+            if response.status == 401 and self.addr and not self.token:
+                error.message += " (give one with --token or SYMPHONYD_TOKEN)"
+            raise error
         return _decode(response, data)
 
     @contextlib.contextmanager
@@ -218,17 +224,24 @@ class Client:
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         """A connected connection; to a local socket of a daemon that is starting, after
         waiting for it (at most `start_wait` seconds; nothing is sent before)."""
-        deadline = time.monotonic() + (0.0 if self.addr else self.start_wait)
+        began = time.monotonic()
+        deadline = began + (0.0 if self.addr else self.start_wait)
+        folder = os.path.dirname(self.socket_path or "") or "."
         said = False
         while True:
-            conn = self._connection(timeout)
+            conn = self._connection(min(timeout, CONNECT_TIMEOUT))
             try:
                 with self._network_errors():
                     try:
-                        conn.connect()
+                        conn.connect()  # with the TLS handshake: a port that is not the
+                        conn.timeout = timeout  # API (Raft's) never finishes it
+                        if conn.sock is not None:
+                            conn.sock.settimeout(timeout)
                         return conn
                     except (FileNotFoundError, ConnectionRefusedError):
-                        if time.monotonic() >= deadline:
+                        now = time.monotonic()
+                        # a daemon makes its data dir first: none after 3 s, none starts
+                        if now >= deadline or (now - began > 3.0 and not os.path.isdir(folder)):
                             raise
             except BaseException:
                 conn.close()
@@ -254,6 +267,13 @@ class Client:
             ) from None
         except PermissionError:
             raise Unavailable(f"permission denied on {self.describe()} (run as root?)") from None
+        except (TimeoutError, ssl.SSLError) as exc:
+            if not self.addr:
+                raise Unavailable(f"symphonyd at {self.describe()} did not answer: {exc}") from None
+            raise Unavailable(
+                f"no symphonyd API answers at {self.describe()} ({exc or 'timed out'}): is it "
+                "the Raft port? The API listens on the api_port (15760 by default)"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(f"cannot reach symphonyd at {self.describe()}: {exc}") from None
 

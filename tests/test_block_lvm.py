@@ -169,3 +169,21 @@ def test_image_larger_than_the_device_is_refused(
     with pytest.raises(Invalid, match="larger than the volume"):
         write_image(device, str(image), "raw", None)
     assert os.path.exists(device)
+
+
+def test_a_kernel_without_device_mapper_needs_metadata_only(tmp_path: Path) -> None:
+    """Issue 16, item 8: an lvm service was accepted (and healthy) without device-mapper,
+    and the first LV then failed with lvm2's 'Required device-mapper target(s)'."""
+    from symphonyd.block.lvm import device_mapper_present
+
+    with_dm = tmp_path / "misc-dm"
+    with_dm.write_text(" 60 device-mapper\n183 hw_random\n")
+    without = tmp_path / "misc"
+    without.write_text("183 hw_random\n")
+    assert device_mapper_present(str(with_dm)) and not device_mapper_present(str(without))
+    assert not device_mapper_present(str(tmp_path / "nonexistent"))
+    if device_mapper_present():
+        pytest.skip("this kernel has device-mapper: the refusal cannot be seen here")
+    health = make_driver("lvm", pool="vg-x", data_dir=str(tmp_path)).check()
+    assert not health.ok and "metadata_only=true" in health.message
+    assert make_driver("lvm", pool="vg-x", data_dir=str(tmp_path), metadata_only=True).check().ok

@@ -147,3 +147,62 @@ def test_kv_keys_with_url_characters_are_kept_as_typed(
     listed = json.loads(node.cli("kv", "list", "--json").stdout)
     assert key in [e["Key"] for e in listed]
     assert node.cli("kv", "delete", key).returncode == 0
+
+
+def test_config_lists_every_setting_and_says_when_a_value_is_capped(
+    single: tuple[NodeSet, NodeProcess],
+) -> None:
+    from click.testing import CliRunner
+
+    from symphonyd.cli.main import main
+    from symphonyd.state.cluster import SETTINGS
+
+    helped = CliRunner().invoke(main, ["config", "--help"])
+    assert helped.exit_code == 0
+    flat = " ".join(helped.output.split())
+    assert all(name in flat for name in SETTINGS), flat
+    _, node = single
+    capped = node.cli("config", "set", "images.min_replicas", "5")
+    assert capped.returncode == 0, capped.stderr
+    assert capped.stdout.strip() == "images.min_replicas = 5"
+    assert "the cluster has 1 member: each image is held by every member" in capped.stderr
+    ratio = node.cli("config", "set", "compute.cpu_overcommit", "2.5")
+    assert ratio.returncode == 0 and ratio.stdout.strip() == "compute.cpu_overcommit = 2.5"
+    bad = node.cli("config", "set", "compute.cpu_overcommit", "0.5")
+    assert bad.returncode == 1 and "must be a number from 1 to 64" in bad.stderr
+
+
+def test_options_in_the_wrong_place_say_what_to_do(single: tuple[NodeSet, NodeProcess]) -> None:
+    """Issue 16, item 7."""
+    _, node = single
+    after = node.cli("status", "--data-dir", str(node.data_dir))
+    assert after.returncode == 2
+    assert "--data-dir is a global option: it goes before the command" in after.stderr
+    addr = f"https://127.0.0.1:{node.api_port}"
+    local = node.cli("--addr", addr, "service", "new")
+    assert local.returncode == 2 and "cannot be used with it; run it on the host" in local.stderr
+    tokenless = node.cli("--addr", addr, "node", "list")
+    assert tokenless.returncode == 1 and "--token or SYMPHONYD_TOKEN" in tokenless.stderr
+    raft = node.cli("--addr", f"https://127.0.0.1:{node.raft_port}", "--token", "x.y",
+                    "node", "list", timeout=120)  # fmt: skip
+    assert raft.returncode == 1 and "is it the Raft port?" in raft.stderr, raft.stderr
+
+
+def test_piped_tables_are_one_record_per_line_without_reprs(
+    single: tuple[NodeSet, NodeProcess], tmp_path: Path
+) -> None:
+    """Issue 16, item 4: piped tables were cut at 80 columns and wrapped; show printed
+    Python reprs."""
+    _, node = single
+    (tmp_path / "img").write_bytes(b"x" * 4096)
+    made = node.cli("image", "new", "a description long enough to need a wide column", "img",
+                    str(tmp_path / "img"), "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    fingerprint = json.loads(made.stdout)["fingerprint"]
+    listed = node.cli("image", "list")
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and fingerprint[:16] in lines[1], lines
+    shown = node.cli("image", "show", "img")
+    assert shown.returncode == 0
+    assert "['" not in shown.stdout and "{'" not in shown.stdout, shown.stdout
+    assert all(len(line.split()) >= 1 for line in shown.stdout.splitlines())

@@ -47,10 +47,18 @@ def test_the_example_settings_file_names_real_settings_with_their_defaults() -> 
     )
     example = tomllib.loads(uncommented)
     defaults = Settings(name="x", address="127.0.0.1")
+    # the service tables' empty defaults mean these (config.py, docs/configuration.md)
+    tables = {
+        "block": {"driver": "file", "pool": "default", "options": {}},
+        "compute": {"driver": "libvirt", "options": {}},
+    }
     for key, value in example.items():
         assert hasattr(defaults, key), f"{key} is not a setting"
-        if key not in ("name", "address", "bind", "raft"):
+        if key in tables:
+            assert value == tables[key], f"[{key}]: the example says {value!r}"
+        elif key not in ("name", "address", "bind", "raft"):
             assert getattr(defaults, key) == value, f"{key}: the example says {value!r}"
+    assert {"block", "compute", "lifecycle_dirs", "log_format"} <= set(example)
     conf = SyncObjConf()
     for key in example["raft"]:
         assert hasattr(conf, key), f"raft.{key} is not a pysyncobj setting"

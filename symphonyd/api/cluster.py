@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from aiohttp import web
 
@@ -10,6 +11,7 @@ from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.state import cluster as cluster_table
+from symphonyd.state import nodes
 from symphonyd.validation import parse_duration
 
 
@@ -89,7 +91,15 @@ async def set_config(request: web.Request) -> web.Response:
     cluster.require_schema_level(cluster_table.INTRODUCED.get(key, 1), f"setting {key}")
     await cluster.propose_ok(Entry(EntryType.CLUSTER_CONFIG, {"key": key, "value": value}))
     with cluster.store.lock:
-        return json_response({"config": cluster_table.config(cluster.store)})
+        answer: dict[str, Any] = {"config": cluster_table.config(cluster.store)}
+        members = len(nodes.all_nodes(cluster.store))
+    if key == "images.min_replicas" and value > members:
+        count = f"{members} member{'s' if members != 1 else ''}"
+        answer["note"] = (
+            f"the cluster has {count}: each image is held by every member until more "
+            "join (a node holds at most one copy)"
+        )
+    return json_response(answer)
 
 
 async def activate(request: web.Request) -> web.Response:

@@ -192,6 +192,15 @@ class LvmHost:
         self.run(["vgremove", *self.change_flags, name], f"vgremove {name}")
 
 
+def device_mapper_present(misc: str = "/proc/misc") -> bool:
+    """Whether this kernel has device-mapper (its misc device is registered)."""
+    try:
+        with open(misc) as f:
+            return any(line.split()[-1:] == ["device-mapper"] for line in f)
+    except OSError:
+        return False
+
+
 def check_device_path(device: object) -> str:
     """An absolute device path without `..`, spaces or control characters (any host)."""
     if not isinstance(device, str) or not device.startswith("/") or ".." in device.split("/"):
@@ -298,6 +307,14 @@ class LvmDriver:
 
     def check(self) -> Health:
         mode = " (metadata-only mode: LVs are never activated)" if self.metadata_only else ""
+        if not self.metadata_only and not device_mapper_present():
+            return Health(
+                False,
+                "this kernel has no device-mapper (no 'device-mapper' in /proc/misc): logical "
+                "volumes cannot be activated here. Load it (modprobe dm_mod), or enable the "
+                "service with -o metadata_only=true (volumes are made, grown and removed, "
+                "but hold no data and take no snapshots)",
+            )
         try:
             groups = self.host.volume_groups()
         except (NotSupported, DriverError) as exc:

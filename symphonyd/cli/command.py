@@ -35,7 +35,13 @@ class Context:
         self.explicit_data_dir: str | None = data_dir
 
     def client(self, *, local_only: bool = False, timeout: float = 60.0) -> Client:
-        if self.addr and not local_only:
+        if self.addr and local_only:
+            raise click.UsageError(
+                "this command talks to the daemon of this host, over its control socket "
+                f"({self.socket_path}): --addr/--manager-addr cannot be used with it; run "
+                "it on the host (with --data-dir if the node's is not the default)"
+            )
+        if self.addr:
             fingerprint = self.fingerprint or local_fingerprint(self.data_dir)
             return Client(
                 addr=self.addr, token=self.token, fingerprint=fingerprint, timeout=timeout
@@ -73,6 +79,24 @@ class CommandGroup(click.Group):
         except SymphonyError as exc:
             click.echo(f"Error: {exc.message}", err=True)
             ctx.exit(1)
+        except click.NoSuchOption as exc:
+            if exc.option_name in GLOBAL_OPTIONS and ctx.parent is None:
+                hint = (
+                    f"{exc.message} ({exc.option_name} is a global option: it goes before "
+                    f"the command, e.g. symphonyd {exc.option_name} VALUE "
+                    f"{ctx.invoked_subcommand or 'status'})"
+                )
+                raise click.UsageError(hint, exc.ctx) from None
+            raise
 
+
+GLOBAL_OPTIONS = (
+    "--socket-path",
+    "--data-dir",
+    "--addr",
+    "--manager-addr",
+    "--token",
+    "--fingerprint",
+)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")

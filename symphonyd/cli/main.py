@@ -316,7 +316,8 @@ def kv() -> None:
 @json_option
 @click.pass_obj
 def kv_get(obj: Context, key: str, as_json: bool) -> None:
-    """Print a key's value."""
+    """Print a key's value: its bytes as they are when piped, a newline after it on a
+    terminal."""
     from symphonyd.errors import NotFound
 
     client = obj.client()
@@ -410,7 +411,9 @@ def kv_list(obj: Context, prefix: str, as_json: bool) -> None:
 
 @main.group("config")
 def config_group() -> None:
-    """Cluster-wide settings (images.min_replicas)."""
+    """Cluster-wide settings: images.min_replicas, images.failed_keep,
+    deployments.step_patience, compute.cpu_overcommit, compute.memory_overcommit
+    (docs/configuration.md)."""
 
 
 @config_group.command("get")
@@ -438,6 +441,8 @@ def config_set(obj: Context, key: str, value: str) -> None:
     """Change a setting for the whole cluster."""
     result = obj.client().request("PUT", f"/v1/cluster/config/{key}", body={"value": value})
     click.echo(f"{key} = {result['config'][key]}")
+    if result.get("note"):
+        click.echo(f"Note: {result['note']}", err=True)
 
 
 node.add_command(_instances.node_evacuate)

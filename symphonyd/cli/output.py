@@ -1,5 +1,7 @@
 """Human and JSON output for the CLI: aligned tables and progress bars (rich), pretty
-JSON, human sizes.
+JSON, human sizes. On a terminal, tables are drawn by rich (cells fold to its width);
+when stdout is not a terminal they are plain aligned text, one record per line, never
+cut or wrapped, so they pipe well (`--json` is for scripts).
 
 rich is imported when a table or a progress bar is drawn, not before: a command that
 prints JSON or one line starts faster without it."""
@@ -7,6 +9,7 @@ prints JSON or one line starts faster without it."""
 from __future__ import annotations
 
 import json
+import sys
 import urllib.parse
 from collections.abc import Sequence
 from functools import cache
@@ -34,21 +37,51 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
+def cell(value: Any) -> str:
+    """A value as a table shows it: lists joined with commas, mappings as key=value, never
+    a Python repr; None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple | set):
+        return ", ".join(cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _plain(rows: Sequence[Sequence[str]]) -> None:
+    """Not a terminal: aligned columns, one record per line, never cut or wrapped."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    for row in rows:
+        last = len(row) - 1
+        print("  ".join(v if i == last else v.ljust(widths[i]) for i, v in enumerate(row)))
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[cell(v) for v in row] for row in rows]
+    if not sys.stdout.isatty():
+        _plain([list(headers), *cells])
+        return
     table = _table(header_style="bold")
     for header in headers:
         table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+    for row in cells:
+        table.add_row(*row)
     _console().print(table)
 
 
 def print_kv_table(pairs: Sequence[tuple[str, Any]]) -> None:
+    cells = [[str(key), cell(value)] for key, value in pairs]
+    if not sys.stdout.isatty():
+        _plain(cells)
+        return
     table = _table(show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key, value in pairs:
-        table.add_row(str(key), "-" if value is None else str(value))
+    for row in cells:
+        table.add_row(*row)
     _console().print(table)
 
 
