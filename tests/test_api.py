@@ -739,6 +739,11 @@ def test_openapi_describes_every_route(api: Api) -> None:
         assert route.method.lower() in paths[path], (route.method, path)
     schema = document["components"]["schemas"]["Error"]
     assert schema["properties"]["error"]["required"] == ["code", "message"]
+    # socket-only routes say so, and no bearer token opens them (issue 14, finding 11)
+    enable = paths["/v1/services"]["post"]
+    assert enable["security"] == [] and enable["x-symphonyd-local-only"] is True
+    assert "403" in enable["responses"]
+    assert paths["/v1/kv/{key}"]["get"]["security"] == [{"bearer": []}]
 
 
 # -- shutdown ------------------------------------------------------------------------------

@@ -99,3 +99,36 @@ def test_a_module_directory_cannot_shadow_a_package(tmp_path: Path) -> None:
 
     assert hasattr(json, "dumps")  # the real json module is untouched
     assert loaded.catalog.names() == ["Server"]
+
+
+def test_modules_anyone_but_root_may_write_are_refused(tmp_path: Path) -> None:
+    """Issue 14, finding 9: a file owned by nobody in a 0777 directory ran on import."""
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("changes file owners: needs root (CI runs as root)")
+    ran = tmp_path / "ran"
+    trap = f"open({str(ran)!r}, 'w').write('imported')\n"
+    folder = tmp_path / "modules"
+    folder.mkdir(mode=0o755)
+    (folder / "a_good.py").write_text(GOOD)
+    (folder / "b_world_writable.py").write_text(trap)
+    os.chmod(folder / "b_world_writable.py", 0o666)
+    (folder / "c_nobodys.py").write_text(trap)
+    os.chown(folder / "c_nobodys.py", 65534, 65534)
+    loaded = load([str(folder)], builtins=())
+    assert "Server" in loaded.catalog
+    broken = loaded.broken
+    assert "writable by others (mode 0666)" in broken[str(folder / "b_world_writable.py")]
+    assert "owned by uid 65534" in broken[str(folder / "c_nobodys.py")]
+    assert not ran.exists()  # neither ran
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    (open_dir / "good.py").write_text(GOOD)
+    assert (
+        "writable by others (mode 0777)"
+        in load([str(open_dir)], builtins=()).broken[str(open_dir / "good.py")]
+    )

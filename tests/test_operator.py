@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,22 @@ def test_the_unit_verifies_with_no_output(tmp_path: Path) -> None:
     copy.write_text(unit.replace("/usr/local/bin/symphonyd", str(stand_in)))
     result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result
+
+
+def test_the_unit_is_hardened_to_a_security_score_of_5_or_below() -> None:
+    """Issue 14, finding 10: the unit scored 7.9 EXPOSED."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing (apt-get install systemd)")
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", str(ROOT / "systemd" / "symphonyd.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) <= 5.0, result.stdout
 
 
 def test_the_example_settings_file_names_real_settings_with_their_defaults() -> None:

@@ -184,3 +184,29 @@ def test_a_wider_data_dir_is_made_private_at_start(nodeset: NodeSet) -> None:
     # 0711: others may pass through to a volume handed to the hypervisor, never list it
     assert os.stat(node.data_dir).st_mode & 0o777 == 0o711
     assert "was mode 0755; made it 0711" in node.log()
+
+
+@pytest.mark.cluster
+def test_tokens_are_listed_without_secrets_and_revoked_everywhere(nodeset: NodeSet) -> None:
+    """Finding 3: there was no way to list or revoke a token."""
+    n1, n2 = nodeset.form(2)
+    made = n1.cli("token", "create", "--admin", "--description", "ci robot", "--json")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    secret = created["token"]
+    remote = ("--addr", f"https://127.0.0.1:{n2.api_port}", "--token", secret)
+    assert n2.cli(*remote, "node", "list").returncode == 0
+    listed = json.loads(n1.cli("token", "list", "--json").stdout)["tokens"]
+    mine = next(t for t in listed if t["id"] == created["id"])
+    assert (mine["kind"], mine["description"], mine["expired"]) == ("admin", "ci robot", False)
+    text = json.dumps(listed)
+    assert secret.split(".", 1)[1] not in text and "sha256" not in text
+    shown = n1.cli("token", "show", created["id"][:8])
+    assert shown.returncode == 0 and "ci robot" in shown.stdout
+    revoked = n1.cli("token", "revoke", created["id"])
+    assert revoked.returncode == 0 and f"Revoked admin token {created['id']}" in revoked.stdout
+    # refused at once, on another node too
+    wait_until(lambda: n2.cli(*remote, "node", "list").returncode == 1, 10, "the refusal on n2")
+    denied = n2.cli(*remote, "node", "list")
+    assert "not valid" in denied.stderr
+    assert n1.cli("token", "revoke", created["id"]).returncode == 1  # gone

@@ -19,6 +19,7 @@ from symphonyd.api import (
     progress,
     prometheus,
     services,
+    tokens,
 )
 from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
@@ -37,6 +38,7 @@ def all_routes() -> list[Route]:
         *kv.ROUTES,
         *images.ROUTES,
         *services.ROUTES,
+        *tokens.ROUTES,
         *block.ROUTES,
         *instances.ROUTES,
         *lifecycles.ROUTES,

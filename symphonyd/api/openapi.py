@@ -95,7 +95,15 @@ def document(routes: list[Route]) -> dict[str, Any]:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             }
-        operation["security"] = [] if route.auth in ("none", "join") else [{"bearer": []}]
+        if route.auth == "local":  # no token opens it: only the node's control socket
+            operation["security"] = []
+            operation["x-symphonyd-local-only"] = True
+            operation["description"] = (
+                "Only over the node's local control socket (root on the host); over HTTPS "
+                "it is refused with 403, whatever the token."
+            )
+        else:
+            operation["security"] = [] if route.auth in ("none", "join") else [{"bearer": []}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.0.3",

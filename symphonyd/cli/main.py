@@ -23,7 +23,7 @@ from symphonyd.cli import instances as _instances
 from symphonyd.cli import lifecycles as _lifecycles
 from symphonyd.cli import lvm as _lvm
 from symphonyd.cli.command import CommandGroup, Context, json_option
-from symphonyd.cli.output import print_json, print_kv_table, print_table
+from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
 
 DEFAULT_DATA_DIR = "/var/lib/symphonyd"
 
@@ -179,6 +179,53 @@ def token_create(
     expiry = result["expires_at"] or "never"
     click.echo(f"{result['kind'].capitalize()} token {result['id']} (expires {expiry}):")
     click.echo(result["token"])
+
+
+@token.command("list")
+@json_option
+@click.pass_obj
+def token_list(obj: Context, as_json: bool) -> None:
+    """API and join tokens (never their secrets)."""
+    result = obj.client().request("GET", "/v1/tokens")
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["ID", "KIND", "CREATED", "EXPIRES", "USED BY", "DESCRIPTION"],
+        [
+            [
+                t["id"],
+                t["kind"],
+                t["created_at"],
+                ("expired " if t["expired"] else "") + (t["expires_at"] or "never"),
+                t["used_by"],
+                t["description"] or None,
+            ]
+            for t in result["tokens"]
+        ],
+    )
+
+
+@token.command("show")
+@click.argument("ref", metavar="TOKEN_ID")
+@json_option
+@click.pass_obj
+def token_show(obj: Context, ref: str, as_json: bool) -> None:
+    """One token (by id or id prefix; the part of a token before the dot)."""
+    record = obj.client().request("GET", resource_path("tokens", ref))
+    if as_json:
+        print_json(record)
+    else:
+        print_kv_table(list(record.items()))
+
+
+@token.command("revoke")
+@click.argument("ref", metavar="TOKEN_ID")
+@click.pass_obj
+def token_revoke(obj: Context, ref: str) -> None:
+    """Revoke a token: every node refuses it at once."""
+    result = obj.client().request("DELETE", resource_path("tokens", ref))
+    click.echo(f"Revoked {result['kind']} token {result['revoked']}.")
 
 
 @main.command()

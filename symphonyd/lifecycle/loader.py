@@ -4,7 +4,9 @@ directories (`<data-dir>/lifecycles/` and any configured path).
 A module that fails (a syntax error, an import error, a lifecycle whose graph is bad, a
 name already taken, references to other lifecycles that do not hold) is listed as broken
 with its error, and the rest load. Files are imported under a private module name, so a
-module directory cannot shadow a real package.
+module directory cannot shadow a real package. A file, or a directory holding one, that
+anyone but root may write (or that another user owns) is refused the same way: its code
+would run with the daemon's rights.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Iterable
@@ -58,7 +61,26 @@ def lifecycles_in(module: ModuleType) -> list[type[Lifecycle]]:
     return found
 
 
+def check_trusted(path: str) -> None:
+    """Refuse a module file (or its directory) that someone other than root (or the user
+    the daemon runs as) owns or may write: its code would run with the daemon's rights."""
+    trusted = {0, os.geteuid()}
+    for where in (path, os.path.dirname(os.path.abspath(path))):
+        info = os.stat(where)
+        if info.st_uid not in trusted:
+            raise SymphonyError(
+                f"refused: {where} is owned by uid {info.st_uid}; lifecycle modules and their "
+                "directories must be owned by root"
+            )
+        if info.st_mode & 0o022:
+            raise SymphonyError(
+                f"refused: {where} is writable by others (mode {stat.S_IMODE(info.st_mode):04o});"
+                " lifecycle modules and their directories must be writable by root only"
+            )
+
+
 def _import_file(path: str) -> ModuleType:
+    check_trusted(path)
     digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
     name = f"symphonyd_lifecycle_module_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
