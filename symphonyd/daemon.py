@@ -102,6 +102,7 @@ class Daemon:
         # they are cancelled (an upload that stalls is marked failed, its file removed).
         self._runner = web.AppRunner(
             make_app(self),
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=SHUTDOWN_GRACE,
@@ -362,6 +363,7 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
 
 
 DATA_DIR_MODE = 0o711
+KEEPALIVE_TIMEOUT = 75.0  # s an idle keep-alive connection stays open (aiohttp's: ~1 h)
 
 
 def _private(data_dir: str) -> None:

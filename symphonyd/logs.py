@@ -51,3 +51,26 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (an oversized header, a bad request line)
+    at ERROR with a traceback, for every such request anyone sends: make it one WARNING
+    line naming the client and the reason (the client got its 400)."""
+
+    LIMIT = 160  # characters of the reason kept (it quotes the offending bytes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            reason = " ".join(str(error.message or error).split())[: self.LIMIT]
+            said = record.getMessage()
+            record.msg, record.args = "%s: %s %s", (said, error.code, reason)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True

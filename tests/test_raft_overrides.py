@@ -380,3 +380,25 @@ def test_the_check_runs_when_the_node_module_is_imported() -> None:
     assert done.returncode != 0
     assert "ImportError" in done.stderr
     assert "lacks SyncObj._SyncObj__sendAppendEntries" in done.stderr
+
+
+def test_the_raft_port_guard_is_installed_and_checks_its_internals() -> None:
+    from pysyncobj.tcp_connection import TcpConnection
+
+    from symphonyd.raft import guard
+
+    assert guard.missing_internals() == []
+    assert TcpConnection._symphonyd_guarded is True  # installed by importing raft.node
+    program = (
+        "from pysyncobj.tcp_connection import TcpConnection\n"
+        "del TcpConnection._TcpConnection__processRead\n"
+        "import symphonyd.raft.node\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "TcpConnection._TcpConnection__processRead" in done.stderr

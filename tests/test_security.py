@@ -210,3 +210,53 @@ def test_tokens_are_listed_without_secrets_and_revoked_everywhere(nodeset: NodeS
     denied = n2.cli(*remote, "node", "list")
     assert "not valid" in denied.stderr
     assert n1.cli("token", "revoke", created["id"]).returncode == 1  # gone
+
+
+@pytest.mark.cluster
+def test_junk_on_the_raft_port_is_dropped_before_it_is_buffered(nodeset: NodeSet) -> None:
+    """Finding 2: a length prefix of 0x7fffffff and a stream of junk on the Raft port was
+    buffered with `bytes +=` on the Raft thread, stalling writes for seconds."""
+    import socket
+    import struct
+    import time
+
+    (n1,) = nodeset.form(1)
+    client = n1.client()
+    client.request("PUT", "/v1/kv/before", raw=b"1")
+    attacker = socket.create_connection(("127.0.0.1", n1.raft_port), timeout=5)
+    sent, closed = 0, False
+    deadline = time.monotonic() + 10
+    try:
+        attacker.sendall(struct.pack("i", 0x7FFFFFFF))
+        chunk = b"\0" * 65536
+        while time.monotonic() < deadline and sent < 256 << 20:
+            try:
+                attacker.sendall(chunk)
+                sent += len(chunk)
+            except OSError:  # reset by the node: dropped
+                closed = True
+                break
+    finally:
+        attacker.close()
+    assert closed, f"the Raft port took {sent} bytes of junk without closing"
+    assert sent < 64 << 20  # dropped at its header, not after buffering the stream
+    client.request("PUT", "/v1/kv/after", raw=b"2")  # writes go on
+    assert "announced a 2147483647-byte message before authenticating" in n1.log()
+
+
+@pytest.mark.cluster
+def test_an_oversized_header_is_one_log_line(nodeset: NodeSet) -> None:
+    """Finding 7, in part: oversized headers were logged as aiohttp tracebacks at ERROR."""
+    import socket
+    import ssl
+
+    (n1,) = nodeset.form(1)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", n1.api_port), timeout=10)) as s:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        assert s.recv(64).startswith(b"HTTP/1.0 400")
+    wait_until(lambda: "Got more than 8190 bytes" in n1.log(), 10, "the refusal logged")
+    log = n1.log()
+    assert "Traceback" not in log and "ERROR aiohttp.server" not in log
+    assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: 400" in log

@@ -53,6 +53,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
 from symphonyd.durable import write_file_durably
+from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
 from symphonyd.raft.wire import AeadEncryptor
@@ -119,6 +120,7 @@ def check_pysyncobj(module: ModuleType) -> None:
 
 
 check_pysyncobj(_syncobj_module)
+guard.install()  # the Raft port's bound before authentication (raft/guard.py)
 
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 Callback = Callable[[Any, int], None]
