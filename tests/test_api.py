@@ -319,7 +319,12 @@ def test_unknown_route_is_404_json(api: Api, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("DELETE", "/v1/health"), ("POST", "/v1/kv/x"), ("PUT", "/v1/tokens"), ("PATCH", "/v1/tokens")],
+    [
+        ("DELETE", "/v1/health"),
+        ("POST", "/v1/kv/x"),
+        ("PUT", "/v1/tokens"),
+        ("PATCH", "/v1/tokens"),
+    ],
 )
 def test_wrong_method_is_405_json(api: Api, method: str, path: str) -> None:
     before = revision(api.node)
