@@ -181,6 +181,8 @@ def test_options_in_the_wrong_place_say_what_to_do(single: tuple[NodeSet, NodePr
     addr = f"https://127.0.0.1:{node.api_port}"
     local = node.cli("--addr", addr, "service", "new")
     assert local.returncode == 2 and "cannot be used with it; run it on the host" in local.stderr
+    stray = node.cli("--token", "x.y", "status")
+    assert stray.returncode == 0 and "--token is for --addr" in stray.stderr
     tokenless = node.cli("--addr", addr, "node", "list")
     assert tokenless.returncode == 1 and "--token or SYMPHONYD_TOKEN" in tokenless.stderr
     raft = node.cli("--addr", f"https://127.0.0.1:{node.raft_port}", "--token", "x.y",

@@ -111,7 +111,9 @@ def test_copies_are_identical_and_stay_sparse(
         assert result.data_bytes <= nonzero_pieces + 2 * 4096 * len(pieces)
         assert allocated(dst) <= result.data_bytes + 64 * 1024
     if data is not None:
-        assert result.data_bytes == len(content)
+        # dense data is written whole, but for a piece shorter than a grain that is all
+        # zeros (a stream chunk's last bytes, 1 in 256 for one random byte): a hole
+        assert 0 <= len(content) - result.data_bytes <= 16, (len(content), result.data_bytes)
 
 
 def test_digest_matches_sha256sum(tmp_path: Path, rng: random.Random) -> None:

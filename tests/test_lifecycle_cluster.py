@@ -178,6 +178,9 @@ def test_goto_call_simulate_and_show_on_one_node(nodeset: NodeSet) -> None:
     assert shown["state"] == "Active" and shown["calls"]["Configured/enter"]["values"] == {
         "port": port
     }
+    table = n1.cli("lifecycle", "show", "WebServer").stdout  # what holds, not the default
+    held = next(line for line in table.splitlines() if line.startswith("Configured"))
+    assert f"port={port}" in held and "port=80" not in held and held.rstrip().endswith("yes")
     graph = n1.cli("lifecycle", "graph", "WebServer").stdout
     assert graph.startswith('digraph "WebServer"') and '"Configured" -> "Active"' in graph
     down = n1.cli("lifecycle", "goto", "WebServer", "NotInstalled")

@@ -262,18 +262,20 @@ def lifecycle_show(obj: Context, name: str, node: str | None, as_json: bool) -> 
     rows = []
     for state in result["states"]:
         for item in state["provides"]:
+            # a provide that holds shows the values it was called with (what holds), the
+            # others their defaults
+            call = result["calls"].get(f"{state['name']}/{item['name']}")
+            held = (call or {}).get("values") or {}
             needs = []
             for require in item["requires"]:
                 if require["type"] == "user":
-                    needs += [
-                        f"{v['name']}={v['default']}" if v["default"] is not None else v["name"]
-                        for v in require["variables"]
-                    ]
+                    for v in require["variables"]:
+                        value = held.get(v["name"], v["default"])
+                        needs.append(v["name"] if value is None else f"{v['name']}={value}")
                 else:
                     needs.append(f"{require['type']} {require['xpath']} ({require['nargs']})")
-            called = f"{state['name']}/{item['name']}" in result["calls"]
-            rows.append([state["name"], item["name"], ", ".join(needs), "yes" if called else ""])
-    print_table(["STATE", "PROVIDE", "REQUIRES", "HOLDS"], rows)
+            rows.append([state["name"], item["name"], ", ".join(needs), "yes" if call else ""])
+    print_table(["STATE", "PROVIDE", "REQUIRES (held values, else defaults)", "HOLDS"], rows)
 
 
 @lifecycle.command("graph")

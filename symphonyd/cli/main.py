@@ -74,6 +74,12 @@ def main(
     # `run` lets a settings file choose the data dir unless a flag or the environment did.
     source = ctx.get_parameter_source("data_dir")
     ctx.obj.explicit_data_dir = None if source == ParameterSource.DEFAULT else data_dir
+    given = ctx.get_parameter_source("token") == ParameterSource.COMMANDLINE
+    if token and given and not (addr or manager_addr):
+        click.echo(
+            "Note: --token is for --addr; the local control socket needs none (ignored)",
+            err=True,
+        )
 
 
 @main.command()
