@@ -306,7 +306,7 @@ def volume_show(obj: Context, ref: str, as_json: bool) -> None:
 
 @volume.command("rm")
 @click.argument("ref", metavar="VOLUME")
-@click.option("--no-wait", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Return once asked (its node removes it).")
 @click.pass_obj
 def volume_rm(obj: Context, ref: str, no_wait: bool) -> None:
     """Delete a volume; its node removes it."""

@@ -343,7 +343,7 @@ def lifecycle_goto(obj: Context, name: str, state: str, node: str | None, **flag
 @click.argument("xpath")
 @with_change_options
 def lifecycle_call(obj: Context, xpath: str, node: str | None, **flags: Any) -> None:
-    """Call a provide (e.g. WebServer//start), moving to its state first."""
+    """Call a provide (moving to its state first). XPATH: e.g. WebServer//start."""
     node = node or _this_node(obj.client())
     path = _node_path(node, "lifecycles", "provides", xpath, "call")
     _change(obj, path, {}, flags)
