@@ -19,10 +19,7 @@ def block_of(request: web.Request) -> BlockService:
 
 
 async def create_volume(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"name", "size", "image", "node", "pool"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    body = await read_json(request, {"name", "size", "image", "node", "pool"})
     for key in ("image", "node", "pool"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise Invalid(f"'{key}' must be text")
@@ -96,20 +93,14 @@ def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
 
 
 async def create_pv(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"device", "service"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    body = await read_json(request, {"device", "service"})
     block = block_of(request)
     record = await block.lvm.create_pv(_text(body, "device"), _text(body, "service"))
     return json_response(record, status=202)
 
 
 async def create_vg(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"pv", "name"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    body = await read_json(request, {"pv", "name"})
     pv = _text(body, "pv")
     assert pv is not None
     record = await block_of(request).lvm.create_vg(pv, _text(body, "name", required=False))
@@ -117,10 +108,7 @@ async def create_vg(request: web.Request) -> web.Response:
 
 
 async def create_lv(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"size", "vg", "name"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    body = await read_json(request, {"size", "vg", "name"})
     vg = _text(body, "vg")
     assert vg is not None
     record = await block_of(request).create_lv(

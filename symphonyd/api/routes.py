@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +62,9 @@ def json_response(
     )
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty); 400 on anything else."""
+async def read_json(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); 400 on anything else, and on a
+    field not in `allowed` (when given)."""
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -75,6 +76,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise Invalid("request body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
     return body
 
 

@@ -19,10 +19,7 @@ from symphonyd.state import lookup, services
 async def create_service(request: web.Request) -> web.Response:
     if not request["local"]:
         raise Forbidden("a service is enabled on a node through its local control socket")
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"type", "driver", "pool", "options"})
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    body = await read_json(request, {"type", "driver", "pool", "options"})
     for key in ("type", "driver", "pool"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise Invalid(f"'{key}' must be text")

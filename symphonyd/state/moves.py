@@ -79,7 +79,7 @@ def _abort(store: Store, record: dict[str, Any], body: dict[str, Any]) -> dict[s
     move = record.get("move") or {}
     if move.get("phase") not in ("stopping", "copying"):
         return failure("conflict", f"instance {record['name']} has no move to abort")
-    _remove(store, list(move.get("volumes", {}).values()), body["now"])
+    volumes.discard(store, list(move.get("volumes", {}).values()), body["now"])
     fields: dict[str, Any] = {
         "move": None,
         "last_error": {"action": "move", "message": body["reason"], "at": body["now"]},
@@ -130,25 +130,12 @@ def _finish(store: Store, record: dict[str, Any], body: dict[str, Any]) -> dict[
             names[source_id] = source["name"]
     fields = {"move": None, "updated_at": body["now"]}
     result = instances.update(store, record["id"], fields)
-    _remove(store, list(names), body["now"])
+    volumes.discard(store, list(names), body["now"])
     for source_id, copy_id in move.get("volumes", {}).items():
         copy = volumes.get(store, copy_id)
         if copy is not None and source_id in names:
             volumes.update(store, copy_id, {"name": names[source_id], "source": None})
     return result
-
-
-def _remove(store: Store, volume_ids: list[str], now: str) -> None:
-    for volume_id in volume_ids:
-        volume = volumes.get(store, volume_id)
-        if volume is None:
-            continue
-        if volume["status"] in ("pending", "failed"):
-            volumes.delete(store, volume_id)
-        else:
-            volumes.update(
-                store, volume_id, {"status": "deleting", "status_message": "", "updated_at": now}
-            )
 
 
 _STEPS = {"begin": _begin, "copy": _copy, "abort": _abort, "switch": _switch, "finish": _finish}

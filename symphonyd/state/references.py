@@ -153,16 +153,7 @@ def delete_instance(store: Store, instance_id: str, keep_volumes: bool, now: str
         doomed += list(record.get("volumes", []))
         doomed += [v for v in instances.applied_volumes(record) if v not in doomed]
     doomed += [v for v in sorted(instances.moving_volumes(record)) if v not in doomed]
-    for volume_id in doomed:
-        volume = volumes.get(store, volume_id)
-        if volume is None:
-            continue
-        if volume["status"] in ("pending", "failed"):
-            volumes.delete(store, volume_id)
-        else:
-            volumes.update(
-                store, volume_id, {"status": "deleting", "status_message": "", "updated_at": now}
-            )
+    volumes.discard(store, doomed, now)
     return {"ok": True}
 
 

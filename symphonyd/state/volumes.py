@@ -92,3 +92,18 @@ def delete(store: Store, volume_id: str) -> dict[str, Any]:
     if store.delete(TABLE, volume_id) is None:
         return failure("not_found", f"no volume {volume_id}")
     return {"ok": True}
+
+
+def discard(store: Store, volume_ids: list[str], now: str) -> None:
+    """Let volumes go (an instance removed, a move finished or given up): one never made
+    (`pending`, `failed`) is deleted, the others marked `deleting` for their node's agent."""
+    for volume_id in volume_ids:
+        volume = get(store, volume_id)
+        if volume is None:
+            continue
+        if volume["status"] in ("pending", "failed"):
+            delete(store, volume_id)
+        else:
+            update(
+                store, volume_id, {"status": "deleting", "status_message": "", "updated_at": now}
+            )
