@@ -300,8 +300,10 @@ class Reconciler(Generic[R]):
         return max(0.0, min(waits) - time.monotonic()) if waits else None
 
     async def run(self) -> None:
-        """The agent's loop, until cancelled (its workers are cancelled with it)."""
+        """The agent's loop, until cancelled (its workers are cancelled with it). It acts
+        only once this node's store holds what was committed when it started."""
         try:
+            await self._caught_up()
             while True:
                 # The revision seen *before* reading: a change made while the pass runs
                 # wakes the next one at once.
@@ -325,6 +327,22 @@ class Reconciler(Generic[R]):
                 await self._sleep(seen, timeout)
         finally:
             await self.close()
+
+    async def _caught_up(self) -> None:
+        """Wait for a barrier: after a restart the node replays its log and hears the
+        rest from the leader, and a pass decided from that partial store would act on
+        old records (build again an instance stopped since, or remove what a later entry
+        keeps). Tried again every `retry_delay` seconds while there is no quorum."""
+        said = False
+        while True:
+            try:
+                await self.cluster.barrier()
+                return
+            except SymphonyError as exc:
+                if not said:
+                    log.info("%s: waiting for the cluster before acting: %s", self.name, exc)
+                    said = True
+            await asyncio.sleep(self.retry_delay)
 
     async def _sleep(self, seen: int, timeout: float) -> None:
         changed = asyncio.ensure_future(

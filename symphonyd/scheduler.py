@@ -1,9 +1,8 @@
 """Placement: which node's service gets a new resource, one fit function per kind.
 
-Placement is generic (`best`): the healthy services of a type on nodes this node is
-connected to and that are not cordoned (`node evacuate`), filtered and scored by the
-kind's `Fit` (volumes: `VOLUME_FIT`; instances
-bring their own cpu/memory/disk fit).
+Placement is generic (`state/fit.py`: `Fit`, `best`): the healthy services of a type on
+nodes this node is connected to and that are not cordoned (`node evacuate`), filtered and
+scored by the kind's `Fit` (volumes: `VOLUME_FIT` here; instances: `state/instance_fit.py`).
 
 The API handler checks that a placement exists (so a request that cannot be served is
 refused before anything is written) and records the volume unplaced; the leader alone
@@ -21,22 +20,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from symphonyd.errors import Conflict, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import now_rfc3339
-from symphonyd.state import images, nodes, services, volumes
+from symphonyd.state import images, nodes, volumes
+from symphonyd.state.fit import Fit, best, volumes_committed
 from symphonyd.state.store import Store
 
 log = logging.getLogger("symphonyd.scheduler")
 
 PLACE_PATIENCE = 15.0  # seconds a volume may wait for a place before it fails
-WAITING = ("pending", "creating")  # volumes that will take space not yet allocated
-Q = TypeVar("Q")  # what a kind of resource asks of a placement
 
 
 def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:
@@ -49,45 +47,6 @@ def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:
         for m in members
         if m["name"] == self_name or peers.get(m["raft_addr"], {}).get("connected", False)
     }
-
-
-@dataclass(frozen=True)
-class Fit(Generic[Q]):
-    """How one kind of resource is placed on services of one type.
-
-    `committed(store)` is what each service has promised to records not yet made (by
-    service id); `filter(service, request, committed)` says why a service cannot take the
-    request (None: it can); `score(service, request, committed)` orders those that can
-    (lowest wins; ties go to the node name); `nothing(request)` is the refusal when none
-    can. Placement itself is generic (`best`): healthy services of the type, on reachable
-    nodes, filtered, then scored."""
-
-    kind: str
-    service_type: str
-    committed: Callable[[Store], Mapping[str, Any]]
-    filter: Callable[[Mapping[str, Any], Q, Mapping[str, Any]], str | None]
-    score: Callable[[Mapping[str, Any], Q, Mapping[str, Any]], tuple[Any, ...]]
-    nothing: Callable[[Q], str]
-
-
-def best(store: Store, reachable: set[str], fit: Fit[Q], request: Q) -> dict[str, Any]:
-    """The service that takes `request` (call with the store locked), or Conflict."""
-    committed = fit.committed(store)
-    fitting = []
-    for service in services.all_services(store):
-        if service["type"] != fit.service_type:
-            continue
-        health = service.get("health") or {}
-        if not health.get("ok") or service["node"] not in reachable:
-            continue
-        if (nodes.get(store, service["node"]) or {}).get("cordoned"):
-            continue  # `node evacuate`: nothing new is placed there
-        if fit.filter(service, request, committed) is not None:
-            continue
-        fitting.append((fit.score(service, request, committed), service["node"], dict(service)))
-    if not fitting:
-        raise Conflict(fit.nothing(request))
-    return min(fitting, key=lambda f: f[:2])[2]
 
 
 # -- volumes --------------------------------------------------------------------------------
@@ -134,18 +93,10 @@ def _volume_nothing(request: VolumeRequest) -> str:
     )
 
 
-def _volumes_committed(store: Store) -> dict[str, int]:
-    waiting: dict[str, int] = {}
-    for volume in volumes.all_volumes(store):
-        if volume["status"] in WAITING and volume["service_id"]:
-            waiting[volume["service_id"]] = waiting.get(volume["service_id"], 0) + volume["size"]
-    return waiting
-
-
 VOLUME_FIT: Fit[VolumeRequest] = Fit(
     kind="volume",
     service_type="block",
-    committed=_volumes_committed,
+    committed=volumes_committed,
     filter=_volume_filter,
     score=_volume_score,
     nothing=_volume_nothing,

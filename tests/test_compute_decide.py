@@ -1,5 +1,6 @@
-"""The compute agent's pure decisions (compute/decide.py `decide_instance`) and the
-instances' placement fit (compute/placement.py), without a cluster."""
+"""The compute agent's pure decisions (compute/decide.py `decide_instance`), the
+instances' placement fit (compute/placement.py, state/instance_fit.py) and the placement
+a create entry makes as it applies, without a cluster."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from symphonyd.compute.decide import decide_instance, detach_note
 from symphonyd.compute.driver import DomainInfo
 from symphonyd.compute.placement import choose_node
 from symphonyd.errors import Conflict
+from symphonyd.raft.entries import SCHEMA_VERSION, EntryType, spoken_body_version
 from symphonyd.reconcile import Action
 from symphonyd.state import cluster as cluster_table
+from symphonyd.state import references
 from symphonyd.state.store import Store
 
 GiB = 1 << 30
@@ -62,8 +65,12 @@ def verbs(actions: list[Any]) -> list[str]:
 def test_pending_is_claimed_and_built_only_once_its_root_volume_is_ready() -> None:
     assert verbs(decide_instance(instance(status="pending"), None, None, True)) == ["claim"]
     creating = instance(status="creating")
-    assert decide_instance(creating, {"status": "creating"}, None, True) == []
+    copying = {"status": "creating"}
+    # the seed is written while the disk is made, once; the domain waits for the disk
+    assert verbs(decide_instance(creating, copying, None, True)) == ["seed"]
+    assert decide_instance(creating, copying, None, True, seeded=True) == []
     assert verbs(decide_instance(creating, READY_ROOT, None, True)) == ["build"]
+    assert verbs(decide_instance(creating, READY_ROOT, None, True, seeded=True)) == ["build"]
     failed = decide_instance(
         creating, {"status": "failed", "status_message": "no room"}, None, True
     )
@@ -222,3 +229,67 @@ def test_the_root_disk_needs_room_in_the_same_nodes_block_pool(store: Store) -> 
     with pytest.raises(Conflict, match="no healthy block service"):
         choose_node(store, {"n1", "n2"}, instance(placement={"node": "n1"}))
     assert choose_node(store, {"n1", "n2"}, instance())["node"] == "n2"
+
+
+# -- placed as it is recorded (INSTANCE_CREATE body version 2) ----------------------------
+
+
+def new_instance(iid: str, cpus: int, **fields: Any) -> dict[str, Any]:
+    return {
+        **instance(id=iid, name=iid, cpus=cpus, status="pending", domain=None, applied=None),
+        "node": None,
+        "service_id": None,
+        "root_volume_id": None,
+        "created_at": "2026-12-02T00:00:00Z",
+        **fields,
+    }
+
+
+def test_a_burst_of_creates_spreads_as_each_is_recorded(store: Store) -> None:
+    """Each create is placed with the state left by the ones before it in the log (the
+    same on every node), so a burst spreads instead of piling on the best node of the
+    moment; what fits nowhere now is recorded unplaced for the leader."""
+    candidates = {"candidates": ["n1", "n2"]}
+    homes = []
+    for i in range(4):  # 4 vCPUs each; 2 host CPUs x 4.0 overcommit = 8 per node
+        made = references.create_instance(
+            store, new_instance(f"i{i}", 4), {**candidates, "root_volume_id": f"r{i}"}
+        )
+        assert made["ok"], made
+        record, root = made["instance"], made["volume"]
+        assert (record["status"], record["root_volume_id"]) == ("creating", f"r{i}")
+        assert (root["node"], root["status"], root["name"]) == (
+            record["node"],
+            "creating",
+            f"i{i}-root",
+        )
+        assert root["service_id"] == f"b-{record['node']}"
+        homes.append(record["node"])
+    assert homes == ["n1", "n2", "n1", "n2"]
+    full = references.create_instance(
+        store, new_instance("i4", 4), {**candidates, "root_volume_id": "r4"}
+    )
+    assert (full["instance"]["node"], full["instance"]["status"]) == (None, "pending")
+    assert "volume" not in full and store.get("volumes", "r4") is None
+
+
+def test_only_candidates_are_placed_on_and_an_old_body_is_left_for_the_leader(
+    store: Store,
+) -> None:
+    only_n2 = {"candidates": ["n2"], "root_volume_id": "r1"}
+    made = references.create_instance(store, new_instance("a", 1), only_n2)
+    assert made["instance"]["node"] == "n2"
+    asked = new_instance("b", 1, placement={"node": "n1"})  # an explicit node is honoured
+    made = references.create_instance(
+        store, asked, {"candidates": ["n1", "n2"], "root_volume_id": "r2"}
+    )
+    assert made["instance"]["node"] == "n1"
+    unplaced = references.create_instance(store, new_instance("c", 1))  # body version 1
+    assert (unplaced["instance"]["node"], unplaced["instance"]["status"]) == (None, "pending")
+
+
+def test_the_body_version_written_is_one_every_member_applies() -> None:
+    kind = EntryType.INSTANCE_CREATE
+    assert spoken_body_version(kind, {"n1": SCHEMA_VERSION, "n2": SCHEMA_VERSION}) == 2
+    assert spoken_body_version(kind, {"n1": SCHEMA_VERSION, "n2": 6}) == 1  # mid-upgrade
+    assert spoken_body_version(EntryType.INSTANCE_UPDATE, {"n1": 6}) == 1

@@ -785,10 +785,19 @@ def check_instance_create(fsm: FSM, before: dict[str, Any]) -> None:
     assert apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": INSTANCE})["ok"]
     twin = apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": {**INSTANCE, "id": "i2"}})
     assert twin["ok"] is False and "named 'web' already exists" in twin["error"]["message"]
+    # body version 2 places as it applies (tests/test_compute_decide.py); with no compute
+    # service among the candidates it is recorded unplaced, for the leader
+    placing = {"candidates": ["n1"], "root_volume_id": "r9"}
+    other = {**INSTANCE, "id": "i3", "name": "db"}
+    made = apply_entry(fsm, EntryType.INSTANCE_CREATE, {"instance": other, "placing": placing})
+    assert made["ok"] and (made["instance"]["node"], made["instance"]["status"]) == (
+        None,
+        "pending",
+    )
     # the image cannot go while an instance made from it exists
     apply_entry(fsm, EntryType.IMAGE_CREATE, {"image": IMAGE})
     in_use = apply_entry(fsm, EntryType.IMAGE_DELETE, {"id": "img1"})
-    assert in_use["ok"] is False and "used by instances: web" in in_use["error"]["message"]
+    assert in_use["ok"] is False and "used by instances: db, web" in in_use["error"]["message"]
 
 
 def check_instance_update(fsm: FSM, before: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 brings what libvirt sees back to the records.
 
 Built on `reconcile.Reconciler`. `compute/decide.py` (pure) compares one instance record
-(and its root volume) with the domain its node has and lists the actions: claim it, build
-it once its root volume is ready (seed ISO, domain definition), define it again when the
+(and its root volume) with the domain its node has and lists the actions: claim it (when
+the leader placed it), build it once its root volume is ready (seed ISO, domain
+definition and first start, recorded in one step), define it again when the
 host lost it (a host reboot, the test driver's state after a restart), start, stop
 (graceful with a timeout, or forced), reboot, resize, attach or detach a data volume,
 remove, or record what the domain does now.
@@ -80,6 +81,7 @@ class OwnedInstance:
 class Observed:
     domains: dict[str, DomainInfo] | None  # by instance id; None: the driver did not answer
     unmanaged: tuple[str, ...] = ()
+    seeded: frozenset[str] = frozenset()  # `creating` instances whose seed is written
 
 
 class ComputeAgent(Reconciler[OwnedInstance]):
@@ -147,7 +149,13 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             asyncio.get_running_loop().call_later(RELIST, self.wake)  # not the 30 s rest
             return Observed(None)
         mine = {d.instance_id: d for d in found if d.instance_id is not None}
-        return Observed(mine, tuple(sorted(d.name for d in found if d.instance_id is None)))
+        seeded = frozenset(
+            iid
+            for iid, record in wanted.items()
+            if record.instance["status"] == "creating" and os.path.exists(self._seed_path(iid))
+        )
+        unmanaged = tuple(sorted(d.name for d in found if d.instance_id is None))
+        return Observed(mine, unmanaged, seeded)
 
     def _on_event(self, event: DomainEvent | None) -> None:
         if event is None:
@@ -160,8 +168,15 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         domains = observed.domains
         domain = domains.get(record.instance["id"]) if domains is not None else None
         hotplug = self.drivers.get(record.service).capabilities.hotplug_disks
+        iid = record.instance["id"]
         return decide_instance(
-            record.instance, record.root, domain, domains is not None, hotplug, record.copies
+            record.instance,
+            record.root,
+            domain,
+            domains is not None,
+            hotplug,
+            record.copies,
+            seeded=iid in observed.seeded,
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -175,6 +190,11 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             await claim(self.cluster, EntryType.INSTANCE_UPDATE, iid)
         elif verb == "fail":
             raise GiveUp(str(action.arg))
+        elif verb == "seed":
+            try:
+                await run_blocking(self._write_seed, instance)
+            except (SymphonyError, OSError) as exc:
+                raise GiveUp(f"cloud-init seed: {exc}") from None
         elif verb == "build":
             await self._build(record)
         elif verb == "define":
@@ -284,16 +304,19 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             memory=instance["memory"],
             disks=tuple(disks),
             console_log=os.path.join(folder, "console.log"),
-            seed=os.path.join(folder, "seed.iso"),
+            seed=self._seed_path(instance["id"]),
             network=instance["network"],
         )
+
+    def _seed_path(self, instance_id: str) -> str:
+        return os.path.join(instance_dir(self.data_dir, instance_id), "seed.iso")
 
     def _write_seed(self, instance: Mapping[str, Any]) -> None:
         folder = instance_dir(self.data_dir, instance["id"])
         os.makedirs(folder, mode=0o711, exist_ok=True)  # qemu (another user) opens the seed
         os.chmod(folder, 0o711)
         cloudinit.build_seed(
-            os.path.join(folder, "seed.iso"),
+            self._seed_path(instance["id"]),
             instance["id"],
             instance["name"],
             instance["user_data"],
@@ -318,39 +341,64 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         }
 
     async def _build(self, record: OwnedInstance) -> None:
-        """Seed and domain for a claimed instance whose root volume is ready; any failure
-        undoes what was made and fails the instance with the reason."""
+        """Seed, domain and first start of an instance whose root volume is ready, then one
+        record of the outcome (`running`, or `stopped` when asked so or when the start
+        failed, with the reason). A failure before the domain is defined undoes what was
+        made and fails the instance with the reason."""
         instance = record.instance
         iid = instance["id"]
-        driver = self.drivers.get(record.service)
-        folder = instance_dir(self.data_dir, iid)
+        boot = instance["power"] == "running"
         try:
-            with Reverter() as undo:
-                spec = await run_blocking(self._spec, record)
-                undo.add(shutil.rmtree, folder, True)
-                await run_blocking(self._write_seed, instance)
-                info = await run_blocking(driver.define, spec)
-                undo.add(_quietly_undefine, driver, iid)
-                status = "starting" if instance["power"] == "running" else "stopped"
-                await self._set(
-                    iid,
-                    expect="creating",
-                    status=status,
-                    status_message="",
-                    domain={"vcpus": info.vcpus, "memory": info.memory},
-                    applied=self._applied(record),
-                    at_next_start=[],
-                )
-                undo.keep()
-        except Conflict:
-            raise  # changed meanwhile (removed while building): decided again
+            info, refused = await run_blocking(self._make_domain, record, boot)
         except GiveUp:
             raise
         except SymphonyError as exc:
             raise GiveUp(exc.message) from None
         except OSError as exc:
             raise GiveUp(str(exc)) from None
-        log.info("instance %s defined on %s", iid, self.node, extra={"resource": iid})
+        fields: dict[str, Any] = {
+            "status": "running" if boot else "stopped",
+            "status_message": "",
+            "domain": {"vcpus": info.vcpus, "memory": info.memory},
+            "applied": self._applied(record),
+            "at_next_start": [],
+        }
+        if refused is not None:
+            error = {"action": "start", "message": refused, "at": now_rfc3339()}
+            fields.update(status="stopped", power="stopped", last_error=error)
+            log.warning("instance %s: start failed: %s", iid, refused, extra={"resource": iid})
+        await self._set(iid, expect=instance["status"], **fields)  # Conflict: decided again
+        log.info(
+            "instance %s %s on %s",
+            iid,
+            "started" if fields["status"] == "running" else "defined",
+            self.node,
+            extra={"resource": iid},
+        )
+
+    def _make_domain(self, record: OwnedInstance, boot: bool) -> tuple[DomainInfo, str | None]:
+        """(blocking, one thread hop) The seed, the definition and, with `boot`, the start:
+        the domain as defined and why the start failed (None: it did not). Found defined
+        already (the node stopped before recording it), it is defined again and started
+        only if it is not running."""
+        instance = record.instance
+        driver = self.drivers.get(record.service)
+        with Reverter() as undo:
+            spec = self._spec(record)
+            undo.add(shutil.rmtree, instance_dir(self.data_dir, instance["id"]), True)
+            if not os.path.exists(
+                self._seed_path(instance["id"])
+            ):  # written while the disk was made
+                self._write_seed(instance)
+            info = driver.define(spec)
+            undo.keep()
+        if not boot or info.state in ("running", "paused"):
+            return info, None
+        try:
+            driver.start(instance["id"])
+        except SymphonyError as exc:
+            return info, exc.message
+        return info, None
 
     # -- changes of the definition ----------------------------------------------------------
 
@@ -604,8 +652,3 @@ class ComputeAgent(Reconciler[OwnedInstance]):
 
 def _amount(key: str, value: int) -> str:
     return f"{value >> 20} MiB" if key == "memory" else str(value)
-
-
-def _quietly_undefine(driver: Any, instance_id: str) -> None:
-    with contextlib.suppress(NoSuchDomain):
-        driver.undefine(instance_id)

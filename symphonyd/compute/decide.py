@@ -2,7 +2,9 @@
 volume record and the domain its node has, the actions still to do (no I/O, no clock;
 tested without a cluster). The agent (`compute/agent.py`) acts on them.
 
-The power state: a claimed instance is built once its root volume is ready; a defined
+The power state: a `creating` instance (placed by its create entry, or claimed after the
+leader placed it) has its seed written while its root volume is made, and is defined and
+started once the volume is ready; a defined
 one whose domain the host lost is defined again; `starting` starts, a `stopped` wish
 stops; a domain that stops without being asked makes the instance `stopped` with the
 reason, never started again. The definition: `applied` (what the domain's definition
@@ -36,11 +38,12 @@ def decide_instance(
     listed: bool,
     hotplug: bool = False,
     copies: Sequence[Mapping[str, Any]] = (),
+    seeded: bool = False,
 ) -> list[Action]:
     """What is left to do for one instance, given its root volume record and its domain
     (`listed`: whether the host's domains are known at all; `hotplug`: whether its driver
     can attach and detach disks of a running domain; `copies`: the volume copies of a
-    move in progress)."""
+    move in progress; `seeded`: whether its cloud-init seed is written)."""
     status = instance["status"]
     if status == "deleting":
         return [Action("remove")]
@@ -56,8 +59,8 @@ def decide_instance(
             return [Action("fail", "its root volume is gone")]
         if root["status"] == "failed":
             return [Action("fail", f"its root volume failed: {root['status_message']}")]
-        if root["status"] != "ready":
-            return []  # woken when the volume changes
+        if root["status"] != "ready":  # woken when the volume changes
+            return [] if seeded else [Action("seed")]  # written while the disk is made
         return [Action("build")]
     if not listed:
         return []

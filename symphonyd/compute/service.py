@@ -233,8 +233,12 @@ class ComputeService:
         reachable = scheduler.reachable_nodes(self.cluster, self.node)
         with self.cluster.store.lock:  # refuse now what could not be placed
             choose_node(self.cluster.store, reachable, record)
+        entry: dict[str, Any] = {"instance": record}
+        version = self.cluster.spoken_body_version(EntryType.INSTANCE_CREATE)
+        if version >= 2:  # placed as it applies (state/instance_fit.py)
+            entry["placing"] = {"candidates": sorted(reachable), "root_volume_id": new_id()}
         result = await self.cluster.propose_ok(
-            Entry(EntryType.INSTANCE_CREATE, {"instance": record})
+            Entry(EntryType.INSTANCE_CREATE, entry, version=version)
         )
         return dict(result["instance"])
 

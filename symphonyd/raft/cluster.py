@@ -34,7 +34,14 @@ from symphonyd.errors import (
     Unauthorized,
     Unavailable,
 )
-from symphonyd.raft.entries import Entry, EntryType, check_level, check_schema, required_schema
+from symphonyd.raft.entries import (
+    Entry,
+    EntryType,
+    check_level,
+    check_schema,
+    required_schema,
+    spoken_body_version,
+)
 from symphonyd.raft.node import RaftNode
 from symphonyd.state import nodes
 from symphonyd.state.store import Change, Store
@@ -142,6 +149,10 @@ class Cluster:
         """Refuse `what` (e.g. a cluster setting) unless every member speaks `needed`."""
         if needed > 1:
             check_level(what, needed, self._member_schemas())
+
+    def spoken_body_version(self, entry_type: int) -> int:
+        """The newest body version of `entry_type` every member can apply."""
+        return spoken_body_version(entry_type, self._member_schemas())
 
     def _member_schemas(self) -> dict[str, int]:
         with self.store.lock:

@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 6  # 6: compute instances and the compute.* settings
+SCHEMA_VERSION = 7  # 7: an instance placed by its own create entry
 
 
 class EntryType(IntEnum):
@@ -74,10 +74,10 @@ class EntryType(IntEnum):
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
 # leader's scheduler, LVM physical volumes and volume groups; schema 4: lifecycles and
-# deployments; schema 6: instances), and bodies changed since
-# version 1 (none yet). IMAGE_DELETE refuses an image used by a volume since schema 2; a
-# schema-1 node cannot tell, but no volume can exist while one runs (VOLUME_CREATE is
-# refused until every member speaks schema 2), so both apply it alike. Likewise
+# deployments; schema 6: instances), and bodies changed since version 1
+# (`BODY_VERSIONS`, `BODY_INTRODUCED`). IMAGE_DELETE refuses an image used by a volume
+# since schema 2; a schema-1 node cannot tell, but no volume can exist while one runs
+# (VOLUME_CREATE is refused until every member speaks schema 2), so both apply it alike. Likewise
 # VOLUME_UPDATE and SERVICE_DELETE refuse what an instance uses since schema 6, and no
 # instance exists before every member speaks it.
 INTRODUCED: dict[int, int] = {
@@ -107,11 +107,27 @@ INTRODUCED: dict[int, int] = {
     EntryType.INSTANCE_DETACH: 6,
     EntryType.INSTANCE_MOVE: 6,
 }
-BODY_VERSIONS: dict[int, int] = {}
+BODY_VERSIONS: dict[int, int] = {
+    EntryType.INSTANCE_CREATE: 2,  # 2: `placing` (candidates, root volume id)
+}
+# The schema level that added a body version past 1 (by type and version).
+BODY_INTRODUCED: dict[tuple[int, int], int] = {
+    (EntryType.INSTANCE_CREATE, 2): 7,
+}
 
 
 def body_version(entry_type: int) -> int:
     return BODY_VERSIONS.get(entry_type, 1)
+
+
+def spoken_body_version(entry_type: int, member_schemas: dict[str, int]) -> int:
+    """The newest body version of `entry_type` every member can apply (a writer that has
+    an older form falls back to it while a rolling upgrade is under way)."""
+    lowest = min(member_schemas.values(), default=SCHEMA_VERSION)
+    version = body_version(entry_type)
+    while version > 1 and BODY_INTRODUCED.get((entry_type, version), 1) > lowest:
+        version -= 1
+    return version
 
 
 def required_schema(entry_type: int) -> int:

@@ -183,7 +183,7 @@ def apply_deployment_delete(store: Store, body: dict[str, Any]) -> Result:
 
 
 def apply_instance_create(store: Store, body: dict[str, Any]) -> Result:
-    return references.create_instance(store, body["instance"])
+    return references.create_instance(store, body["instance"], body.get("placing"))
 
 
 def apply_instance_update(store: Store, body: dict[str, Any]) -> Result:

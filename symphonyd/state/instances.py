@@ -1,26 +1,27 @@
 """The instances table: virtual machines, by id.
 
-A record: id, name (a hostname, unique), node and service_id (None until the leader
-places it), placement ({node}: what the user asked for), image_id, cpus, memory and disk
-(bytes), root_volume_id (the volume made from the image when the instance is placed),
-volumes (ids of attached data volumes, in attach order), network (`user` or
-`bridge=NAME`), user_data (text), network_config (a version-2 mapping or None), power
-(what the user wants: `running` or `stopped`), stop ({force, timeout} of the stop asked
-for, or None), status, status_message, last_error ({action, message, at} or None),
-domain ({vcpus, memory} the running domain has, as its node last saw it; None before it
-is defined), applied ({cpus, memory, volumes: {volume id: disk target}}: what the
-domain's definition holds, written by its node's agent; None before it is defined),
-at_next_start (changes made to the definition of a running domain that it takes only
-when it next starts, as text for people), created_at, updated_at.
+A record: id, name (a hostname, unique), node and service_id (None until it is placed:
+by its create entry, or later by the leader), placement ({node}: what the user asked
+for), image_id, cpus, memory and disk (bytes), root_volume_id (the volume made from the
+image when the instance is placed), volumes (ids of attached data volumes, in attach
+order), network (`user` or `bridge=NAME`), user_data (text), network_config (a version-2
+mapping or None), power (what the user wants: `running` or `stopped`), stop ({force,
+timeout} of the stop asked for, or None), status, status_message, last_error ({action,
+message, at} or None), domain ({vcpus, memory} the running domain has, as its node last
+saw it; None before it is defined), applied ({cpus, memory, volumes: {volume id: disk
+target}}: what the domain's definition holds, written by its node's agent; None before
+it is defined), at_next_start (changes made to the definition of a running domain that
+it takes only when it next starts, as text for people), created_at, updated_at.
 
 A volume is in use by an instance while it is in its `volumes` (wanted) or in its
 `applied` volumes (the domain still has it: a detach not yet done, or done only in the
 definition of a domain that still runs), or while a move holds it (state/moves.py).
 
-Statuses: `pending` (waiting for a place or for its node to take it), `creating` (its root
-volume, seed and domain being made), `stopped`, `starting`, `running`, `stopping`,
-`failed` (status_message says why), `deleting`. Readers add `unknown` for an instance
-whose node cannot be reached (`api/instances.py`); it is never stored.
+Statuses: `pending` (waiting for a place or for its node to take it), `creating`
+(placed; its root volume, seed and domain being made, then its first start), `stopped`,
+`starting`, `running`, `stopping`, `failed` (status_message says why), `deleting`.
+Readers add `unknown` for an instance whose node cannot be reached (`api/instances.py`);
+it is never stored.
 """
 
 from __future__ import annotations

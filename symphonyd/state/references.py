@@ -5,15 +5,25 @@ added here. Like all of state/, it knows nothing of Raft or the API.
 
 Instances: an image is needed while an instance made from it exists; a volume cannot be
 removed while an instance uses it (its root volume goes with the instance); a service
-cannot go while it holds instances. Placing an instance creates its root volume on the
-same node in the same step, and removing one marks its root volume for removal.
+cannot go while it holds instances. Placing an instance (as it is created, or later by
+the leader) creates its root volume on the same node in the same step, and removing one
+marks its root volume for removal.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from symphonyd.state import images, instances, lvm, nodes, services, tokens, volumes
+from symphonyd.state import (
+    images,
+    instance_fit,
+    instances,
+    lvm,
+    nodes,
+    services,
+    tokens,
+    volumes,
+)
 from symphonyd.state.store import Store, failure
 
 __all__ = [
@@ -57,9 +67,13 @@ def update_volume(
     return volumes.update(store, volume_id, fields, expect_status)
 
 
-def create_instance(store: Store, instance: dict[str, Any]) -> dict[str, Any]:
+def create_instance(
+    store: Store, instance: dict[str, Any], placing: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Record a new instance; the data volumes it asks for must be ready, unused and on
-    one node (where it is then placed)."""
+    one node (where it is then placed). With `placing` ({candidates, root_volume_id}) it
+    is placed in the same step when one of the candidates can take it now
+    (`instance_fit.place_new`), else left for the leader."""
     nodes_of = set()
     for volume_id in instance.get("volumes", []):
         volume = volumes.get(store, volume_id)
@@ -77,7 +91,12 @@ def create_instance(store: Store, instance: dict[str, Any]) -> dict[str, Any]:
         return failure(
             "conflict", "the volumes are on different nodes: " + ", ".join(sorted(nodes_of))
         )
-    return instances.create(store, instance)
+    made = instances.create(store, instance)
+    if not made["ok"] or placing is None:
+        return made
+    candidates = set(placing["candidates"])
+    placed = instance_fit.place_new(store, made["instance"], candidates, placing["root_volume_id"])
+    return {"ok": True, **placed} if placed is not None else made
 
 
 def attach_volume(store: Store, instance_id: str, volume_id: str, now: str) -> dict[str, Any]:
