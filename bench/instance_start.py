@@ -388,9 +388,9 @@ def follow(
             timelines[record["id"]] = Timeline(record, {"posted": answered})
             timelines[record["id"]].note(record, answered)
         waiting = {i for i, t in timelines.items() if t.record["status"] != "running"}
+        if not waiting:
+            return timelines
         for event in stream:
-            if not waiting:
-                break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {limit:g} s: {len(waiting)} not running")
             at = time.perf_counter() - t0
@@ -408,6 +408,8 @@ def follow(
                 continue
             elif timelines[change["key"]].note(record, at):
                 waiting.discard(change["key"])
+                if not waiting:
+                    break
         if waiting:
             raise RuntimeError(f"the events stream ended with {len(waiting)} not running")
     return timelines

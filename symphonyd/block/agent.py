@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from symphonyd.block.driver import NoSuchVolume, NotSupported, VolumeInfo
+from symphonyd.block.driver import BlockDriver, NoSuchVolume, NotSupported, VolumeInfo
 from symphonyd.block.service import PoolDrivers
 from symphonyd.block.transfer import VolumeSource, fetch_volume, transfer_dir
 from symphonyd.errors import Conflict, SymphonyError
@@ -168,10 +168,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         elif action.verb == "claim":
             await claim(self.cluster, EntryType.VOLUME_UPDATE, vid)
         elif action.verb in ("create", "recreate"):
-            if action.verb == "recreate":
-                with contextlib.suppress(NoSuchVolume):
-                    await run_blocking(driver.delete, vid)
-            await self._create(record)
+            await self._create(record, leftovers=action.verb == "recreate")
         elif action.verb == "lost":
             await self._set(
                 vid, status="failed", status_message="the volume disappeared from its pool"
@@ -244,10 +241,13 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             record = volumes.get(self.cluster.store, volume_id)
             return dict(record) if record is not None else {}
 
-    async def _create(self, record: OwnedVolume) -> None:
+    async def _create(self, record: OwnedVolume, leftovers: bool) -> None:
+        """Make the volume (`leftovers`: first remove what an interrupted making left,
+        or nothing: a root volume recorded `creating` with its instance), then record it
+        ready."""
         vid = record.volume["id"]
         with self.board.track("volumes", vid) as progress:
-            info = await self._make(record, progress)
+            info = await self._make(record, progress, leftovers)
         await self._set(  # unless marked for deletion meanwhile (Conflict: decide again)
             vid,
             expect="creating",
@@ -260,7 +260,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         )
         log.info("volume %s ready (%d bytes)", vid, info.size, extra={"resource": vid})
 
-    async def _make(self, record: OwnedVolume, progress: Progress) -> VolumeInfo:
+    async def _make(self, record: OwnedVolume, progress: Progress, leftovers: bool) -> VolumeInfo:
         """Fetch the image if the volume has one, then make the volume from it."""
         volume = record.volume
         vid = volume["id"]
@@ -286,13 +286,15 @@ class VolumeAgent(Reconciler[OwnedVolume]):
                 image_format = image["format"]
                 progress.set_stage("copying image", image_record["size"])
             info = await run_blocking(
-                driver.create,
+                _make_volume,
+                driver,
+                leftovers,
                 vid,
                 volume["size"],
                 image_path,
                 image_format,
                 volume["overlay"],
-                progress.copied,
+                progress,
                 on_cancel=lambda: setattr(progress, "cancelled", True),
             )
         except SymphonyError as exc:
@@ -352,3 +354,21 @@ class VolumeAgent(Reconciler[OwnedVolume]):
                 with contextlib.suppress(NoSuchVolume):
                     await run_blocking(driver.delete, orphan)
                 log.info("removed volume %s (no record)", orphan, extra={"resource": orphan})
+
+
+def _make_volume(
+    driver: BlockDriver,
+    leftovers: bool,
+    volume_id: str,
+    size: int,
+    image: str | None,
+    image_format: str | None,
+    overlay: bool,
+    progress: Progress,
+) -> VolumeInfo:
+    """(blocking) Make a volume, first removing what an earlier try left (`leftovers`):
+    one thread hop for both."""
+    if leftovers:
+        with contextlib.suppress(NoSuchVolume):
+            driver.delete(volume_id)
+    return driver.create(volume_id, size, image, image_format, overlay, progress.copied)

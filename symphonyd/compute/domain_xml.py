@@ -16,6 +16,7 @@ ACPI (graceful shutdown and disk hot-plug need it) and no graphics at all (qemu 
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Collection
@@ -230,8 +231,10 @@ def _memory(root: ET.Element, tag: str) -> int:
     return int(element.text or 0) * _UNITS.get(element.get("unit", "KiB"), 1024)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_domain(xml: str) -> ParsedDomain:
-    """The instance id, vcpus, memory and disk paths of a domain's XML."""
+    """The instance id, vcpus, memory and disk paths of a domain's XML. Kept by the XML's
+    text (a node lists its domains on every pass; most have not changed since)."""
     root = ET.fromstring(xml)
     vcpu = root.find("vcpu")
     max_vcpus = int(vcpu.text or 0) if vcpu is not None else 0

@@ -302,11 +302,19 @@ class LibvirtDriver:
         return host_error(f"libvirt {what}", exc) if isinstance(exc, OSError) else None
 
     def _domain(self, instance_id: str) -> Any:
+        dom = self._lookup(self._connection().lookupByUUIDString, dx.domain_uuid(instance_id))
+        if dom is None:
+            raise NoSuchDomain(f"no domain for instance {instance_id}")
+        return dom
+
+    @staticmethod
+    def _lookup(find: Callable[[str], Any], key: str) -> Any:
+        """The domain `find(key)` names, or None when there is none."""
         try:
-            return self._connection().lookupByUUIDString(dx.domain_uuid(instance_id))
+            return find(key)
         except _libvirt().libvirtError as exc:
             if exc.get_error_code() == _libvirt().VIR_ERR_NO_DOMAIN:
-                raise NoSuchDomain(f"no domain for instance {instance_id}") from exc
+                return None
             raise
 
     def _info(self, dom: Any) -> DomainInfo:
@@ -367,13 +375,14 @@ class LibvirtDriver:
         xml = dx.domain_xml(spec, self.virt_type, self.machine, block_devices=block)
         name, uuid = dx.domain_name(spec.name), dx.domain_uuid(spec.instance_id)
         conn = self._connection()
-        for dom in conn.listAllDomains(0):
-            if dom.name() == name and dom.UUIDString() != uuid:
-                raise DomainExists(f"domain {name} exists for another UUID, {dom.UUIDString()}")
-            if dom.UUIDString() == uuid and dom.name() != name:
-                if dom.isActive():
-                    raise DomainExists(f"instance {spec.instance_id} runs as {dom.name()}")
-                dom.rename(name, 0)
+        named = self._lookup(conn.lookupByName, name)
+        if named is not None and named.UUIDString() != uuid:
+            raise DomainExists(f"domain {name} exists for another UUID, {named.UUIDString()}")
+        same = self._lookup(conn.lookupByUUIDString, uuid)
+        if same is not None and same.name() != name:
+            if same.isActive():
+                raise DomainExists(f"instance {spec.instance_id} runs as {same.name()}")
+            same.rename(name, 0)
         dom = conn.defineXML(xml)
         self._ids[uuid] = spec.instance_id
         return self._info(dom)
