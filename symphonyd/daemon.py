@@ -45,6 +45,7 @@ from symphonyd.progress import ProgressBoard
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
+from symphonyd.redact import REDACTOR
 from symphonyd.security import fingerprint_pem, node_credential
 from symphonyd.service_types import SERVICE_TYPES
 from symphonyd.services import Registry, RunningService, ServiceHost
@@ -134,6 +135,7 @@ class Daemon:
         check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
         with open(self.settings.path("secret")) as f:
             self.secret = f.read().strip()
+        REDACTOR.add(self._secrets())  # never in a log line or an error
         with open(self.settings.path("tls", "cert.pem"), "rb") as f:
             self.fingerprint = fingerprint_pem(f.read())
         store = Store()
@@ -265,7 +267,12 @@ class Daemon:
             cluster, self.cluster = self.cluster, None
             cluster.close()
             await asyncio.to_thread(cluster.node.stop)
+        REDACTOR.remove(self._secrets())
         self.secret = self.fingerprint = None
+
+    def _secrets(self) -> list[str]:
+        """The cluster secret and what derives from it, as text."""
+        return [self.secret, node_credential(self.secret)] if self.secret else []
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from symphonyd.redact import RedactingFilter
 from symphonyd.security import now_rfc3339
 
 __all__ = ["JsonLogFormatter", "setup_logging"]
@@ -34,7 +35,9 @@ class JsonLogFormatter(logging.Formatter):
         resource = getattr(record, "resource", None)
         if resource is not None:
             event["resource"] = resource
-        if record.exc_info:
+        if record.exc_text:  # formatted already (and redacted: `RedactingFilter`)
+            event["error"] = record.exc_text
+        elif record.exc_info:
             event["error"] = self.formatException(record.exc_info)
         return json.dumps(event)
 
@@ -46,6 +49,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # the cluster secret, a running step's secrets
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -12,12 +12,14 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from symphonyd.errors import Invalid, SymphonyError
 from symphonyd.lifecycle.context import confined_path
 from symphonyd.lifecycle.variables import Path as PathVariable
+from symphonyd.redact import MASK, Redactor
 from tests.nodes import NodeProcess, NodeSet, free_port, wait_until
 
 CALL = "/v1/nodes/n1/lifecycles/provides/WebServer%2F%2Fcreate_document_root/call"
@@ -260,3 +262,83 @@ def test_an_oversized_header_is_one_log_line(nodeset: NodeSet) -> None:
     log = n1.log()
     assert "Traceback" not in log and "ERROR aiohttp.server" not in log
     assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: 400" in log
+
+
+# -- secrets never leave in clear (item 4) ----------------------------------------------------
+
+LEAKY_MODULE = """
+import json
+import subprocess
+
+from symphonyd.lifecycle.model import Lifecycle, Require, State, provide
+from symphonyd.lifecycle.variables import Password
+
+
+class Leaky(Lifecycle):
+    class Off(State):
+        pass
+
+    class On(State):
+        @provide(requires=[Require([Password("password")])])
+        def enter(self, password):
+            self.context.log.info("logging in with %s", password.reveal())
+            self.context.log.info("as JSON: %s", json.dumps({"password": password.reveal()}))
+            subprocess.run(["/bin/false", "--password=" + password.reveal()], check=True)
+
+    states = [Off, On]
+    transitions = [(Off, On)]
+    initial_state = Off
+"""
+
+
+def test_redactor_masks_every_quoted_form_while_held() -> None:
+    redactor = Redactor()
+    secret = 'pa ss"wörd/1'
+    text = f"argv {[secret]!r}, body {json.dumps(secret)}, url ?p={quote(secret, safe='')}"
+    assert redactor.scrub(text) == text  # nothing held: nothing changes
+    with redactor.hiding([secret, "ab"]):  # "ab" is too short to hide
+        scrubbed = redactor.scrub(text + " ab")
+        assert secret not in scrubbed and "w\\xf6rd" not in scrubbed
+        assert scrubbed.count(MASK) == 3 and scrubbed.endswith(" ab")
+        with redactor.hiding([secret]):  # held twice: hidden until both let go
+            pass
+        assert secret not in redactor.scrub(text)
+    assert redactor.scrub(text) == text
+
+
+@pytest.mark.cluster
+def test_a_failing_step_never_shows_its_password(nodeset: NodeSet, tmp_path: Path) -> None:
+    """A body whose command quotes the password fails; the password is masked in the
+    step's error and log (the API, the events stream), the daemon's log and on disk."""
+    modules = tmp_path / "n1" / "lifecycles"
+    modules.mkdir(parents=True)
+    (modules / "leaky.py").write_text(LEAKY_MODULE)
+    (n1,) = nodeset.form(1)
+    password = "s3cret-Passw0rd-for-the-test"
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"password": password}))
+    result = n1.cli("deploy", "Leaky/On/enter", "--answers", str(answers), "--yes", timeout=120)
+    assert result.returncode != 0
+    assert password not in result.stdout + result.stderr
+
+    listed = n1.client().request("GET", "/v1/deployments")
+    text = json.dumps(listed)
+    assert "CalledProcessError" in text and "--password=***" in text, text
+    assert "logging in with ***" in text and '{\\"password\\": \\"***\\"}' in text
+    assert password not in text
+    events = []
+    with n1.client().events(since=0, read_timeout=5) as stream:
+        last = stream.revision or 0
+        for event in stream:
+            events.append(event.data)
+            if event.id is not None and int(event.id) >= last:
+                break
+    assert any("CalledProcessError" in data for data in events)
+    assert not any(password in data for data in events)
+    log = n1.log_path.read_text()
+    assert "Traceback" in log and "--password=***" in log
+    assert password not in log
+    n1.stop()
+    for path in (tmp_path / "n1").rglob("*"):  # the journal and snapshots included
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path

@@ -6,7 +6,10 @@ nothing it is handed: the step must still fit where the lifecycle stands (the pl
 stale), the values are validated again against the provide's variables, a local
 provider must be on this node, and every value taken from a provider's return values is
 checked against the requirer's `provide_ret` variables. A body that raises fails the
-step with a one-line reason (the traceback goes to the node's log); a failed `enter` is
+step with a one-line reason (the traceback goes to the node's log); the secret values the
+step has in scope are masked in both and in what its bodies log (`redact.py`), so a
+password a failing command quoted never reaches the API, the events, the log or the
+journal. A failed `enter` is
 rolled back by running the state's `leave`, best effort. Under `simulate` no body runs
 and no lifecycle changes: the steps only go through the plan.
 
@@ -27,7 +30,8 @@ from typing import Any
 from symphonyd.errors import Invalid, SymphonyError
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.model import Catalog, Lifecycle, Provide, State, _ProvideRequire
-from symphonyd.lifecycle.variables import Variable, dump_values, validate_values
+from symphonyd.lifecycle.variables import Secret, Variable, dump_values, validate_values
+from symphonyd.redact import REDACTOR
 from symphonyd.security import is_sealed
 
 log = logging.getLogger("symphonyd.lifecycle")
@@ -92,7 +96,8 @@ class _LogCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.lines) < self.LIMIT:
-            self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}"[:500])
+            line = f"{record.levelname.lower()}: {REDACTOR.scrub(record.getMessage())}"
+            self.lines.append(line[:500])
 
 
 def _run(
@@ -127,17 +132,21 @@ def _run(
         kwargs.update(_input(item, given, node, env.returns_of, unseal, members))
     context = make_context(lifecycle.name, data)
     instance = _instance(lifecycle, state, context)
-    try:
-        raw = _body(xpath, lambda: item.func(instance, **kwargs))
-        checked = _wrap_invalid(xpath, lambda: item.check_returns(raw))
-    except StepFailed:
-        if action == "enter":
-            _rollback(lifecycle, state, instance, xpath)
-        raise
-    if action == "call" and item.flags:
-        for above in applied[applied.index(state) + 1 :]:
-            crossing = _instance(lifecycle, above, context)
-            _body(f"{lifecycle.name}/{above}/cross", partial(crossing.cross, **item.flags))
+    with REDACTOR.hiding(_secrets_in(kwargs)):  # from its error, its log lines, the log
+        try:
+            try:
+                raw = _body(xpath, lambda: item.func(instance, **kwargs))
+                checked = _wrap_invalid(xpath, lambda: item.check_returns(raw))
+            except StepFailed:
+                if action == "enter":
+                    _rollback(lifecycle, state, instance, xpath)
+                raise
+            if action == "call" and item.flags:
+                for above in applied[applied.index(state) + 1 :]:
+                    crossing = _instance(lifecycle, above, context)
+                    _body(f"{lifecycle.name}/{above}/cross", partial(crossing.cross, **item.flags))
+        except StepFailed as exc:
+            raise StepFailed(REDACTOR.scrub(exc.message)) from None
     returned = _sealed(dump_values(item.returns, checked, reveal=True), list(item.returns), seal)
     user = [v for r in item.requires for v in _variables_of(r)]
     stored_values = _sealed(dump_values(user, values, reveal=True), user, seal)
@@ -263,6 +272,17 @@ def _sealed(
         name: seal(value) if name in secret and isinstance(value, str) else value
         for name, value in values.items()
     }
+
+
+def _secrets_in(values: object) -> list[str]:
+    """The secret texts among values (Secrets, in lists and mappings too)."""
+    if isinstance(values, Secret):
+        return [values.reveal()]
+    if isinstance(values, Mapping):
+        return [text for value in values.values() for text in _secrets_in(value)]
+    if isinstance(values, list | tuple):
+        return [text for value in values for text in _secrets_in(value)]
+    return []
 
 
 def _simulated(variable: Variable[Any]) -> Any:
