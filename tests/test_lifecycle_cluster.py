@@ -142,14 +142,55 @@ def test_bad_input_is_refused_before_anything_runs(nodeset: NodeSet) -> None:
     for args, message in cases:
         result = deploy(n1, *args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
-    typo = deploy(n1, "WebSite//start", "--yes", "--set", "prot=1", "--plan")
-    assert typo.returncode == 0 and "the answer 'prot' matches no question" in typo.stderr
+    typo = deploy(n1, "WebSite//start", "--yes", "--set", "prot=1", "--set", "tilte=x", "--plan")
+    assert typo.returncode == 0
+    warned = [line for line in typo.stderr.splitlines() if "match no question" in line]
+    assert warned == ["warning: answers that match no question of this plan: 'prot', 'tilte'"]
     bad = n1.cli("lifecycle", "goto", "WebServer", "Configured", "--set", "port=99999")
     assert bad.returncode == 1 and "port" in bad.stderr and "65535" in bad.stderr
     unknown = n1.cli("lifecycle", "goto", "WebServer", "Nowhere")
     assert unknown.returncode == 1 and "no state 'Nowhere'" in unknown.stderr
     assert n1.client().request("GET", "/v1/deployments")["deployments"] == []
     assert set(lifecycle_states(n1, "n1").values()) == {"NotInstalled"}
+
+
+def test_a_plan_without_a_terminal_is_printed_with_what_is_missing(
+    nodeset: NodeSet, tmp_path: Path
+) -> None:
+    (n1,) = nodeset.form(1)
+    plan = deploy(n1, "WebSite//start", "--plan", "--set", "port=abc")
+    assert plan.returncode == 0, plan.stderr
+    assert "WebServer/Configured/enter" in plan.stdout and "port=?" in plan.stdout
+    missing = [line.strip() for line in plan.stdout.splitlines() if "missing:" in line]
+    assert missing == [
+        "missing: /n1/WebSite/Templated/enter/path: no value (suggested: www/website)",
+        "missing: /n1/WebServer/Configured/enter/port: must be a whole number, not 'abc' "
+        "(suggested: 80)",
+        "missing: /n1/WebSite/Templated/enter/title: no value (suggested: Welcome)",
+    ]  # the document root WebSite passes on is derived from its path: not asked
+    assert "3 values missing" in plan.stderr
+    as_json = json.loads(deploy(n1, "WebSite//start", "--plan", "--json").stdout)
+    assert len(as_json["missing"]) == 3
+    derived = [q["id"] for q in as_json["questions"] if q["derived"]]
+    assert derived == ["/n1/WebServer/Configured/create_document_root/path"]
+    one = deploy(n1, "WebSite//start", "--set", "path=www/a", "--set", "title=T")
+    assert "1 value missing or invalid" in one.stderr
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("port: [1,\n  title: x\n")
+    refused = deploy(n1, "WebSite//start", "--answers", str(broken))
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "is not valid JSON or YAML: while parsing a flow sequence" in refused.stderr
+
+    port = free_port()
+    saved = tmp_path / "saved.yaml"
+    done = deploy(n1, "WebSite//start", "--yes", "--set", f"port={port}", "--save-answers",
+                  str(saved))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"port: {port}\n" in saved.read_text()  # a number, as the plan read it
+    again = deploy(n1, "WebSite//start", "--answers", str(saved))
+    assert again.returncode == 0 and "already done" in again.stderr
+    assert "match no question" not in again.stderr  # nothing to do: no answer needed
 
 
 def test_goto_call_simulate_and_show_on_one_node(nodeset: NodeSet) -> None:
@@ -189,6 +230,9 @@ def test_goto_call_simulate_and_show_on_one_node(nodeset: NodeSet) -> None:
 
 
 def test_interactive_prompts_on_a_terminal(nodeset: NodeSet, tmp_path: Path) -> None:
+    """The plan first; one question at a time, an invalid port asked again at once; the
+    derived document root never asked; Enter takes the suggestion, so the site lands
+    where --yes puts it; the saved answers keep the port as a number."""
     (n1,) = nodeset.form(1)
     port = free_port()
     saved = tmp_path / "saved.json"
@@ -212,6 +256,7 @@ def test_interactive_prompts_on_a_terminal(nodeset: NodeSet, tmp_path: Path) -> 
     os.close(slave)
     port_answers = iter(["eighty", str(port)])  # an invalid one first: asked again
     output: list[str] = []
+    prompts: list[str] = []
     pending = ""
     try:
         deadline = time.monotonic() + 90
@@ -227,6 +272,7 @@ def test_interactive_prompts_on_a_terminal(nodeset: NodeSet, tmp_path: Path) -> 
             pending += chunk
             line = pending.rsplit("\n", 1)[-1]
             if line.endswith(": ") and "/n1/" in line:  # a prompt
+                prompts.append(line.split(" (")[0].strip())
                 answer = next(port_answers) if "/port" in line else ""
                 os.write(master, answer.encode() + b"\n")
                 pending = ""
@@ -238,8 +284,17 @@ def test_interactive_prompts_on_a_terminal(nodeset: NodeSet, tmp_path: Path) -> 
         os.close(master)
     text = "".join(output)
     assert "must be a whole number" in text and f"url: http://127.0.0.1:{port}/" in text
+    assert text.index("Plan for WebSite/Active/start") < text.index(prompts[0])
+    port_id = "/n1/WebServer/Configured/enter/port"
+    assert prompts == [
+        "/n1/WebSite/Templated/enter/path",
+        port_id,
+        port_id,  # "eighty" is refused before anything else is asked
+        "/n1/WebSite/Templated/enter/title",
+    ], prompts
+    assert "WebServer/www/website at http" in text  # the derived path followed the answer
     replay = json.loads(saved.read_text())
-    assert replay["/n1/WebServer/Configured/enter/port"] == str(port)
+    assert replay[port_id] == port
     assert "<strong>n1</strong>" in fetch(f"http://127.0.0.1:{port}/")
 
 
@@ -312,7 +367,7 @@ def test_module_directory_secrets_sealed_and_broken_modules_listed(
     assert result.returncode == 0, result.stderr
     digest = hashlib.sha256(passphrase.encode()).hexdigest()
     assert f"digest: {digest}" in result.stdout
-    assert "1 secret answers were not saved" in result.stderr
+    assert "1 secret answer not saved" in result.stderr
     assert passphrase not in saved.read_text()
     work = tmp_path / "n1" / "lifecycle-work" / "Vault" / "main"
     assert work.read_text() == digest  # the body got the real passphrase

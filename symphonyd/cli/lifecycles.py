@@ -1,13 +1,18 @@
 """`symphonyd lifecycle ...`, `symphonyd deploy` and `symphonyd deployment ...`.
 
 `deploy` plans first (asking the node for the plan and its questions), asks what is
-missing — on a terminal with prompts that show the suggestion and re-ask on an invalid
-value; otherwise from `--answers` and `--yes`, naming every missing value at once —, then
-starts the deployment and follows it step by step until it is done or a step fails.
+missing — on a terminal: the plan first, then one question at a time, each checked as
+soon as it is answered (the node plans again: an invalid value is asked again at once,
+and a value derived from an answer is never asked); otherwise from `--answers` and
+`--yes`, naming every missing value at once —, then starts the deployment and follows it
+step by step until it is done or a step fails. Enter takes the suggestion, so a terminal
+and `--yes` give the same plan for the same answers. `--plan` without a terminal prints
+the plan as it stands, marking what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,13 +23,13 @@ from typing import Any
 import click
 
 from symphonyd.cli.command import CommandGroup, Context, json_option
-from symphonyd.cli.output import print_json, print_kv_table, print_table, resource_path
+from symphonyd.cli.output import cell, print_json, print_kv_table, print_table, resource_path
 from symphonyd.cli.wait import follow_record
 from symphonyd.client import Client
 from symphonyd.errors import DriverError, Invalid
 
 WAIT_LIMIT = 3600.0
-MAX_ROUNDS = 50  # prompt rounds: a plan that keeps asking is a bug, not a loop
+MAX_ROUNDS = 200  # prompts (one per round): a plan that keeps asking is a bug, not a loop
 
 
 def _node_path(node: str, *rest: str) -> str:
@@ -58,7 +63,8 @@ def load_answers(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise Invalid(f"answers file {path} is not valid JSON or YAML: {exc}") from None
+        reason = " ".join(str(exc).split())  # yaml's reasons span lines: one line here
+        raise Invalid(f"answers file {path} is not valid JSON or YAML: {reason}") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
@@ -66,11 +72,23 @@ def load_answers(path: str) -> dict[str, Any]:
     return data
 
 
-def write_answers(path: str, answers: dict[str, Any], secret_ids: set[str]) -> int:
-    """Write the answers (secrets left out: never written in clear); how many were left out."""
+def matches(key: str, question_id: str) -> bool:
+    """Whether an answer's key (a question id or a tail of one at a `/`) names a question."""
+    return question_id == key or question_id.endswith("/" + key.strip("/"))
+
+
+def write_answers(path: str, answers: dict[str, Any], plan: dict[str, Any]) -> int:
+    """Write the answers as the plan read them (a port as a number, not the text typed),
+    secrets left out (never written in clear); how many were left out."""
     import yaml
 
-    kept = {k: v for k, v in answers.items() if k not in secret_ids}
+    kept = {}
+    for key, value in answers.items():
+        named = [q for q in plan["questions"] if matches(key, q["id"])]
+        if any(q["secret"] for q in named):
+            continue
+        typed = [q["value"] for q in named if q["value"] is not None]
+        kept[key] = typed[0] if typed else value
     text = (
         json.dumps(kept, indent=2, sort_keys=True) + "\n"
         if path.endswith(".json")
@@ -83,13 +101,24 @@ def write_answers(path: str, answers: dict[str, Any], secret_ids: set[str]) -> i
     return len(answers) - len(kept)
 
 
+def missing_questions(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [q for q in plan["questions"] if q["id"] in plan["missing"]]
+
+
+def count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
+
+
 def print_plan(plan: dict[str, Any]) -> None:
+    """The plan's steps with their values (`?`: not known yet), then what is missing."""
     click.echo(f"Plan for {plan['target']} on {plan['node']}:")
     if not plan["steps"]:
         click.echo("  nothing to do")
     rows = []
     for step in plan["steps"]:
-        values = ", ".join(f"{k}={v}" for k, v in step["values"].items())
+        values = ", ".join(
+            f"{k}={'?' if v is None else cell(v)}" for k, v in step["values"].items()
+        )
         after = ",".join(str(i) for i in step["after"])
         rows.append([step["index"], step["node"], step["xpath"], values, after or "-"])
     if rows:
@@ -98,6 +127,10 @@ def print_plan(plan: dict[str, Any]) -> None:
         click.echo(f"  reused: {note}")
     for problem in plan["problems"]:
         click.echo(f"  problem: {problem}")
+    for question in missing_questions(plan):
+        why = question["error"] or "no value"
+        hint = f" (suggested: {cell(question['suggestion'])})" if question["suggestion"] else ""
+        click.echo(f"  missing: {question['id']}: {why}{hint}")
 
 
 def _prompt(question: dict[str, Any]) -> Any:
@@ -129,29 +162,46 @@ def _prompt(question: dict[str, Any]) -> Any:
 
 
 def plan_with_answers(
-    client: Client, body: dict[str, Any], answers: dict[str, Any], *, interactive: bool
+    client: Client,
+    body: dict[str, Any],
+    answers: dict[str, Any],
+    *,
+    interactive: bool,
+    partial: bool = False,
 ) -> dict[str, Any]:
-    """Ask for the plan until nothing is missing: prompting on a terminal, failing with
-    every missing or invalid value named otherwise."""
+    """The plan once nothing is missing. On a terminal: the plan first, then one question
+    at a time, planned again after each answer (so an invalid value is asked again at
+    once, and a derived value follows from the answer it comes from). Otherwise an error
+    naming every missing or invalid value, or with `partial` (a plan to read) the plan as
+    it stands."""
+    shown = False
     for _ in range(MAX_ROUNDS):
         plan = client.request(
             "POST", "/v1/deployments", body={**body, "answers": answers, "plan": True}
         )
         if plan["problems"]:
             raise Invalid("the plan cannot be carried out: " + "; ".join(plan["problems"]))
-        missing = [q for q in plan["questions"] if q["id"] in plan["missing"]]
+        missing = missing_questions(plan)
         if not missing:
-            for key in plan.get("unused_answers", []):
+            unused = plan.get("unused_answers", [])
+            if unused and plan["steps"]:  # nothing to do: no answer was needed
+                names = ", ".join(repr(key) for key in unused)
                 click.echo(
-                    f"warning: the answer {key!r} matches no question of this plan", err=True
+                    f"warning: answers that match no question of this plan: {names}", err=True
                 )
             return plan
         if not interactive:
+            if partial:
+                return plan
             listing = "; ".join(f"{q['id']}: {q['error'] or 'no value'}" for q in missing)
             hint = "" if body.get("yes") else " (--yes takes the suggestions)"
-            raise Invalid(f"{len(missing)} values missing or invalid{hint}: {listing}")
-        for question in missing:
-            answers[question["id"]] = _prompt(question)
+            raise Invalid(f"{count(len(missing), 'value')} missing or invalid{hint}: {listing}")
+        if not shown:  # what the answers are for, before the first question
+            with contextlib.redirect_stdout(sys.stderr):
+                print_plan(plan)
+            shown = True
+        question = missing[0]
+        answers[question["id"]] = _prompt(question)
     raise Invalid("the plan keeps asking for values: giving up")
 
 
@@ -408,19 +458,19 @@ def deploy(
         if node:
             body["node"] = node
         interactive = sys.stdin.isatty() and not yes and not as_json
-        plan = plan_with_answers(client, body, answers, interactive=interactive)
+        plan = plan_with_answers(client, body, answers, interactive=interactive, partial=plan_only)
         if save_answers:
-            secret_ids = [q["id"] for q in plan["questions"] if q["secret"]]
-            secret = {
-                key
-                for key in answers
-                if any(i == key or i.endswith("/" + key.strip("/")) for i in secret_ids)
-            }
-            left = write_answers(save_answers, answers, secret)
+            left = write_answers(save_answers, answers, plan)
             if left:
-                click.echo(f"{left} secret answers were not saved.", err=True)
+                click.echo(f"{count(left, 'secret answer')} not saved.", err=True)
         if plan_only:
             print_json(plan) if as_json else print_plan(plan)
+            if plan["missing"] and not as_json:
+                click.echo(
+                    f"{count(len(missing_questions(plan)), 'value')} missing: give them with "
+                    "--set ID=VALUE or --answers FILE (--yes takes the suggestions).",
+                    err=True,
+                )
             return
         record = client.request("POST", "/v1/deployments", body={**body, "answers": answers})
         if record.get("outcome") == "unchanged" and record["status"] == "done":

@@ -89,6 +89,7 @@ class Question:
     value: Any = None
     secret: bool = False
     expert: bool = False
+    derived: bool = False  # its value is what the requirer passes: never asked for
 
     @property
     def missing(self) -> bool:
@@ -112,6 +113,7 @@ class Question:
             "error": self.error,
             "secret": self.secret,
             "expert": self.expert,
+            "derived": self.derived,
         }
 
 
@@ -168,7 +170,10 @@ class Plan:
 
     @property
     def missing(self) -> list[Question]:
-        return [q for q in self.questions.values() if q.missing]
+        """The questions to answer. A derived value counts only when nothing that is
+        asked is missing: it comes from another question, answered first."""
+        wanting = [q for q in self.questions.values() if q.missing]
+        return [q for q in wanting if not q.derived] or wanting
 
     @property
     def ready(self) -> bool:
@@ -483,6 +488,7 @@ class Planner:
         if variable.name in given and not answered:
             # what the requirer passes is decided by the requirer's own question
             answered, raw = True, given[variable.name]
+            question.derived = True
         try:
             if answered:
                 question.answered = True
