@@ -32,6 +32,7 @@ from symphonyd import __version__, metrics, systemd
 from symphonyd.block.service import BlockService
 from symphonyd.compute.service import ComputeService
 from symphonyd.config import Settings
+from symphonyd.departed import remove_departed
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
 from symphonyd.image import expiry as image_expiry
 from symphonyd.image.files import ImageFiles
@@ -184,6 +185,7 @@ class Daemon:
         self.leader_loops.add("lost-node steps", self.lifecycles.fail_unreachable_steps)
         cluster = self.cluster
         self.leader_loops.add("failed images", lambda: image_expiry.remove_stale_failed(cluster))
+        self.leader_loops.add("departed nodes", lambda: remove_departed(cluster))
 
     def _service_host(self, type_name: str) -> ServiceHost:
         assert self.cluster is not None

@@ -166,3 +166,34 @@ def test_a_name_retried_after_a_failed_import_resolves_to_the_live_image(
     assert run_json(n1, "image", "show", "retried")["id"] == made["id"]
     created = run_json(n1, "volume", "create", "from-it", "--size", "8M", "--image", "retried")
     assert (created["status"], created["image_id"]) == ("ready", made["id"])
+
+
+def test_what_a_node_that_left_had_is_orphaned_then_removed(nodeset: NodeSet) -> None:
+    """n3 leaves: its empty compute service goes with it; its block service and volume stay,
+    shown orphaned, until the volume is removed (the record only: n3's file stays), then
+    the service goes too."""
+    n1, _n2, n3 = nodeset.form(3)
+    run_json(n3, "service", "new")
+    run_json(n3, "service", "new", "compute")
+    made = run_json(n1, "volume", "create", "data3", "--size", "8M", "--node", "n3")
+    assert made["status"] == "ready"
+    left = n3.cli("leave")
+    assert left.returncode == 0, left.stderr
+
+    def n3_services() -> list[dict[str, Any]]:
+        listed = n1.client().request("GET", "/v1/services")["services"]
+        return [s for s in listed if s["node"] == "n3"]
+
+    wait_until(lambda: [s["type"] for s in n3_services()] == ["block"], 20, "compute gone")
+    (block,) = n3_services()
+    assert block["health"]["message"].startswith("orphaned: node n3 is no longer a member")
+    shown = volume(n1, "data3")
+    assert (shown["status"], shown["last_status"]) == ("orphaned", "ready")
+    assert "`symphonyd volume rm` removes this record" in shown["status_message"]
+    listed = n1.cli("volume", "list")
+    assert "orphaned" in listed.stdout
+    removed = n1.cli("volume", "rm", "data3")
+    assert removed.returncode == 0, removed.stderr
+    wait_until(lambda: not n3_services(), 20, "n3's block service removed with its last volume")
+    assert n1.client().request("GET", "/v1/volumes")["volumes"] == []
+    assert f"{made['id']}.raw" in pool_files(n3)  # a departed host's files are its own

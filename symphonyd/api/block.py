@@ -10,6 +10,7 @@ from aiohttp import web
 from symphonyd.api.progress import with_progress
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.block.service import BlockService
+from symphonyd.departed import departed, orphaned_view
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.state import lvm
 
@@ -33,14 +34,25 @@ async def create_volume(request: web.Request) -> web.Response:
     return json_response(record, status=202)
 
 
+def _orphaned(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Volumes of a node that is no longer a member show `orphaned` (`departed.py`)."""
+    store = daemon_of(request).require_cluster().store
+    with store.lock:
+        gone = {r["id"] for r in records if departed(store, r.get("node"))}
+    return [
+        orphaned_view(r, "volume") if r["id"] in gone and r["status"] != "deleting" else r
+        for r in records
+    ]
+
+
 async def list_volumes(request: web.Request) -> web.Response:
     records = await with_progress(request, "volumes", block_of(request).records())
-    return json_response({"volumes": records})
+    return json_response({"volumes": _orphaned(request, records)})
 
 
 async def show_volume(request: web.Request) -> web.Response:
     record = block_of(request).resolve(request.match_info["ref"])
-    return json_response((await with_progress(request, "volumes", [record]))[0])
+    return json_response(_orphaned(request, await with_progress(request, "volumes", [record]))[0])
 
 
 async def delete_volume(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@ machines, and read their console log (from the node that runs them).
 
 What an answer shows: the record, with `status` `unknown` while its node cannot be
 reached (never `running` for a node nobody can reach; `last_status` keeps what the
-record says), and the user-data as its size only (it may hold secrets)."""
+record says) and `orphaned` once its node is no longer a member (`departed.py`), and the
+user-data as its size only (it may hold secrets)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, flag, json_response, read_json
 from symphonyd.client import NodeClient
 from symphonyd.compute.service import ComputeService
+from symphonyd.departed import departed, orphaned_view
 from symphonyd.errors import Invalid, SymphonyError, Unavailable
 from symphonyd.security import node_credential
 from symphonyd.state import nodes
@@ -45,13 +47,18 @@ def compute_of(request: web.Request) -> ComputeService:
 
 def _views(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     daemon = daemon_of(request)
-    reachable = scheduler.reachable_nodes(daemon.require_cluster(), daemon.settings.name)
+    cluster = daemon.require_cluster()
+    reachable = scheduler.reachable_nodes(cluster, daemon.settings.name)
     views = []
     for record in records:
         view = dict(record)
         user_data = view.pop("user_data", "") or ""
         view["user_data_bytes"] = len(user_data.encode())
-        if view.get("node") and view["node"] not in reachable and view["status"] in ON_NODE:
+        with cluster.store.lock:
+            gone = departed(cluster.store, view.get("node"))
+        if gone and view["status"] != "deleting":
+            orphaned_view(view, "instance")
+        elif view.get("node") and view["node"] not in reachable and view["status"] in ON_NODE:
             view["last_status"] = view["status"]
             view["status"] = "unknown"
             view["status_message"] = f"node {view['node']} is unreachable"

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.departed import departed
 from symphonyd.errors import Forbidden, Invalid
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.service_types import SERVICE_TYPES
@@ -35,9 +36,19 @@ def _with_reachability(request: web.Request, records: list[dict[str, Any]]) -> l
     """A service on a node this node has no Raft connection to shows as unhealthy, whatever
     its last report said (a dead node cannot report)."""
     daemon = daemon_of(request)
-    reachable = scheduler.reachable_nodes(daemon.require_cluster(), daemon.settings.name)
+    cluster = daemon.require_cluster()
+    reachable = scheduler.reachable_nodes(cluster, daemon.settings.name)
     for record in records:
-        if record["node"] not in reachable:
+        with cluster.store.lock:
+            gone = departed(cluster.store, record["node"])
+        if gone:
+            record["health"] = {
+                **(record.get("health") or {}),
+                "ok": False,
+                "message": f"orphaned: node {record['node']} is no longer a member; removed "
+                "once its volumes and instances are (`volume rm`, `instance rm`)",
+            }
+        elif record["node"] not in reachable:
             record["health"] = {
                 **(record.get("health") or {}),
                 "ok": False,
