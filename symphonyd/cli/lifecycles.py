@@ -441,9 +441,10 @@ def deploy(
     no_wait: bool,
     as_json: bool,
 ) -> None:
-    """Deploy a provide with everything it requires, across the cluster, e.g.
-    `symphonyd deploy WebSite//start`. Run again: resumes a failed deployment, does
-    nothing for a finished one."""
+    """Deploy a provide with everything it requires, across the cluster.
+
+    For example `symphonyd deploy WebSite//start`. Run again: resumes a failed
+    deployment, does nothing for a finished one."""
     client = obj.client()
     if undo:
         if xpath:
