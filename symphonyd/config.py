@@ -28,6 +28,7 @@ DEFAULT_CONFIG_FILE = "/etc/symphonyd/symphonyd.toml"
 DEFAULT_DATA_DIR = "/var/lib/symphonyd"
 DEFAULT_API_PORT = 15760
 DEFAULT_RAFT_PORT = 15761
+API_DEFAULTS = {"header_timeout": 10.0, "max_connections": 512}  # [api] (api/connections.py)
 
 
 def default_data_dir() -> str:
@@ -71,6 +72,8 @@ class Settings:
     compute: dict[str, Any] = field(default_factory=dict)
     # Directories of lifecycle modules besides `<data-dir>/lifecycles/`.
     lifecycle_dirs: list[str] = field(default_factory=list)
+    # Limits of the API's connections: {header_timeout (s), max_connections}.
+    api: dict[str, Any] = field(default_factory=dict)
 
     @property
     def listen(self) -> str:
@@ -147,5 +150,22 @@ def validate(settings: Settings) -> None:
         isinstance(d, str) and os.path.isabs(d) for d in settings.lifecycle_dirs
     ):
         raise Invalid("lifecycle_dirs must be a list of absolute directory paths")
+    _check_api(settings.api)
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")
+
+
+def _check_api(api: object) -> None:
+    if not isinstance(api, dict):
+        raise Invalid("api must be a table: [api] header_timeout = ..., max_connections = ...")
+    unknown = sorted(set(api) - {"header_timeout", "max_connections"})
+    if unknown:
+        raise Invalid(
+            f"[api]: unknown settings: {', '.join(unknown)} (header_timeout, max_connections)"
+        )
+    timeout = api.get("header_timeout", API_DEFAULTS["header_timeout"])
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise Invalid(f"[api] header_timeout must be seconds above 0, not {timeout!r}")
+    limit = api.get("max_connections", API_DEFAULTS["max_connections"])
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise Invalid(f"[api] max_connections must be a whole number above 0, not {limit!r}")

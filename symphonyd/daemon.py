@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd import __version__, metrics, systemd
+from symphonyd.api.connections import CONNECTIONS
 from symphonyd.block.service import BlockService
 from symphonyd.compute.service import ComputeService
 from symphonyd.config import Settings
@@ -110,6 +111,8 @@ class Daemon:
             shutdown_timeout=SHUTDOWN_GRACE,
         )
         await self._runner.setup()
+        assert self._runner.server is not None
+        self._runner.app[CONNECTIONS].attach(self._runner.server)
         sock_path = self.settings.socket_path
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)
@@ -278,6 +281,7 @@ class Daemon:
 
     async def stop(self) -> None:
         if self._runner is not None:
+            await self._runner.app[CONNECTIONS].close()
             await self._runner.cleanup()  # finishes in-flight requests
             self._runner = None
         await self.stop_raft()

@@ -28,6 +28,9 @@ def test_flags_override_the_settings_file(tmp_path: Path) -> None:
         ("api_port = 15761\n", "must differ"),
         ("name = 'Bad_Name'\n", "invalid node name"),
         ("name = \n", "cannot read settings file"),
+        ("[api]\nheader_timeout = 0\n", "header_timeout must be seconds above 0"),
+        ("[api]\nmax_connections = true\n", "max_connections must be a whole number"),
+        ("[api]\nmax_conns = 5\n", r"\[api\]: unknown settings: max_conns"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pysyncobj import SyncObjConf
 
-from symphonyd.config import Settings
+from symphonyd.config import API_DEFAULTS, Settings
 from tests.nodes import NodeSet, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +68,7 @@ def test_the_example_settings_file_names_real_settings_with_their_defaults() -> 
     tables = {
         "block": {"driver": "file", "pool": "default", "options": {}},
         "compute": {"driver": "libvirt", "options": {}},
+        "api": API_DEFAULTS,
     }
     for key, value in example.items():
         assert hasattr(defaults, key), f"{key} is not a setting"

@@ -7,11 +7,14 @@ document root (a real node, its real API, a real HTTP fetch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -342,3 +345,71 @@ def test_a_failing_step_never_shows_its_password(nodeset: NodeSet, tmp_path: Pat
     for path in (tmp_path / "n1").rglob("*"):  # the journal and snapshots included
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+# -- connections (item 7) ---------------------------------------------------------------------
+
+
+def tls_connection(port: int) -> Any:
+    import socket
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+
+def response(conn: Any) -> bytes:
+    """One whole HTTP response read from `conn` (headers, then Content-Length bytes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))  # fmt: skip
+    while len(body) < length:
+        body += conn.recv(4096)
+    return head
+
+
+def closed_within(conn: Any, seconds: float) -> bool:
+    """Whether the server closed `conn` within `seconds` (it reads nothing else)."""
+    conn.settimeout(seconds)
+    try:
+        return conn.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+@pytest.mark.cluster
+def test_connections_without_a_request_are_closed_and_counted(tmp_path: Path) -> None:
+    """An idle TLS connection and a slowloris (a header line every 0.5 s) are closed once
+    `header_timeout` passes without a request; a keep-alive connection that made one is
+    not; past `max_connections` a new connection is closed at once. One line each."""
+    nodeset = NodeSet(tmp_path, settings="[api]\nheader_timeout = 2\nmax_connections = 12\n")
+    try:
+        (n1,) = nodeset.form(1)
+        idle, slow, served = (tls_connection(n1.api_port) for _ in range(3))
+        served.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response(served).startswith(b"HTTP/1.1 200")
+        slow.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        for i in range(8):  # 4 s of dribbled headers
+            with contextlib.suppress(OSError):
+                slow.sendall(f"X-Slow-{i}: 1\r\n".encode())
+            time.sleep(0.5)
+        assert closed_within(idle, 3) and closed_within(slow, 3)
+        served.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")  # kept alive
+        assert response(served).startswith(b"HTTP/1.1 200")
+        wait_until(lambda: "closed 2 connections that sent no request within 2 s" in n1.log(),
+                   10, "one line for both")  # fmt: skip
+        crowd = [tls_connection(n1.api_port) for _ in range(14)]
+        shut = [c for c in crowd if closed_within(c, 0.5)]
+        assert len(shut) >= 2, "past max_connections a connection is closed at once"
+        assert n1.client().request("GET", "/v1/health")  # the control socket still answers
+        wait_until(lambda: "(api.max_connections)" in n1.log(), 10, "the refusals logged")
+        for conn in [served, *crowd]:
+            conn.close()
+    finally:
+        nodeset.cleanup()

@@ -21,8 +21,10 @@ from symphonyd.api import (
     services,
     tokens,
 )
+from symphonyd.api.connections import CONNECTIONS, ConnectionGuard
 from symphonyd.api.middleware import ROUTE, access, errors, measure
 from symphonyd.api.routes import DAEMON, Route
+from symphonyd.config import API_DEFAULTS
 
 if TYPE_CHECKING:
     from symphonyd.daemon import Daemon
@@ -50,7 +52,12 @@ def all_routes() -> list[Route]:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[measure, errors, access], client_max_size=MAX_BODY)
+    limits = {**API_DEFAULTS, **daemon.settings.api}
+    guard = ConnectionGuard(float(limits["header_timeout"]), int(limits["max_connections"]))
+    app = web.Application(
+        middlewares=[guard.middleware, measure, errors, access], client_max_size=MAX_BODY
+    )
+    app[CONNECTIONS] = guard  # attached to the server once the runner is set up
     app[DAEMON] = daemon
     routes = all_routes()
     app[ROUTE] = {}
