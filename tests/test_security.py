@@ -22,6 +22,7 @@ import pytest
 from symphonyd.errors import Invalid, SymphonyError
 from symphonyd.lifecycle.context import confined_path
 from symphonyd.lifecycle.variables import Path as PathVariable
+from symphonyd.raft import guard
 from symphonyd.redact import MASK, Redactor
 from tests.nodes import NodeProcess, NodeSet, free_port, wait_until
 
@@ -247,6 +248,42 @@ def test_junk_on_the_raft_port_is_dropped_before_it_is_buffered(nodeset: NodeSet
     assert sent < 64 << 20  # dropped at its header, not after buffering the stream
     client.request("PUT", "/v1/kv/after", raw=b"2")  # writes go on
     assert "announced a 2147483647-byte message before authenticating" in n1.log()
+
+
+@pytest.mark.cluster
+def test_idle_sockets_on_the_raft_port_are_capped_then_dropped(nodeset: NodeSet) -> None:
+    """Finding 7: 100 idle sockets on the Raft port stayed open. Now at most 8 from one
+    address wait at all (the rest are closed at once), and those are dropped once 5 s
+    pass without naming a member; the cluster's members (127.0.0.1) keep writing."""
+    import socket
+
+    n1, n2, n3 = nodeset.form(3)
+    sockets = []
+    try:
+        for _ in range(40):  # from 127.0.0.2: another loopback address, not the members'
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", n1.raft_port))
+            sockets.append(sock)
+        started = time.monotonic()
+        open_after = []
+        for sock in sockets:
+            if not closed_within(sock, 0.2):
+                open_after.append(sock)
+        assert len(open_after) <= guard.MAX_UNKNOWN_PER_ADDRESS, len(open_after)
+        written = 0
+        while time.monotonic() - started < guard.HANDSHAKE_DEADLINE + 1 and written < 200:
+            n2.client().request("PUT", f"/v1/kv/during/{written}", raw=b"x")  # n1 takes part
+            written += 1
+        assert all(closed_within(sock, 3) for sock in open_after)
+    finally:
+        for sock in sockets:
+            sock.close()
+    n3.client().request("PUT", "/v1/kv/after", raw=b"y")
+    log = n1.log()
+    assert "too many waiting to authenticate" in log
+    assert "connections that did not authenticate within 5 s" in log
 
 
 @pytest.mark.cluster

@@ -10,6 +10,14 @@ negative length is always refused; either drops the connection at once, before t
 bytes are buffered. A connection whose message decrypted and unpickled is a peer's, and
 keeps pysyncobj's own limits (append entries and snapshots are large).
 
+And in time and number (`admit`, `sweep`, called by the node's transport and tick loop):
+an incoming connection not yet known as a peer's (pysyncobj's "unknown connections":
+no message of it has named a member) is dropped after `HANDSHAKE_DEADLINE` seconds, and
+one is refused at once while `MAX_UNKNOWN_PER_ADDRESS` from the same address, or
+`MAX_UNKNOWN` in all, are waiting. A peer names itself in its first messages, within
+milliseconds; idle sockets opened by anyone else no longer stay open. What was dropped
+is logged as one line per kind and second.
+
 This reaches pysyncobj's private, name-mangled TcpConnection internals (`RELIED_ON`),
 checked when imported, like raft/node.py's.
 """
@@ -18,11 +26,23 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.transport import TCPTransport
 
-__all__ = ["MAX_UNTRUSTED_FRAME", "install", "missing_internals"]
+__all__ = [
+    "HANDSHAKE_DEADLINE",
+    "MAX_UNKNOWN",
+    "MAX_UNKNOWN_PER_ADDRESS",
+    "MAX_UNTRUSTED_FRAME",
+    "admit",
+    "install",
+    "missing_internals",
+    "sweep",
+]
 
 log = logging.getLogger("symphonyd.raft")
 
@@ -36,6 +56,13 @@ RELIED_ON = (
 )
 _LENGTH = struct.Struct("i")  # pysyncobj's frame header: a native signed int
 _TRUSTED = "_symphonyd_trusted"
+HANDSHAKE_DEADLINE = 5.0  # s for an incoming connection to name a member
+MAX_UNKNOWN_PER_ADDRESS = 8  # incoming connections from one address waiting to do so
+MAX_UNKNOWN = 64  # ... and from everyone
+SWEEP_EVERY = 0.5  # s between looks at the waiting connections
+TRANSPORT_RELIED_ON = ("_onNewIncomingConnection", "_unknownConnections")
+_OPENED = "_symphonyd_opened"
+_PEER = "_symphonyd_peer"
 
 
 def missing_internals() -> list[str]:
@@ -48,6 +75,12 @@ def missing_internals() -> list[str]:
     ]
     if RELIED_ON[2] not in init_names:
         missing.append(f"TcpConnection.{RELIED_ON[2]}")
+    if not callable(getattr(TCPTransport, TRANSPORT_RELIED_ON[0], None)):
+        missing.append(f"TCPTransport.{TRANSPORT_RELIED_ON[0]}")
+    if TRANSPORT_RELIED_ON[1] not in TCPTransport.__init__.__code__.co_names:
+        missing.append(f"TCPTransport.{TRANSPORT_RELIED_ON[1]}")
+    if "_TcpConnection__socket" not in init_names:
+        missing.append("TcpConnection._TcpConnection__socket")
     return missing
 
 
@@ -97,3 +130,70 @@ def install() -> None:
     setattr(TcpConnection, RELIED_ON[0], guarded_parse)
     setattr(TcpConnection, RELIED_ON[1], guarded_read)
     TcpConnection._symphonyd_guarded = True
+
+
+@dataclass
+class _Counts:
+    """What `admit` and `sweep` dropped on one transport since the last log line."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+    swept_at: float = 0.0
+
+
+def _counts(transport: Any) -> _Counts:
+    counts = getattr(transport, "_symphonyd_counts", None)
+    if counts is None:
+        counts = _Counts()
+        transport._symphonyd_counts = counts
+    return counts
+
+
+def _address(conn: Any) -> str:
+    try:
+        return str(conn._TcpConnection__socket.getpeername()[0])
+    except (OSError, AttributeError, IndexError, TypeError):
+        return "?"
+
+
+def admit(transport: Any, conn: Any) -> bool:
+    """Whether a new incoming connection may wait to name a member (it is dropped at once
+    when too many are waiting already); stamps it for `sweep`."""
+    address = _address(conn)
+    waiting = transport._unknownConnections
+    same = sum(1 for c in waiting if getattr(c, _PEER, None) == address)
+    if same >= MAX_UNKNOWN_PER_ADDRESS or len(waiting) >= MAX_UNKNOWN:
+        refused = _counts(transport).refused
+        refused[address] = refused.get(address, 0) + 1
+        conn.disconnect()
+        return False
+    setattr(conn, _PEER, address)
+    setattr(conn, _OPENED, time.monotonic())
+    return True
+
+
+def sweep(transport: Any) -> None:
+    """Drop the incoming connections that did not name a member in time (the Raft thread,
+    every tick; it looks at most every `SWEEP_EVERY` seconds)."""
+    now = time.monotonic()
+    counts = _counts(transport)
+    if now - counts.swept_at < SWEEP_EVERY:
+        return
+    counts.swept_at = now
+    for conn in list(transport._unknownConnections):
+        if now - getattr(conn, _OPENED, now) > HANDSHAKE_DEADLINE:
+            transport._unknownConnections.discard(conn)
+            conn.disconnect()
+            counts.expired += 1
+    if counts.expired:
+        log.warning(
+            "raft: dropped %d connections that did not authenticate within %g s",
+            counts.expired,
+            HANDSHAKE_DEADLINE,
+        )
+        counts.expired = 0
+    for address, count in sorted(counts.refused.items()):
+        log.warning(
+            "raft: refused %d connections from %s: too many waiting to authenticate", count, address
+        )
+    counts.refused.clear()

@@ -153,6 +153,10 @@ class DurableTransport(TCPTransport):
         for node, message in held:
             super().send(node, message)
 
+    def _onNewIncomingConnection(self, conn: Any) -> None:
+        if guard.admit(self, conn):  # bounded before authentication (raft/guard.py)
+            super()._onNewIncomingConnection(conn)
+
 
 _construct_lock = threading.Lock()
 
@@ -261,6 +265,7 @@ class RaftNode(SyncObj):
             try:
                 self.doTick(0.05)
                 self._sync_and_release()
+                guard.sweep(self.transport)
                 while self._calls:
                     self._calls.popleft()()
                 self._refresh_status()
