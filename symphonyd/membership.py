@@ -22,7 +22,7 @@ import os
 import shutil
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from symphonyd import __version__
@@ -50,6 +50,8 @@ from symphonyd.validation import check_name
 __all__ = ["Membership", "NodeWiring", "check_port_free"]
 
 log = logging.getLogger("symphonyd.membership")
+
+JOIN_PATIENCE = 3600.0  # s a join row waits to become a member when its token has no expiry
 
 
 class NodeWiring(Protocol):
@@ -404,10 +406,16 @@ class Membership:
         now = now_rfc3339()
         secret_sha = sha256_hex(secret)
         with cluster.store.lock:
-            problem = tokens.check_usable(tokens.get(cluster.store, token_id), secret_sha, now)
+            token = tokens.get(cluster.store, token_id)
+            problem = tokens.check_usable(token, secret_sha, now)
             problem = problem or nodes.check_addable(cluster.store, record)
-            in_use = max(
-                (int(n.get("schema", 1)) for n in nodes.all_nodes(cluster.store)), default=1
+            in_use = max(  # what the members speak (a row still joining claims nothing yet)
+                (
+                    int(n.get("schema", 1))
+                    for n in nodes.all_nodes(cluster.store)
+                    if n.get("status") != "joining"
+                ),
+                default=1,
             )
         if not problem and record["schema"] < in_use:
             problem = (
@@ -415,9 +423,21 @@ class Membership:
                 f"this cluster already speaks schema {in_use}; the joining "
                 f"node speaks {record['schema']}: install the current symphonyd on it",
             )
+        if not problem and record["schema"] > SCHEMA_VERSION + 1:
+            problem = (
+                "invalid",
+                f"the joining node claims schema {record['schema']}; this cluster's symphonyd "
+                f"knows schema {SCHEMA_VERSION}, and a node at most one version ahead may join",
+            )
         if problem:
             raise_for_result({"ok": False, "error": {"code": problem[0], "message": problem[1]}})
-        record.update({"id": new_id(), "status": "joining", "created_at": now})
+        # a row that never becomes a member goes when its token would have (`expire_joins`)
+        expires_at = (token or {}).get("expires_at") or now_rfc3339(
+            datetime.now(UTC) + timedelta(seconds=JOIN_PATIENCE)
+        )
+        record.update(
+            {"id": new_id(), "status": "joining", "created_at": now, "expires_at": expires_at}
+        )
         async with self._lock:
             await cluster.propose_ok(
                 Entry(
@@ -441,6 +461,34 @@ class Membership:
             "members": sorted(cluster.raft_members() | {record["raft_addr"]}),
             "node": record,
         }
+
+    async def expire_joins(self) -> None:
+        """The leader's loop: remove the rows of joins that never made their node a Raft
+        member by the time their token expired (someone used a token and went away, or a
+        join that crashed half-way)."""
+        cluster = self.node.require_cluster()
+        while True:
+            seen = cluster.store.revision
+            now = datetime.now(UTC)
+            members = cluster.raft_members()
+            with cluster.store.lock:
+                joining = [
+                    dict(n)
+                    for n in nodes.all_nodes(cluster.store)
+                    if n.get("status") == "joining" and n["raft_addr"] not in members
+                ]
+            next_in = JOIN_PATIENCE
+            for row in joining:
+                left = _seconds_until(row.get("expires_at"), now)
+                if left > 0:
+                    next_in = min(next_in, left)
+                    continue
+                try:
+                    await cluster.propose_ok(Entry(EntryType.NODE_REMOVE, {"name": row["name"]}))
+                    log.warning("node %s did not join before its token expired", row["name"])
+                except SymphonyError as exc:
+                    log.warning("join of %s: %s", row["name"], exc)
+            await cluster.wait_for_tables({"nodes"}, seen, max(next_in + 0.5, 1.0))
 
     async def activate(self, name: str) -> dict[str, Any]:
         """Add a joining node to the Raft membership, now that it runs (see `join`).
@@ -556,6 +604,15 @@ def check_port_free(host: str, port: int, what: str) -> None:
         probe.close()
 
 
+def _seconds_until(stamp: Any, now: datetime) -> float:
+    """Seconds from `now` to an RFC 3339 time (0 for a missing or unreadable one)."""
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (when - now).total_seconds()
+
+
 def _validated_node(node: Any) -> dict[str, Any]:
     if not isinstance(node, dict):
         raise Invalid("'node' must be an object")
@@ -570,6 +627,10 @@ def _validated_node(node: Any) -> dict[str, Any]:
             raise Invalid(f"node {key} must be a port number")
         ports[key] = value
     version = node.get("version")
+    if version is not None and (
+        not isinstance(version, str) or not 0 < len(version) <= 64 or not version.isprintable()
+    ):
+        raise Invalid("node version must be printable text of at most 64 characters")
     schema = node.get("schema", 1)
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         raise Invalid("node schema must be a positive integer")

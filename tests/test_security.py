@@ -253,8 +253,9 @@ def test_junk_on_the_raft_port_is_dropped_before_it_is_buffered(nodeset: NodeSet
 @pytest.mark.cluster
 def test_idle_sockets_on_the_raft_port_are_capped_then_dropped(nodeset: NodeSet) -> None:
     """Finding 7: 100 idle sockets on the Raft port stayed open. Now at most 8 from one
-    address wait at all (the rest are closed at once), and those are dropped once 5 s
-    pass without naming a member; the cluster's members (127.0.0.1) keep writing."""
+    address wait at all (the rest are closed as they are accepted), and those are dropped
+    once 5 s pass without naming a member; the members (127.0.0.1) keep writing."""
+    import re
     import socket
 
     n1, n2, n3 = nodeset.form(3)
@@ -266,24 +267,21 @@ def test_idle_sockets_on_the_raft_port_are_capped_then_dropped(nodeset: NodeSet)
             sock.settimeout(10)
             sock.connect(("127.0.0.1", n1.raft_port))
             sockets.append(sock)
-        started = time.monotonic()
-        open_after = []
-        for sock in sockets:
-            if not closed_within(sock, 0.2):
-                open_after.append(sock)
-        assert len(open_after) <= guard.MAX_UNKNOWN_PER_ADDRESS, len(open_after)
-        written = 0
+        started, written = time.monotonic(), 0
         while time.monotonic() - started < guard.HANDSHAKE_DEADLINE + 1 and written < 200:
             n2.client().request("PUT", f"/v1/kv/during/{written}", raw=b"x")  # n1 takes part
             written += 1
-        assert all(closed_within(sock, 3) for sock in open_after)
+        # the node accepts them a few at a time: the last waits its 5 s after the others
+        still_open = [sock for sock in sockets if not closed_within(sock, 12)]
+        assert not still_open, f"{len(still_open)} left open: {n1.log()[-1500:]}"
     finally:
         for sock in sockets:
             sock.close()
     n3.client().request("PUT", "/v1/kv/after", raw=b"y")
     log = n1.log()
-    assert "too many waiting to authenticate" in log
-    assert "connections that did not authenticate within 5 s" in log
+    refused = sum(int(n) for n in re.findall(r"refused (\d+) connections from 127.0.0.2", log))
+    dropped = sum(int(n) for n in re.findall(r"dropped (\d+) connections that did not", log))
+    assert refused + dropped == 40 and refused >= 40 - 3 * guard.MAX_UNKNOWN_PER_ADDRESS, log
 
 
 @pytest.mark.cluster
@@ -450,3 +448,48 @@ def test_connections_without_a_request_are_closed_and_counted(tmp_path: Path) ->
             conn.close()
     finally:
         nodeset.cleanup()
+
+
+# -- joins (item 5) ---------------------------------------------------------------------------
+
+
+def admit_request(n1: NodeProcess, token_text: str, **node: Any) -> Any:
+    """POST /v1/cluster/members as a joining node would, without running one."""
+    from symphonyd.raft.entries import SCHEMA_VERSION
+    from symphonyd.security import decode_join_token
+
+    token = decode_join_token(token_text)
+    claim = {"name": "ghost", "address": "127.0.0.9", "api_port": 1, "raft_port": 2,
+             "schema": SCHEMA_VERSION, **node}  # fmt: skip
+    return n1.https(None).request(
+        "POST",
+        "/v1/cluster/members",
+        body={"token_id": token.token_id, "secret": token.secret, "node": claim},
+    )
+
+
+@pytest.mark.cluster
+def test_a_join_claims_only_what_a_node_may_and_an_unused_row_expires(nodeset: NodeSet) -> None:
+    """Finding 5: a row claiming schema 99 made every later join fail, and a row whose node
+    never ran stayed `joining` for good."""
+    (n1,) = nodeset.form(1)
+    admin = n1.client()
+    token = admin.request("POST", "/v1/tokens", body={"expires": "3s"})["token"]
+    with pytest.raises(SymphonyError, match="claims schema 99"):
+        admit_request(n1, token, schema=99)
+    with pytest.raises(SymphonyError, match="node version must be printable"):
+        admit_request(n1, token, version="x" * 65)
+    assert [m["name"] for m in admin.request("GET", "/v1/nodes")["nodes"]] == ["n1"]
+    # the token was not spent by the refusals: a claim a node may make is admitted...
+    reply = admit_request(n1, token)
+    assert reply["node"]["status"] == "joining" and reply["secret"]
+    # ... and its row, never a Raft member, goes when the token would have expired
+    wait_until(
+        lambda: [m["name"] for m in admin.request("GET", "/v1/nodes")["nodes"]] == ["n1"],
+        20,
+        "the ghost's row removed",
+    )
+    assert "node ghost did not join before its token expired" in n1.log()
+    n2 = nodeset.new("n2")  # a real join works after it
+    joined = n2.cli("join", admin.request("POST", "/v1/tokens", body={})["token"], timeout=120)
+    assert joined.returncode == 0, joined.stderr
