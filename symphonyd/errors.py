@@ -9,8 +9,10 @@
      +-- TooLarge                 413 too_large
      +-- Gone                     410 gone           history compacted (old ?since)
      +-- NotInitialized           409 not_initialized  the node is not part of a cluster yet
-     +-- NoQuorum                 503 no_quorum      no leader reachable, the write cannot commit
+     +-- NoQuorum                 503 no_quorum      no leader reachable: refused, nothing written
      +-- Unavailable              503 unavailable    a peer or the node itself cannot answer now
+          +-- Indeterminate       503 indeterminate  a write was sent, its outcome is unknown:
+                                                     it may still apply (check, then retry)
      +-- DriverError              500 driver_error   a host driver failed (LVM, libvirt, ...)
 
 Every class carries `http_status` and `code`; `to_dict()` is the body the API sends.
@@ -88,6 +90,13 @@ class Unavailable(SymphonyError):
     code = "unavailable"
 
 
+class Indeterminate(Unavailable):
+    """A write was proposed and its outcome is unknown (cut off, timed out, the leader
+    changed): it may be applied later. Retrying a plain PUT may apply it twice."""
+
+    code = "indeterminate"
+
+
 class DriverError(SymphonyError):
     http_status = 500
     code = "driver_error"
@@ -107,6 +116,7 @@ _BY_CODE: dict[str, type[SymphonyError]] = {
         NotInitialized,
         NoQuorum,
         Unavailable,
+        Indeterminate,
         DriverError,
     )
 }

@@ -271,11 +271,13 @@ class Membership:
     # -- tokens ------------------------------------------------------------------------------
 
     async def create_token(
-        self, kind: str, expires_in: float | None, description: str
+        self, kind: str, expires_in: float | None, description: str, scope: str = "admin"
     ) -> dict[str, Any]:
         cluster = self.node.require_cluster()
         if kind not in ("join", "admin"):
             raise Invalid("token kind must be 'join' or 'admin'")
+        if scope != "admin":  # a node of schema 6 would take it for an admin token
+            cluster.require_schema_level(7, f"a token of scope {scope}")
         created = datetime.now(UTC)
         expires_at = None
         if expires_in is not None:
@@ -289,6 +291,8 @@ class Membership:
             "expires_at": expires_at,
             "description": description,
         }
+        if kind == "admin":
+            record["scope"] = scope
         await cluster.propose_ok(Entry(EntryType.TOKEN_CREATE, {"token": record}))
         if kind == "join":
             with cluster.store.lock:
@@ -305,7 +309,8 @@ class Membership:
                 secret=secret,
                 fingerprint=fingerprint,
             ).encode()
-        return {"id": token_id, "kind": kind, "token": text, "expires_at": expires_at}
+        shown = {"id": token_id, "kind": kind, "token": text, "expires_at": expires_at}
+        return {**shown, "scope": scope} if kind == "admin" else shown
 
     # -- join (on the new node) -----------------------------------------------------------
 

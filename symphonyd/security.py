@@ -75,6 +75,17 @@ def secret_matches(secret: str, stored_sha256: str) -> bool:
     return hmac.compare_digest(sha256_hex(secret), stored_sha256)
 
 
+# What an API token may do, each including the ones before it: `reader` reads everything
+# (GET) and changes nothing, `operator` also changes resources (images, volumes,
+# instances, services, lifecycles, deployments, KV), `admin` also tokens, membership and
+# cluster settings. The local control socket is admin.
+SCOPES = ("reader", "operator", "admin")
+
+
+def allows(scope: str, needed: str) -> bool:
+    return SCOPES.index(scope) >= SCOPES.index(needed)
+
+
 @functools.lru_cache(maxsize=4)
 def node_credential(cluster_secret: str) -> str:
     """The bearer token members use to call each other, derived from the cluster secret."""

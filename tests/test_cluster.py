@@ -7,12 +7,14 @@ membership changes, and a node without quorum. Every process is stopped by PID i
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import pytest
 
-from symphonyd.errors import Conflict, NoQuorum, NotFound, SymphonyError
+from symphonyd.errors import Conflict, Indeterminate, NoQuorum, NotFound, SymphonyError
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -137,6 +139,34 @@ def test_node_without_quorum_answers_at_once(nodeset: NodeSet) -> None:
     assert elapsed < 5, f"status and a refused write took {elapsed:.1f}s"
     result = n1.cli("status")
     assert result.returncode == 0 and "NO QUORUM" in result.stdout
+
+
+def test_a_write_cut_off_in_flight_is_indeterminate_not_refused(nodeset: NodeSet) -> None:
+    """Issue 15, finding 1: a write sent before the leader lost its majority was answered
+    `no_quorum` and then applied when the others came back. It is `indeterminate` now;
+    a consistent read then says it cannot be confirmed."""
+    members = nodeset.form(3)
+    leader = nodeset.leader()
+    paused = [n for n in members if n is not leader]
+    try:
+        for node in paused:  # silent: no connection is reset
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGSTOP)
+        with pytest.raises(Indeterminate) as caught:
+            kv_put(leader, "in/flight", b"sent")
+        assert caught.value.code == "indeterminate" and caught.value.http_status == 503
+        assert "check before retrying" in caught.value.message
+        wait_until(lambda: not leader.status()["has_quorum"], 15, "the leader to see it")
+        with pytest.raises(NoQuorum, match="a consistent read cannot be confirmed"):
+            kv_get(leader, "in/flight", consistent=True)
+    finally:
+        for node in paused:
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGCONT)
+    # healed: writes commit again, and the one in flight either applied or did not
+    # (the leader it reached may lose the next election): hence "check before retrying"
+    wait_until(lambda: kv_put(leader, "after/heal", b"ok"), 30, "writes again")
+    assert kv_get(leader, "in/flight", consistent=True) in (None, b"sent")
 
 
 def test_blocking_read_returns_on_change_from_another_node(nodeset: NodeSet) -> None:

@@ -493,3 +493,72 @@ def test_a_join_claims_only_what_a_node_may_and_an_unused_row_expires(nodeset: N
     n2 = nodeset.new("n2")  # a real join works after it
     joined = n2.cli("join", admin.request("POST", "/v1/tokens", body={})["token"], timeout=120)
     assert joined.returncode == 0, joined.stderr
+
+
+# -- scopes (item 6) --------------------------------------------------------------------------
+
+
+def api_token(node: NodeProcess, scope: str) -> str:
+    result = node.cli("token", "create", "--scope", scope, "--json")
+    assert result.returncode == 0, result.stderr
+    made = json.loads(result.stdout)
+    assert made["scope"] == scope and made["kind"] == "admin"
+    return str(made["token"])
+
+
+def refused(client: Any, method: str, path: str, **options: Any) -> str:
+    with pytest.raises(SymphonyError) as caught:
+        client.request(method, path, **options)
+    assert caught.value.http_status == 403, caught.value
+    return caught.value.message
+
+
+@pytest.mark.cluster
+def test_token_scopes_and_the_node_credential_limit_what_a_caller_may_do(
+    nodeset: NodeSet,
+) -> None:
+    """Finding 6: every token was admin, and a joined node's credential too."""
+    from symphonyd.security import node_credential
+
+    (n1,) = nodeset.form(1)
+    reader = n1.https(api_token(n1, "reader"))
+    operator = n1.https(api_token(n1, "operator"))
+    admin = n1.https(api_token(n1, "admin"))
+    assert reader.request("GET", "/v1/volumes") == {"volumes": []}
+    assert "scope is reader: PUT /v1/kv/{key:.*} needs operator" in refused(
+        reader, "PUT", "/v1/kv/a", raw=b"1"
+    )
+    assert "needs admin" in refused(reader, "GET", "/v1/tokens")
+    operator.request("PUT", "/v1/kv/a", raw=b"1")
+    assert operator.request("GET", "/v1/kv/a")
+    assert "needs admin" in refused(operator, "POST", "/v1/tokens", body={})
+    config = {"value": 1}
+    assert "needs admin" in refused(
+        operator, "PUT", "/v1/cluster/config/images.min_replicas", body=config
+    )
+    admin.request("PUT", "/v1/cluster/config/images.min_replicas", body=config)
+    listed = admin.request("GET", "/v1/tokens")["tokens"]
+    assert sorted(t["scope"] for t in listed if t["kind"] == "admin") == [
+        "admin", "admin", "operator", "reader"  # init's, and the three made here
+    ]  # fmt: skip
+    table = n1.cli("token", "list")
+    assert "reader" in table.stdout and "SCOPE" in table.stdout
+
+    node = n1.https(node_credential((n1.data_dir / "secret").read_text().strip()))
+    assert node.request("GET", "/v1/progress")["node"] == "n1"
+    assert "serves only the calls members make" in refused(node, "GET", "/v1/kv/a")
+
+    def tables_seen(client: Any) -> set[str]:
+        seen = set()
+        with client.events(since=0, read_timeout=5) as stream:
+            last = stream.revision or 0
+            for event in stream:
+                seen.add(event.event.split(".")[0])
+                if event.id is not None and int(event.id) >= last:
+                    break
+        return seen
+
+    assert "tokens" in tables_seen(admin) and "tokens" not in tables_seen(reader)
+    spec = reader.request("GET", "/v1/openapi.json")
+    assert spec["paths"]["/v1/tokens"]["post"]["x-symphonyd-scope"] == "admin"
+    assert spec["paths"]["/v1/volumes"]["get"]["x-symphonyd-scope"] == "reader"

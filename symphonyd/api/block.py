@@ -209,6 +209,7 @@ ROUTES = [
         "/v1/volumes/{ref}/digest",
         volume_digest,
         "SHA-256 and size of a volume, read whole on its node (members' daemons only)",
+        node=True,
         responses={403: "not a member's daemon", 409: "in use by a running instance"},
     ),
     Route(
@@ -216,6 +217,7 @@ ROUTES = [
         "/v1/volumes/{ref}/content",
         volume_content,
         "A volume's content, Range requests resume (members' daemons only; its node only)",
+        node=True,
         responses={403: "not a member's daemon", 409: "in use by a running instance"},
     ),
     Route(

@@ -10,6 +10,7 @@ from aiohttp import web
 from symphonyd.api.routes import Route, daemon_of, json_response, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.security import SCOPES
 from symphonyd.state import cluster as cluster_table
 from symphonyd.state import nodes
 from symphonyd.validation import parse_duration
@@ -113,14 +114,19 @@ async def leave(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    body = await read_json(request, {"kind", "expires", "description"})
+    body = await read_json(request, {"kind", "expires", "description", "scope"})
     kind = body.get("kind", "join")
+    scope = body.get("scope")
+    if scope is not None and (kind != "admin" or scope not in SCOPES):
+        raise Invalid(f"'scope' is for API tokens (kind admin): one of {', '.join(SCOPES)}")
     expires = body.get("expires", "3h" if kind == "join" else None)
     expires_in = parse_duration(expires).total_seconds() if expires is not None else None
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > 200:
         raise Invalid("'description' must be text of at most 200 characters")
-    result = await daemon_of(request).membership.create_token(kind, expires_in, description)
+    result = await daemon_of(request).membership.create_token(
+        kind, expires_in, description, scope or "admin"
+    )
     return json_response(result, status=201)
 
 
@@ -202,6 +208,7 @@ ROUTES = [
         set_config,
         "Change a cluster-wide setting (images.min_replicas, images.failed_keep, "
         "deployments.step_patience, compute.cpu_overcommit, compute.memory_overcommit)",
+        scope="admin",
         body={
             "type": "object",
             "required": ["value"],
@@ -214,6 +221,8 @@ ROUTES = [
         "/v1/cluster/members/{name}/activate",
         activate,
         "Add an admitted node to the Raft membership once it runs (called by that node)",
+        node=True,
+        scope="admin",
         responses={200: "a Raft member", 403: "not a member's daemon", 404: "not admitted"},
     ),
     Route(
@@ -229,6 +238,7 @@ ROUTES = [
         "/v1/tokens",
         create_token,
         "Create a join token (single use, expiring) or an admin token",
+        scope="admin",
         body={
             "type": "object",
             "additionalProperties": False,
@@ -240,6 +250,11 @@ ROUTES = [
                     "description": "e.g. 90s, 15m, 3h, 7d (at most 3650d)",
                 },
                 "description": {"type": "string", "maxLength": 200},
+                "scope": {
+                    "type": "string",
+                    "enum": ["reader", "operator", "admin"],
+                    "description": "an API token's (kind admin) rights; default admin",
+                },
             },
         },
         responses={201: "token created (its text is shown only here)"},

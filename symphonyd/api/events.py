@@ -3,10 +3,10 @@
 Each event is `id: <revision>`, `event: <table>.<op>` and `data: <change as JSON>`.
 `?since=REV` (or the `Last-Event-ID` header) replays the changes after REV first; if that
 part of the history is gone (compacted, or the node restarted from a snapshot) the answer
-is 410 and the client must re-read the state it needs. `?table=` filters by table. A
-comment line is sent every 15 s so proxies keep the stream open (`?keepalive=1s` for
-sooner: a client drawing the progress of long work, which is not in the log, re-reads the
-record on each).
+is 410 and the client must re-read the state it needs. `?table=` filters by table;
+changes of the tokens table reach admin tokens only. A comment line is sent every 15 s so
+proxies keep the stream open (`?keepalive=1s` for sooner: a client drawing the progress of
+long work, which is not in the log, re-reads the record on each).
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Symphonyd-Revision": str(store.revision),
         }
     )
+    hidden = set() if request.get("scope") == "admin" else {"tokens"}  # admins' business
     await response.prepare(request)
     try:
         async for change in cluster.watch(last, keepalive):
             if change is None:
                 await response.write(b": keep-alive\n\n")
-            elif table is None or change.table == table:
+            elif (table is None or change.table == table) and change.table not in hidden:
                 await response.write(_format(change))
     except Gone:
         await response.write(b"event: reset\ndata: {}\n\n")

@@ -172,6 +172,7 @@ ROUTES = [
         "/v1/images/{ref}/content",
         image_content,
         "The image file (Range requests resume a transfer)",
+        node=True,
         responses={200: "the file", 206: "part of it", 404: "no copy here"},
     ),
 ]

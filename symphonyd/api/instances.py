@@ -347,6 +347,7 @@ ROUTES = [
         "/v1/instances/{ref}/console",
         console_log,
         "The instance's serial console log from `offset` (at most 64 KiB per answer)",
+        node=True,
         query={"offset": "byte offset to read from (the `offset` of the last answer)"},
     ),
 ]

@@ -1,8 +1,11 @@
 """Middlewares: errors to JSON, authentication, and the uninitialised-node gate.
 
 A request on the control socket is local root: no token. Over TCP (HTTPS) a request needs
-an admin token or a member's node credential, as `Authorization: Bearer`, `X-Consul-Token`
-or `?token=`; `GET /v1/health` needs none, and a join request carries its join token.
+an API token whose scope allows the route (`security.SCOPES`: reader for GETs, operator
+for changes, admin for tokens, membership and settings), or a member's node credential on
+the routes members call on each other (`Route.node`), as `Authorization: Bearer`,
+`X-Consul-Token` or `?token=`; `GET /v1/health` needs none, and a join request carries
+its join token.
 Every error leaves as `{"error": {"code", "message"}}` with its status; a bug is a logged
 500 with no internals in the body.
 """
@@ -16,7 +19,7 @@ import time
 from aiohttp import web
 
 from symphonyd import metrics
-from symphonyd.api.routes import DAEMON, Handler, Route, json_response
+from symphonyd.api.routes import DAEMON, Handler, Route, json_response, needed_scope
 from symphonyd.errors import (
     Forbidden,
     NotInitialized,
@@ -26,6 +29,7 @@ from symphonyd.errors import (
 )
 from symphonyd.security import (
     JOIN_TOKEN_PREFIX,
+    allows,
     node_credential,
     now_rfc3339,
     secret_matches,
@@ -102,9 +106,25 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise NotInitialized(
             "this node is not part of a cluster yet: run `symphonyd init` or `symphonyd join TOKEN`"
         )
+    request["scope"] = "admin" if local else None
     if not local and route.auth == "token":
         check_token(request)
+        check_scope(request, route)
     return await handler(request)
+
+
+def check_scope(request: web.Request, route: Route) -> None:
+    needed = needed_scope(route)
+    if request.get("principal") == "node":
+        if not route.node:
+            raise Forbidden("a node credential serves only the calls members make to each other")
+        return
+    scope = request["scope"]
+    if not allows(scope, needed):
+        raise Forbidden(
+            f"this token's scope is {scope}: {route.method} {route.path} needs {needed} "
+            "(`symphonyd token create --scope ...`)"
+        )
 
 
 def check_token(request: web.Request) -> None:
@@ -132,3 +152,4 @@ def check_token(request: web.Request) -> None:
     if record.get("expires_at") and record["expires_at"] <= now_rfc3339():
         raise Unauthorized(f"the API token expired at {record['expires_at']}")
     request["principal"] = f"token:{record['id']}"
+    request["scope"] = record.get("scope") or "admin"  # tokens before scopes were admin

@@ -46,6 +46,8 @@ ROUTES = [
         "/v1/nodes/{name}",
         remove_node,
         "Remove a (dead) member",
+        node=True,
+        scope="admin",
         query={"force": "remove even if the node is reachable"},
         responses={200: "removed", 404: "no such node", 409: "node reachable or self"},
     ),

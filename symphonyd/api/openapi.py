@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd import __version__
-from symphonyd.api.routes import Route, json_response
+from symphonyd.api.routes import Route, json_response, needed_scope
 
 ROUTES_KEY: web.AppKey[list[Route]] = web.AppKey("route_list")
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -95,6 +95,10 @@ def document(routes: list[Route]) -> dict[str, Any]:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             }
+        if route.auth == "token":
+            operation["x-symphonyd-scope"] = needed_scope(route)
+            if route.node:
+                operation["x-symphonyd-node-credential"] = True
         if route.auth == "local":  # no token opens it: only the node's control socket
             operation["security"] = []
             operation["x-symphonyd-local-only"] = True

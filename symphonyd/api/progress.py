@@ -91,5 +91,6 @@ ROUTES = [
         "/v1/progress",
         list_progress,
         "This node's long work in progress (stage, bytes done of total), from its memory",
+        node=True,
     ),
 ]

@@ -29,11 +29,21 @@ class Route:
     handler: Handler
     summary: str
     auth: str = "token"  # "none", "token", "local" (control socket only), "join" (join token)
+    # What an API token must be allowed (security.SCOPES): None is "reader" for GET and
+    # "operator" for the rest; "admin" for tokens, membership and cluster settings.
+    scope: str | None = None
+    node: bool = False  # members call it on each other: their node credential may
     uninitialised: bool = False  # served before init/join
     query: dict[str, str] = field(default_factory=dict)  # name -> description
     body: dict[str, Any] | None = None  # JSON schema of the request body
     raw_body: bool = False
     responses: dict[int, str] = field(default_factory=dict)
+
+
+def needed_scope(route: Route) -> str:
+    if route.scope is not None:
+        return route.scope
+    return "reader" if route.method in ("GET", "HEAD") else "operator"
 
 
 def daemon_of(request: web.Request) -> Daemon:

@@ -13,11 +13,13 @@ from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import now_rfc3339
 from symphonyd.state import lookup, tokens
 
-SHOWN = ("id", "kind", "description", "created_at", "expires_at", "used_at", "used_by")
+SHOWN = ("id", "kind", "scope", "description", "created_at", "expires_at", "used_at", "used_by")
 
 
 def view(record: dict[str, Any], now: str) -> dict[str, Any]:
     shown = {key: record.get(key) for key in SHOWN}
+    if record.get("kind") == "admin" and not shown["scope"]:
+        shown["scope"] = "admin"  # made before scopes existed
     expires = record.get("expires_at")
     shown["expired"] = bool(expires and expires <= now)
     return shown
@@ -51,13 +53,20 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/v1/tokens", list_tokens, "API and join tokens (never their secrets)"),
-    Route("GET", "/v1/tokens/{ref}", show_token, "One token (id or id prefix)"),
+    Route(
+        "GET",
+        "/v1/tokens",
+        list_tokens,
+        "API and join tokens (never their secrets)",
+        scope="admin",
+    ),
+    Route("GET", "/v1/tokens/{ref}", show_token, "One token (id or id prefix)", scope="admin"),
     Route(
         "DELETE",
         "/v1/tokens/{ref}",
         revoke_token,
         "Revoke a token: refused at once on every node",
+        scope="admin",
         responses={200: "revoked", 404: "no such token"},
     ),
 ]

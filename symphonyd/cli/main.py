@@ -168,14 +168,29 @@ def token() -> None:
 @token.command("create")
 @click.option("--expires", default=None, help="Lifetime, e.g. 30m, 3h, 7d [3h for join].")
 @click.option("--admin", is_flag=True, help="Create an admin API token instead of a join token.")
+@click.option(
+    "--scope",
+    type=click.Choice(["reader", "operator", "admin"]),
+    help="Create an API token with these rights: reader (GETs), operator (also changes "
+    "resources), admin (also tokens, membership, settings).",
+)
 @click.option("--description", default="", help="What the token is for.")
 @json_option
 @click.pass_obj
 def token_create(
-    obj: Context, expires: str | None, admin: bool, description: str, as_json: bool
+    obj: Context,
+    expires: str | None,
+    admin: bool,
+    scope: str | None,
+    description: str,
+    as_json: bool,
 ) -> None:
-    """Create a single-use, expiring join token (printed as the last line)."""
-    body: dict[str, Any] = {"kind": "admin" if admin else "join", "description": description}
+    """Create a single-use, expiring join token (printed as the last line), or an API
+    token (--admin, --scope)."""
+    api_token = admin or scope is not None
+    body: dict[str, Any] = {"kind": "admin" if api_token else "join", "description": description}
+    if scope is not None:
+        body["scope"] = scope
     if expires:
         body["expires"] = expires
     result = obj.client().request("POST", "/v1/tokens", body=body)
@@ -183,7 +198,8 @@ def token_create(
         print_json(result)
         return
     expiry = result["expires_at"] or "never"
-    click.echo(f"{result['kind'].capitalize()} token {result['id']} (expires {expiry}):")
+    what = f"API token ({result['scope']})" if result.get("scope") else "Join token"
+    click.echo(f"{what} {result['id']} (expires {expiry}):")
     click.echo(result["token"])
 
 
@@ -197,11 +213,12 @@ def token_list(obj: Context, as_json: bool) -> None:
         print_json(result)
         return
     print_table(
-        ["ID", "KIND", "CREATED", "EXPIRES", "USED BY", "DESCRIPTION"],
+        ["ID", "KIND", "SCOPE", "CREATED", "EXPIRES", "USED BY", "DESCRIPTION"],
         [
             [
                 t["id"],
                 t["kind"],
+                t.get("scope"),
                 t["created_at"],
                 ("expired " if t["expired"] else "") + (t["expires_at"] or "never"),
                 t["used_by"],

@@ -27,6 +27,7 @@ from symphonyd import metrics
 from symphonyd.errors import (
     Conflict,
     Gone,
+    Indeterminate,
     Invalid,
     NoQuorum,
     NotFound,
@@ -118,7 +119,7 @@ class Cluster:
                         future, max(deadline - time.monotonic(), 0.01)
                     )
                 except TimeoutError:
-                    raise Unavailable(
+                    raise Indeterminate(
                         f"the write was not confirmed within {timeout:g}s; it may still be "
                         "applied (check before retrying)"
                     ) from None
@@ -135,9 +136,10 @@ class Cluster:
                     raise NoQuorum(self.no_quorum_message())
                 if error == FAIL_REASON.QUEUE_FULL:
                     raise Unavailable("too many writes in flight; retry later")
-                raise Unavailable(
+                raise Indeterminate(
                     f"the write's outcome is unknown ({_FAIL_NAMES.get(error, error)}): "
-                    "the leader changed while it was in flight"
+                    "the leader changed while it was in flight; it may still be applied "
+                    "(check before retrying)"
                 )
 
     def require_schema(self, entry_type: int) -> None:
@@ -178,11 +180,12 @@ class Cluster:
             elif now - cut_off_since >= QUORUM_GRACE:
                 message = (
                     self.no_quorum_message()
-                    + " (the write was in flight: it applies only if quorum returns)"
+                    + "; the write was sent: it applies if quorum returns (check before "
+                    "retrying)"
                 )
                 for future in list(self._in_flight_futures):
                     if not future.done():
-                        future.set_exception(NoQuorum(message))
+                        future.set_exception(Indeterminate(message))
 
     async def _await_election(self, deadline: float) -> None:
         """No leader known. Cut off from the majority: fail (once a fresh status says so:
@@ -224,8 +227,18 @@ class Cluster:
         return raise_for_result(await self.propose(entry, timeout, idempotent=idempotent))
 
     async def barrier(self, timeout: float = 5.0) -> None:
-        """Wait until this node has applied everything committed before the call."""
-        await self.propose(Entry(EntryType.BARRIER, {}), timeout, idempotent=True)
+        """Wait until this node has applied everything committed before the call. It
+        changes nothing, so an unknown outcome is a read that could not be confirmed."""
+        try:
+            await self.propose(Entry(EntryType.BARRIER, {}), timeout, idempotent=True)
+        except (Indeterminate, NoQuorum) as exc:
+            if isinstance(exc, NoQuorum) or not self.node.status().get("has_quorum"):
+                raise NoQuorum(
+                    self.no_quorum_message() + ": a consistent read cannot be confirmed"
+                ) from None
+            raise Unavailable(
+                f"the read could not be confirmed within {timeout:g}s (nothing was changed); retry"
+            ) from None
 
     # -- membership (pysyncobj dynamic membership) -------------------------------------
 

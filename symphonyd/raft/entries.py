@@ -25,7 +25,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 7  # 7: an instance placed by its own create entry
+SCHEMA_VERSION = 7  # 7: an instance placed by its own create entry; token scopes
 
 
 class EntryType(IntEnum):
