@@ -51,6 +51,7 @@ from symphonyd.redact import REDACTOR
 from symphonyd.security import fingerprint_pem, node_credential
 from symphonyd.service_types import SERVICE_TYPES
 from symphonyd.services import Registry, RunningService, ServiceHost
+from symphonyd.state import nodes
 from symphonyd.state.store import Store
 
 log = logging.getLogger("symphonyd.daemon")
@@ -275,6 +276,14 @@ class Daemon:
             await asyncio.to_thread(cluster.node.stop)
         REDACTOR.remove(self._secrets())
         self.secret = self.fingerprint = None
+
+    def member_addresses(self) -> set[str]:
+        """The addresses the members were recorded with (empty before init or join)."""
+        cluster = self.cluster
+        if cluster is None:
+            return set()
+        with cluster.store.lock:
+            return {n["address"] for n in nodes.all_nodes(cluster.store)}
 
     def _secrets(self) -> list[str]:
         """The cluster secret and what derives from it, as text."""

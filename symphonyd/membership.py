@@ -52,6 +52,7 @@ __all__ = ["Membership", "NodeWiring", "check_port_free"]
 log = logging.getLogger("symphonyd.membership")
 
 JOIN_PATIENCE = 3600.0  # s a join row waits to become a member when its token has no expiry
+JOIN_GRACE = 15.0  # ... and at least this long, whatever the token says (`activate` takes it)
 
 
 class NodeWiring(Protocol):
@@ -205,7 +206,9 @@ class Membership:
                 raise Unavailable(cluster.no_quorum_message())
             await asyncio.sleep(0.05)
 
-    async def init(self) -> dict[str, Any]:
+    async def init(self, token_expires_in: float | None = None) -> dict[str, Any]:
+        """Bootstrap a one-node cluster; its first admin token expires after
+        `token_expires_in` seconds (None: never)."""
         async with self._lock:
             if self.identity:
                 raise Conflict(
@@ -220,7 +223,11 @@ class Membership:
                 self.node.start_raft([])
                 await self._wait_for_leader(15.0)
                 cluster = self.node.require_cluster()
-                now = now_rfc3339()
+                created = datetime.now(UTC)
+                now = now_rfc3339(created)
+                expires_at = None
+                if token_expires_in is not None:
+                    expires_at = now_rfc3339(created + timedelta(seconds=token_expires_in))
                 token_id, token_text, secret_sha = new_api_token()
                 info = {
                     "id": cluster_id,
@@ -239,7 +246,8 @@ class Membership:
                                 "kind": "admin",
                                 "secret_sha256": secret_sha,
                                 "created_at": now,
-                                "expires_at": None,
+                                "expires_at": expires_at,
+                                "scope": "admin",
                                 "description": "created by init",
                             }
                         },
@@ -264,6 +272,7 @@ class Membership:
                 "cluster_id": cluster_id,
                 "node": self.settings.name,
                 "admin_token": token_text,
+                "admin_token_expires_at": expires_at,
                 "fingerprint": info["fingerprint"],
                 "api": f"https://{self.settings.address}:{self.settings.api_port}",
             }
@@ -436,10 +445,11 @@ class Membership:
             )
         if problem:
             raise_for_result({"ok": False, "error": {"code": problem[0], "message": problem[1]}})
-        # a row that never becomes a member goes when its token would have (`expire_joins`)
-        expires_at = (token or {}).get("expires_at") or now_rfc3339(
-            datetime.now(UTC) + timedelta(seconds=JOIN_PATIENCE)
-        )
+        # a row that never becomes a member goes when its token would have, but never
+        # sooner than JOIN_GRACE from now (a join admitted just before its token expires)
+        soonest = now_rfc3339(datetime.now(UTC) + timedelta(seconds=JOIN_GRACE))
+        fallback = now_rfc3339(datetime.now(UTC) + timedelta(seconds=JOIN_PATIENCE))
+        expires_at = max((token or {}).get("expires_at") or fallback, soonest)
         record.update(
             {"id": new_id(), "status": "joining", "created_at": now, "expires_at": expires_at}
         )
@@ -489,7 +499,11 @@ class Membership:
                     next_in = min(next_in, left)
                     continue
                 try:
-                    await cluster.propose_ok(Entry(EntryType.NODE_REMOVE, {"name": row["name"]}))
+                    async with self._lock:  # not while `activate` adds it to Raft
+                        if row["raft_addr"] in cluster.raft_members():
+                            continue
+                        entry = Entry(EntryType.NODE_REMOVE, {"name": row["name"]})
+                        await cluster.propose_ok(entry)
                     log.warning("node %s did not join before its token expired", row["name"])
                 except SymphonyError as exc:
                     log.warning("join of %s: %s", row["name"], exc)
@@ -501,11 +515,11 @@ class Membership:
         Holds the membership lock until the change commits, so this node never starts a
         second change on top of an uncommitted one."""
         cluster = self.node.require_cluster()
-        with cluster.store.lock:
-            record = nodes.get(cluster.store, name)
-        if record is None:
-            raise NotFound(f"no node named {name!r} is joining")
-        async with self._lock:
+        async with self._lock:  # read under it: `expire_joins` may be removing the row
+            with cluster.store.lock:
+                record = nodes.get(cluster.store, name)
+            if record is None:
+                raise NotFound(f"no node named {name!r} is joining")
             if record["raft_addr"] not in cluster.raft_members():
                 state = await self._change_membership("add", record["raft_addr"], wait=20.0)
                 if state != "committed":

@@ -83,7 +83,8 @@ SCOPES = ("reader", "operator", "admin")
 
 
 def allows(scope: str, needed: str) -> bool:
-    return SCOPES.index(scope) >= SCOPES.index(needed)
+    """Whether `scope` covers `needed` (an unknown scope covers nothing)."""
+    return scope in SCOPES and SCOPES.index(scope) >= SCOPES.index(needed)
 
 
 @functools.lru_cache(maxsize=4)

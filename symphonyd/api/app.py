@@ -53,7 +53,9 @@ def all_routes() -> list[Route]:
 
 def make_app(daemon: Daemon) -> web.Application:
     limits = {**API_DEFAULTS, **daemon.settings.api}
-    guard = ConnectionGuard(float(limits["header_timeout"]), int(limits["max_connections"]))
+    guard = ConnectionGuard(
+        float(limits["header_timeout"]), int(limits["max_connections"]), daemon.member_addresses
+    )
     app = web.Application(
         middlewares=[guard.middleware, measure, errors, access], client_max_size=MAX_BODY
     )

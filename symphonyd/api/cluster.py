@@ -36,8 +36,10 @@ async def cluster_status(request: web.Request) -> web.Response:
 
 
 async def init(request: web.Request) -> web.Response:
-    await read_json(request)
-    return json_response(await daemon_of(request).membership.init(), status=201)
+    body = await read_json(request, {"token_expires"})
+    expires = body.get("token_expires")
+    expires_in = parse_duration(expires).total_seconds() if expires is not None else None
+    return json_response(await daemon_of(request).membership.init(expires_in), status=201)
 
 
 async def join(request: web.Request) -> web.Response:
@@ -166,6 +168,17 @@ ROUTES = [
         "Bootstrap a new one-node cluster on this node; returns the admin token (shown once)",
         auth="local",
         uninitialised=True,
+        body={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "token_expires": {
+                    "type": "string",
+                    "pattern": "^0*[1-9][0-9]{0,2}[smhd]$",
+                    "description": "lifetime of the first admin token, e.g. 30d (default: never)",
+                },
+            },
+        },
         responses={201: "cluster created", 409: "already a member"},
     ),
     Route(

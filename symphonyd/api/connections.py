@@ -8,7 +8,10 @@ many are open. `ConnectionGuard`:
 
 * closes a connection whose first request did not arrive within `header_timeout` seconds
   of its opening (a request counts once its headers are read: the middleware sees it);
-* closes at once a connection opened while `max_connections` are open;
+* closes at once a connection opened while `max_connections` are open, or while a
+  quarter of that are open from the same address, unless it comes from a member's
+  address (members call each other: transfers, consoles, joins), so one client cannot
+  lock everyone out by holding kept-alive connections;
 
 over TCP only: the local control socket (root on the host) is never limited, so the
 operator can still act while the network port is crowded. Each kind is logged
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -37,11 +41,19 @@ SWEEP_EVERY = 1.0  # s between looks at the open connections
 
 
 class ConnectionGuard:
-    def __init__(self, header_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        header_timeout: float,
+        max_connections: int,
+        members: Callable[[], set[str]] = set,
+    ) -> None:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self.per_address = max(1, max_connections // 4)
+        self.members = members  # the members' addresses: never refused
         self._opened: dict[Any, float] = {}  # handler -> loop time it opened, until served
         self._tcp: set[Any] = set()  # the TCP connections open (handlers)
+        self._address: dict[Any, str] = {}  # their peers' addresses
         self._refused = 0
         self._server: web.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -57,12 +69,17 @@ class ConnectionGuard:
             if sock is not None and sock.family == socket.AF_UNIX:
                 return  # the control socket
             self._tcp &= set(server.connections)
-            if len(self._tcp) >= self.max_connections:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) else "?"
+            same = sum(1 for h in self._tcp if self._address.get(h) == address)
+            crowded = len(self._tcp) >= self.max_connections or same >= self.per_address
+            if crowded and address not in self.members():
                 self._refused += 1
                 handler.force_close()
                 transport.close()
                 return
             self._tcp.add(handler)
+            self._address[handler] = address
             self._opened[handler] = asyncio.get_running_loop().time()
 
         server.connection_made = connection_made  # type: ignore[method-assign]
@@ -80,6 +97,8 @@ class ConnectionGuard:
             assert self._server is not None
             open_now = set(self._server.connections)
             late = []
+            for handler in [h for h in self._address if h not in open_now]:
+                del self._address[handler]
             for handler, opened in list(self._opened.items()):
                 if handler not in open_now:
                     del self._opened[handler]
@@ -96,9 +115,11 @@ class ConnectionGuard:
                 )
             if self._refused:
                 log.warning(
-                    "refused %d connections: %d are open (api.max_connections)",
+                    "refused %d connections: %d open in all, or %d from one address "
+                    "(api.max_connections)",
                     self._refused,
                     self.max_connections,
+                    self.per_address,
                 )
                 self._refused = 0
 

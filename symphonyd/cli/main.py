@@ -126,17 +126,24 @@ def run(
 
 
 @main.command()
+@click.option(
+    "--token-expires",
+    metavar="DURATION",
+    help="Lifetime of the first admin token, e.g. 30d (default: it never expires).",
+)
 @json_option
 @click.pass_obj
-def init(obj: Context, as_json: bool) -> None:
+def init(obj: Context, token_expires: str | None, as_json: bool) -> None:
     """Bootstrap a new one-node cluster on this node (over the local socket)."""
-    result = obj.client(local_only=True).request("POST", "/v1/cluster/init", body={})
+    body = {"token_expires": token_expires} if token_expires else {}
+    result = obj.client(local_only=True).request("POST", "/v1/cluster/init", body=body)
     if as_json:
         print_json(result)
         return
     click.echo(f"Initialised cluster {result['cluster_id']} on node {result['node']}.")
     click.echo(f"API: {result['api']}  certificate fingerprint: {result['fingerprint']}")
-    click.echo("Admin token (shown only now; keep it safe):")
+    expiry = result.get("admin_token_expires_at") or "never"
+    click.echo(f"Admin token (expires {expiry}; shown only now, keep it safe):")
     click.echo(result["admin_token"])
 
 

@@ -383,12 +383,12 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         only if it is not running."""
         instance = record.instance
         driver = self.drivers.get(record.service)
+        folder = instance_dir(self.data_dir, instance["id"])
         with Reverter() as undo:
             spec = self._spec(record)
-            undo.add(shutil.rmtree, instance_dir(self.data_dir, instance["id"]), True)
-            if not os.path.exists(
-                self._seed_path(instance["id"])
-            ):  # written while the disk was made
+            if not os.path.exists(folder):  # never remove what an earlier try left running
+                undo.add(shutil.rmtree, folder, True)
+            if not os.path.exists(self._seed_path(instance["id"])):  # written meanwhile
                 self._write_seed(instance)
             info = driver.define(spec)
             undo.keep()
@@ -396,8 +396,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             return info, None
         try:
             driver.start(instance["id"])
-        except SymphonyError as exc:
-            return info, exc.message
+        except (SymphonyError, OSError) as exc:
+            return info, getattr(exc, "message", None) or str(exc)
         return info, None
 
     # -- changes of the definition ----------------------------------------------------------

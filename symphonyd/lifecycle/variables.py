@@ -10,25 +10,35 @@ field in one error.
 Secrets (`Password`) are held in a `Secret`, whose repr and str never show the value; no
 error message, repr or `to_json` (unless `reveal=True`, for the store to encrypt) ever does.
 
-This module does no I/O and knows nothing of lifecycles, nodes, the store or the API.
+The base every type shares (`Variable`, `Secret`) is in `variable_base.py`; this module
+has the types and re-exports the base, so a lifecycle imports everything from here. It
+does no I/O and knows nothing of lifecycles, nodes, the store or the API.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
-import keyword
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Generic, TypedDict, TypeVar, Unpack
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
 from symphonyd.errors import Invalid
+from symphonyd.lifecycle.variable_base import (
+    MASK,
+    Secret,
+    Variable,
+    VariableOptions,
+    check_variable_name,
+    json_type,
+    show,
+)
 from symphonyd.validation import check_name
 
 __all__ = [
+    "MASK",
     "Bool",
     "Float",
     "Host",
@@ -49,10 +59,6 @@ __all__ = [
     "validate_values",
 ]
 
-T = TypeVar("T")
-
-VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-MASK = "********"
 _INT_RE = re.compile(r"^[+-]?[0-9]{1,30}$")
 _FLOAT_RE = re.compile(
     r"^[+-]?([0-9]{1,300}(\.[0-9]{0,300})?|\.[0-9]{1,300})([eE][+-]?[0-9]{1,4})?$"
@@ -60,226 +66,6 @@ _FLOAT_RE = re.compile(
 _HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _TRUE = frozenset({"true", "yes", "y", "on", "1"})
 _FALSE = frozenset({"false", "no", "n", "off", "0"})
-
-
-def check_variable_name(name: object) -> str:
-    """A variable name is also a keyword argument of a provide: a Python identifier."""
-    if (
-        not isinstance(name, str)
-        or not VARIABLE_NAME_RE.match(name)
-        or keyword.iskeyword(name)
-        or name == "self"
-    ):
-        raise Invalid(
-            f"invalid variable name {name!r}: use 1-63 letters, digits and '_', "
-            "not starting with a digit, and not a Python keyword"
-        )
-    return name
-
-
-class Secret:
-    """A secret string: `reveal()` gives it; repr, str and format only ever show a mask."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({MASK!r})"
-
-    def __str__(self) -> str:
-        return MASK
-
-    def __format__(self, spec: str) -> str:
-        return format(MASK, spec)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash((Secret, self._value))
-
-    def __copy__(self) -> Secret:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
-        return self
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a Secret is not pickled: encrypt reveal() explicitly")
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _secret_texts(raw: object) -> list[str]:
-    if isinstance(raw, Secret):
-        return [raw.reveal()]
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list | tuple):
-        return [text for item in raw for text in _secret_texts(item)]
-    return []
-
-
-class VariableOptions(TypedDict, total=False):
-    """What every variable takes besides its name and its own constraints."""
-
-    default: object
-    required: bool
-    label: str | None
-    help: str
-    expert: bool
-    validator: Callable[[Any], object] | None
-    from_xpath: str | None
-
-
-class Variable(Generic[T]):
-    """Base of the typed variables. Subclasses convert (`_from_text`, `_from_json`) and
-    constrain (`_constrain`), raising `ValueError(reason)`; `validate` is the hook for
-    further checks (override it, or pass `validator=`, a callable that raises ValueError or
-    Invalid, or returns False, to reject a value)."""
-
-    kind: str = "variable"
-    is_secret: bool = False
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        default: object = None,
-        required: bool = True,
-        label: str | None = None,
-        help: str = "",
-        expert: bool = False,
-        validator: Callable[[Any], object] | None = None,
-        from_xpath: str | None = None,
-    ) -> None:
-        self.name = check_variable_name(name)
-        self.required = required
-        self.label = label if label is not None else name.replace("_", " ")
-        self.help = help
-        self.expert = expert
-        self.validator = validator
-        if from_xpath is not None and (not isinstance(from_xpath, str) or not from_xpath):
-            raise Invalid(f"variable {name!r}: from_xpath must be a non-empty xpath string")
-        self.from_xpath = from_xpath
-        self.default: T | None = None
-        if default is not None:
-            try:
-                self.default = self._value(default, None)
-            except ValueError as exc:
-                raise Invalid(f"bad default for variable {name!r}: {exc}") from None
-
-    # -- the three ways in -----------------------------------------------------------------
-
-    def parse(self, value: object, *, members: Collection[str] | None = None) -> T:
-        """A string is read as text (as from `--set`); any other value as JSON. `members`
-        are the cluster's node names, for `Node` variables (None: check the syntax only)."""
-        return self._wrap(lambda: self._value(value, members))
-
-    def from_text(self, text: str, *, members: Collection[str] | None = None) -> T:
-        return self._wrap(lambda: self._finish(self._from_text(text), members))
-
-    def from_json(self, value: object, *, members: Collection[str] | None = None) -> T:
-        return self._wrap(lambda: self._finish(self._from_json(value), members))
-
-    # -- the hook --------------------------------------------------------------------------
-
-    def validate(self, value: T) -> None:
-        """Further checks once the value has its type and constraints: raise ValueError (or
-        Invalid) with the reason. Calls the `validator` given to the constructor."""
-        if self.validator is not None and self.validator(value) is False:
-            raise ValueError("rejected by its validation hook")
-
-    # -- out -------------------------------------------------------------------------------
-
-    def to_json(self, value: T, *, reveal: bool = False) -> Any:
-        """The value as plain JSON data; secrets are masked unless `reveal`."""
-        return value
-
-    def describe(self) -> dict[str, Any]:
-        """Plain data for the API and the prompts (a secret default is masked)."""
-        return {
-            "name": self.name,
-            "type": self.kind,
-            "required": self.required,
-            "default": None if self.default is None else self.to_json(self.default),
-            "label": self.label,
-            "help": self.help,
-            "expert": self.expert,
-            "secret": self.is_secret,
-            "from_xpath": self.from_xpath,
-            **self._constraints(),
-        }
-
-    def __repr__(self) -> str:
-        default = "" if self.default is None else f", default={self.to_json(self.default)!r}"
-        return f"{type(self).__name__}({self.name!r}{default}, required={self.required})"
-
-    # -- for subclasses --------------------------------------------------------------------
-
-    def _from_text(self, text: str) -> T:
-        raise NotImplementedError
-
-    def _from_json(self, value: object) -> T:
-        raise NotImplementedError
-
-    def _constrain(self, value: T, members: Collection[str] | None) -> None:
-        """Raise ValueError(reason) if `value` breaks the declared constraints."""
-
-    def _constraints(self) -> dict[str, Any]:
-        return {}
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _finish(self, value: T, members: Collection[str] | None) -> T:
-        self._constrain(value, members)
-        try:
-            self.validate(value)
-        except (ValueError, Invalid) as exc:
-            reason = exc.message if isinstance(exc, Invalid) else str(exc)
-            # our own reasons never quote a secret; a hook's might
-            if self.is_secret and any(text and text in reason for text in _secret_texts(value)):
-                reason = "rejected by its validation hook (the reason would show the secret)"
-            raise ValueError(reason) from None
-        return value
-
-    def _value(self, raw: object, members: Collection[str] | None) -> T:
-        if isinstance(raw, str):
-            return self._finish(self._from_text(raw), members)
-        return self._finish(self._from_json(raw), members)
-
-    def _wrap(self, convert: Callable[[], T]) -> T:
-        try:
-            return convert()
-        except ValueError as exc:
-            reason = str(exc)
-        raise Invalid(f"invalid value for {self.name!r}: {reason}", fields={self.name: reason})
 
 
 def _check_range(value: float, low: float | None, high: float | None) -> None:
@@ -318,7 +104,7 @@ class Str(Variable[str]):
 
     def _from_json(self, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a string, not {_json_type(value)}")
+            raise ValueError(f"must be a string, not {json_type(value)}")
         return value
 
     def _constrain(self, value: str, members: Collection[str] | None) -> None:
@@ -329,7 +115,7 @@ class Str(Variable[str]):
         if self.max_length is not None and len(value) > self.max_length:
             raise ValueError(f"must have at most {self.max_length} characters, not {len(value)}")
         if self.pattern is not None and not self.pattern.fullmatch(value):
-            raise ValueError(f"{_show(value)} does not match the pattern {self.pattern.pattern!r}")
+            raise ValueError(f"{show(value)} does not match the pattern {self.pattern.pattern!r}")
 
     def _constraints(self) -> dict[str, Any]:
         return {
@@ -356,11 +142,10 @@ class Path(Str):
         super()._constrain(value, members)
         if value.startswith("/"):
             raise ValueError(
-                f"{_show(value)} is absolute: give a path relative to the lifecycle's work "
-                "directory"
+                f"{show(value)} is absolute: give a path relative to the lifecycle's work directory"
             )
         if ".." in value.split("/"):
-            raise ValueError(f"{_show(value)} climbs out with '..'")
+            raise ValueError(f"{show(value)} climbs out with '..'")
 
 
 class Int(Variable[int]):
@@ -385,12 +170,12 @@ class Int(Variable[int]):
     def _from_text(self, text: str) -> int:
         stripped = text.strip()
         if not (stripped.isascii() and _INT_RE.match(stripped)):
-            raise ValueError(f"must be a whole number, not {_show(text)}")
+            raise ValueError(f"must be a whole number, not {show(text)}")
         return int(stripped)
 
     def _from_json(self, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be a whole number, not {_json_type(value)}")
+            raise ValueError(f"must be a whole number, not {json_type(value)}")
         return value
 
     def _constrain(self, value: int, members: Collection[str] | None) -> None:
@@ -440,12 +225,12 @@ class Float(Variable[float]):
     def _from_text(self, text: str) -> float:
         stripped = text.strip()
         if not (stripped.isascii() and _FLOAT_RE.match(stripped)):
-            raise ValueError(f"must be a number, not {_show(text)}")
+            raise ValueError(f"must be a number, not {show(text)}")
         return self._finite(float(stripped))
 
     def _from_json(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a number, not {_json_type(value)}")
+            raise ValueError(f"must be a number, not {json_type(value)}")
         try:
             return self._finite(float(value))
         except OverflowError:
@@ -475,11 +260,11 @@ class Bool(Variable[bool]):
             return True
         if word in _FALSE:
             return False
-        raise ValueError(f"must be true or false (or yes/no, on/off, 1/0), not {_show(text)}")
+        raise ValueError(f"must be true or false (or yes/no, on/off, 1/0), not {show(text)}")
 
     def _from_json(self, value: object) -> bool:
         if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, not {_json_type(value)}")
+            raise ValueError(f"must be true or false, not {json_type(value)}")
         return value
 
 
@@ -498,9 +283,9 @@ def host_problem(text: str) -> str | None:
         or not text.isascii()
         or not all(_HOST_LABEL_RE.match(label) for label in labels)
     ):
-        return f"{_show(text)} is not a host name or an IP address"
+        return f"{show(text)} is not a host name or an IP address"
     if labels[-1].isdigit():
-        return f"{_show(text)} is not a valid IP address"
+        return f"{show(text)} is not a valid IP address"
     return None
 
 
@@ -514,7 +299,7 @@ class Host(Variable[str]):
 
     def _from_json(self, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a host name or an IP address, not {_json_type(value)}")
+            raise ValueError(f"must be a host name or an IP address, not {json_type(value)}")
         return value
 
     def _constrain(self, value: str, members: Collection[str] | None) -> None:
@@ -545,32 +330,32 @@ class Url(Variable[str]):
 
     def _from_json(self, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a URL, not {_json_type(value)}")
+            raise ValueError(f"must be a URL, not {json_type(value)}")
         return value
 
     def _constrain(self, value: str, members: Collection[str] | None) -> None:
         if not value.isprintable() or any(char.isspace() for char in value):
             raise ValueError(
-                f"{_show(value)} is not a URL: it contains spaces or control characters"
+                f"{show(value)} is not a URL: it contains spaces or control characters"
             )
         try:
             parts = urlsplit(value)
         except ValueError:
-            raise ValueError(f"{_show(value)} is not a URL") from None
+            raise ValueError(f"{show(value)} is not a URL") from None
         if parts.scheme.lower() not in self.schemes:
-            raise ValueError(f"{_show(value)} is not a URL with scheme {' or '.join(self.schemes)}")
+            raise ValueError(f"{show(value)} is not a URL with scheme {' or '.join(self.schemes)}")
         host = parts.hostname
         if not host:
-            raise ValueError(f"{_show(value)} has no host")
+            raise ValueError(f"{show(value)} has no host")
         problem = host_problem(host)
         if problem is not None:
-            raise ValueError(f"{_show(value)} has a bad host: {problem}")
+            raise ValueError(f"{show(value)} has a bad host: {problem}")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"{_show(value)} has a bad port") from None
+            raise ValueError(f"{show(value)} has a bad port") from None
         if port == 0:
-            raise ValueError(f"{_show(value)} has a bad port")
+            raise ValueError(f"{show(value)} has a bad port")
 
     def _constraints(self) -> dict[str, Any]:
         return {"schemes": list(self.schemes)}
@@ -603,7 +388,7 @@ class Password(Variable[Secret]):
         if isinstance(value, Secret):
             return value
         if not isinstance(value, str):
-            raise ValueError(f"must be a string, not {_json_type(value)}")
+            raise ValueError(f"must be a string, not {json_type(value)}")
         return Secret(value)
 
     def _constrain(self, value: Secret, members: Collection[str] | None) -> None:
@@ -633,7 +418,7 @@ class Node(Variable[str]):
 
     def _from_json(self, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a node name, not {_json_type(value)}")
+            raise ValueError(f"must be a node name, not {json_type(value)}")
         return value
 
     def _constrain(self, value: str, members: Collection[str] | None) -> None:
@@ -686,7 +471,7 @@ class List(Variable[list[Any]]):
 
     def _from_json(self, value: object) -> list[Any]:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"must be a list, not {_json_type(value)}")
+            raise ValueError(f"must be a list, not {json_type(value)}")
         return self._items(list(value))
 
     def _items(self, raw: list[object]) -> list[Any]:

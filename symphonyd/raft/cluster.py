@@ -55,7 +55,7 @@ _UNKNOWN_OUTCOME = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
 _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 MAX_IN_FLIGHT = 4096
-QUORUM_GRACE = 0.5  # cut off this long while a write is in flight: say so, do not hang
+QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {

@@ -189,10 +189,7 @@ class RaftNode(SyncObj):
             "appendEntriesPeriod": 0.1,
             "connectionTimeout": 3.5,
             "connectionRetryTime": 1.0,
-            # check-quorum: a leader that has heard from no majority for the longest
-            # election timeout steps down, so an isolated leader stops acting as one
-            # within about a second and a half (pysyncobj's default is 30 s).
-            "leaderFallbackTimeout": 1.4,
+            "leaderFallbackTimeout": 4.0,
             "commandsQueueSize": 20_000,
             "logCompactionMinEntries": 20_000,
             "logCompactionMinTime": 600,
@@ -431,9 +428,7 @@ class RaftNode(SyncObj):
             "self": raw["self"].id if raw.get("self") is not None else None,
             "role": RAFT_STATES.get(raw["state"], str(raw["state"])),
             "leader": leader.id if leader is not None else None,
-            # connected to a majority *and* a leader known: a connection that still looks
-            # open (packets dropped silently) is not a quorum without a leader
-            "has_quorum": bool(raw["has_quorum"]) and leader is not None,
+            "has_quorum": bool(raw["has_quorum"]),
             "term": raw["raft_term"],
             "commit_index": raw["commit_idx"],
             "last_applied": raw["last_applied"],

@@ -15,6 +15,12 @@ instance is then `creating` on its node with its root volume `creating` beside i
 same step: nobody needs to claim either. One that fits nowhere at that point is recorded
 unplaced and `pending`, for the leader's loop (`compute/placement.py`). Pure: no clock, no
 connection, nothing outside the store and the entry.
+
+This code is part of the replicated state machine: every node, and a node replaying old
+entries after an upgrade, must place exactly as the others did. Changing what `fits`,
+`_score`, `_committed` or `fit.best` decide for an `INSTANCE_CREATE` therefore needs a new
+body version of that entry (the old version kept deciding the old way), never a change in
+place.
 """
 
 from __future__ import annotations
