@@ -76,7 +76,9 @@ def doomed(store: Store, now: str) -> list[Entry]:
 
 
 async def remove_departed(cluster: Cluster) -> None:
-    """The leader's loop: remove what departed nodes leave, after every change of it."""
+    """The leader's loop: remove what departed nodes leave, after every change of it
+    (decided from a store known to be current: a new leader first commits a barrier)."""
+    await cluster.barrier()
     while True:
         seen = cluster.store.revision
         with cluster.store.lock:

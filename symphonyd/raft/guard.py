@@ -11,12 +11,14 @@ bytes are buffered. A connection whose message decrypted and unpickled is a peer
 keeps pysyncobj's own limits (append entries and snapshots are large).
 
 And in time and number (`admit`, `sweep`, called by the node's transport and tick loop):
-an incoming connection not yet known as a peer's (pysyncobj's "unknown connections":
-no message of it has named a member) is dropped after `HANDSHAKE_DEADLINE` seconds, and
-one is refused at once while `MAX_UNKNOWN_PER_ADDRESS` from the same address, or
-`MAX_UNKNOWN` in all, are waiting. A peer names itself in its first messages, within
-milliseconds; idle sockets opened by anyone else no longer stay open. What was dropped
-is logged as one line per kind and second.
+an incoming connection not yet known as a peer's (pysyncobj's "unknown connections": no
+message of it has named a member) is dropped after `HANDSHAKE_DEADLINE` seconds, and one
+is refused at once while `MAX_UNKNOWN_PER_ADDRESS` from the same address, or
+`MAX_UNKNOWN` in all, are waiting, unless it comes from a member's host (pysyncobj dials
+from the larger address only: the node with the smallest depends on incoming ones). A
+peer names itself in its first messages, within milliseconds; idle sockets opened by
+anyone else no longer stay open. What was dropped is logged as one line per kind and
+second.
 
 This reaches pysyncobj's private, name-mangled TcpConnection internals (`RELIED_ON`),
 checked when imported, like raft/node.py's.
@@ -162,7 +164,9 @@ def admit(transport: Any, conn: Any) -> bool:
     address = _address(conn)
     waiting = transport._unknownConnections
     same = sum(1 for c in waiting if getattr(c, _PEER, None) == address)
-    if same >= MAX_UNKNOWN_PER_ADDRESS or len(waiting) >= MAX_UNKNOWN:
+    members = {str(a).rpartition(":")[0] for a in getattr(transport, "_nodeAddrToNode", {})}
+    crowded = same >= MAX_UNKNOWN_PER_ADDRESS or len(waiting) >= MAX_UNKNOWN
+    if crowded and address not in members:  # a member's host still gets in (its deadline holds)
         refused = _counts(transport).refused
         refused[address] = refused.get(address, 0) + 1
         conn.disconnect()
