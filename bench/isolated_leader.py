@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -44,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be between 1 and 20")
-    nodes = NodeSet(Path(tempfile.mkdtemp(prefix="isolated-leader-")))
+    base = Path(tempfile.mkdtemp(prefix="isolated-leader-"))
+    nodes = NodeSet(base)
     in_flight: list[tuple[float, str]] = []
     after: list[tuple[float, str]] = []
     try:
@@ -66,6 +68,7 @@ def main() -> None:
             print(f"round {index}: in flight {in_flight[-1]}, after {after[-1]}", flush=True)
     finally:
         nodes.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
     for what, runs in (("write cut off in flight", in_flight), ("write sent after", after)):
         seconds = [s for s, _ in runs]
         codes = sorted({c for _, c in runs})

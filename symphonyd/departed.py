@@ -20,7 +20,7 @@ from symphonyd.errors import Conflict, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import now_rfc3339
-from symphonyd.state import instances, lvm, nodes, services, volumes
+from symphonyd.state import instances, lvm, nodes, references, services, volumes
 from symphonyd.state.store import Store
 
 __all__ = ["departed", "doomed", "orphaned_view", "remove_departed"]
@@ -64,13 +64,10 @@ def doomed(store: Store, now: str) -> list[Entry]:
         for v in volumes.all_volumes(store)
         if v["status"] == "deleting" and departed(store, v["node"])
     ]
-    held = {v["service_id"] for v in volumes.all_volumes(store)}
-    held |= {i["service_id"] for i in instances.all_instances(store)}
-    held |= {r["service_id"] for table in (lvm.VGS, lvm.PVS) for r in lvm.all_records(store, table)}
     entries += [
         Entry(EntryType.SERVICE_DELETE, {"id": s["id"]})
         for s in services.all_services(store)
-        if departed(store, s["node"]) and s["id"] not in held
+        if departed(store, s["node"]) and references.service_holds(store, s["id"]) is None
     ]
     return entries
 

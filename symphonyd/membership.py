@@ -42,6 +42,7 @@ from symphonyd.security import (
     new_secret,
     node_credential,
     now_rfc3339,
+    parse_rfc3339,
     sha256_hex,
 )
 from symphonyd.state import nodes, tokens
@@ -625,11 +626,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 def _seconds_until(stamp: Any, now: datetime) -> float:
     """Seconds from `now` to an RFC 3339 time (0 for a missing or unreadable one)."""
-    try:
-        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (when - now).total_seconds()
+    when = parse_rfc3339(stamp)
+    return 0.0 if when is None else (when - now).total_seconds()
 
 
 def _validated_node(node: Any) -> dict[str, Any]:

@@ -54,6 +54,14 @@ def now_rfc3339(now: dt.datetime | None = None) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_rfc3339(text: object) -> dt.datetime | None:
+    """A time as `now_rfc3339` writes it (None for a missing or unreadable one)."""
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 # -- API tokens ---------------------------------------------------------------------------
 
 

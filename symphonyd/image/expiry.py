@@ -16,6 +16,7 @@ from typing import Any
 from symphonyd.errors import SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.security import parse_rfc3339
 from symphonyd.state import cluster as cluster_table
 from symphonyd.state import images
 
@@ -27,11 +28,8 @@ LOOK_AGAIN = 300.0  # seconds between passes with nothing about to expire
 
 
 def _age(record: Mapping[str, Any], now: datetime) -> float | None:
-    try:
-        changed = datetime.fromisoformat(str(record["updated_at"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return None
-    return (now - changed).total_seconds()
+    changed = parse_rfc3339(record.get("updated_at"))
+    return None if changed is None else (now - changed).total_seconds()
 
 
 def stale_failed(

@@ -35,6 +35,7 @@ __all__ = [
     "delete_service",
     "detach_volume",
     "place_instance",
+    "service_holds",
     "update_volume",
 ]
 
@@ -176,17 +177,21 @@ def delete_instance(store: Store, instance_id: str, keep_volumes: bool, now: str
     return {"ok": True}
 
 
-def delete_service(store: Store, service_id: str) -> dict[str, Any]:
-    """Delete a service that holds no volume, volume group or physical volume."""
-    users = sorted(v["name"] for v in volumes.all_volumes(store) if v["service_id"] == service_id)
+def service_holds(store: Store, service_id: str) -> str | None:
+    """What keeps a service from going (its volumes, instances, volume groups or physical
+    volumes), as the refusal says it; None when it holds nothing."""
+    users = sorted(
+        v.get("name") or v["id"]
+        for v in volumes.all_volumes(store)
+        if v["service_id"] == service_id
+    )
     if users:
-        return failure("conflict", f"service {service_id} still has volumes: {', '.join(users)}")
-    held_instances = sorted(i["name"] for i in instances.on_service(store, service_id))
+        return f"service {service_id} still has volumes: {', '.join(users)}"
+    held_instances = sorted(
+        i.get("name") or i["id"] for i in instances.on_service(store, service_id)
+    )
     if held_instances:
-        return failure(
-            "conflict",
-            f"service {service_id} still has instances: {', '.join(held_instances)}",
-        )
+        return f"service {service_id} still has instances: {', '.join(held_instances)}"
     held = [
         r.get("name") or r["device"]
         for table in (lvm.VGS, lvm.PVS)
@@ -194,10 +199,17 @@ def delete_service(store: Store, service_id: str) -> dict[str, Any]:
         if r["service_id"] == service_id
     ]
     if held:
-        return failure(
-            "conflict",
-            f"service {service_id} still has volume groups or physical volumes: {', '.join(held)}",
+        return f"service {service_id} still has volume groups or physical volumes: " + ", ".join(
+            held
         )
+    return None
+
+
+def delete_service(store: Store, service_id: str) -> dict[str, Any]:
+    """Delete a service that holds no volume, volume group or physical volume."""
+    why = service_holds(store, service_id)
+    if why is not None:
+        return failure("conflict", why)
     return services.delete(store, service_id)
 
 
