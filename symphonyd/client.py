@@ -1,5 +1,5 @@
 """HTTP clients of the control API: `Client` (blocking, for the CLI) and `NodeClient`
-(asyncio, for calls between members).
+(asyncio, for calls between members, made by `MemberCaller`).
 
 Both speak to a node either over its local control socket (plain HTTP, no token) or over
 HTTPS with a bearer token, pinning the cluster certificate by its SHA-256 fingerprint
@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, BinaryIO, NamedTuple
 
 from symphonyd.errors import Invalid, NotFound, SymphonyError, Unavailable, from_dict
@@ -403,6 +403,40 @@ class NodeClient:
         if status >= 400:
             raise from_dict(decoded or {}, status)
         return decoded
+
+
+class MemberCaller:
+    """How this node calls another member: the cluster certificate pinned, and this node's
+    own credential, or the shared one for a member that predates node credentials (its
+    row has no `credential_sha256`: it would not know ours). `registered` tells whether
+    this node's own row holds its credential yet (after an upgrade it is recorded a moment
+    after the start; until then members know only the shared one)."""
+
+    def __init__(
+        self,
+        fingerprint: str,
+        own: str,
+        shared: str,
+        registered: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.fingerprint = fingerprint
+        self.own = own
+        self.shared = shared
+        self.registered = registered
+
+    def credential_for(self, member: Mapping[str, Any]) -> str:
+        if member.get("credential_sha256") and self.registered():
+            return self.own
+        return self.shared
+
+    def client(self, member: Mapping[str, Any], timeout: float = 10.0) -> NodeClient:
+        """A client of `member` (a row of the nodes table)."""
+        return NodeClient(
+            f"{member['address']}:{member['api_port']}",
+            fingerprint=self.fingerprint,
+            token=self.credential_for(member),
+            timeout=timeout,
+        )
 
 
 class TransferInterrupted(Unavailable):

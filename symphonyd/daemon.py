@@ -31,9 +31,11 @@ from aiohttp import web
 from symphonyd import __version__, metrics, systemd
 from symphonyd.api.connections import CONNECTIONS
 from symphonyd.block.service import BlockService
+from symphonyd.client import MemberCaller
 from symphonyd.compute.service import ComputeService
 from symphonyd.config import Settings
 from symphonyd.departed import remove_departed
+from symphonyd.durable import write_file_durably
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
 from symphonyd.image import expiry as image_expiry
 from symphonyd.image.files import ImageFiles
@@ -48,7 +50,12 @@ from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
 from symphonyd.redact import REDACTOR
-from symphonyd.security import fingerprint_pem, node_credential
+from symphonyd.security import (
+    credential_sha256,
+    fingerprint_pem,
+    new_node_credential,
+    shared_node_credential,
+)
 from symphonyd.service_types import SERVICE_TYPES
 from symphonyd.services import Registry, RunningService, ServiceHost
 from symphonyd.state import nodes
@@ -70,9 +77,12 @@ class Daemon:
         self.progress = ProgressBoard()  # this node's long work in progress (not in the log)
         self.lifecycles: LifecycleService | None = None
         self.leader_loops: LeaderLoops | None = None
-        # The cluster secret and certificate fingerprint, read when Raft starts.
+        # The cluster secret, certificate fingerprint and this node's credential (and how
+        # it calls other members with them), read when Raft starts.
         self.secret: str | None = None
         self.fingerprint: str | None = None
+        self.credential: str | None = None
+        self.caller: MemberCaller | None = None
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
@@ -140,9 +150,16 @@ class Daemon:
         check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
         with open(self.settings.path("secret")) as f:
             self.secret = f.read().strip()
+        self.credential = self._read_credential()
         REDACTOR.add(self._secrets())  # never in a log line or an error
         with open(self.settings.path("tls", "cert.pem"), "rb") as f:
             self.fingerprint = fingerprint_pem(f.read())
+        self.caller = MemberCaller(
+            self.fingerprint,
+            self.credential,
+            shared_node_credential(self.secret),
+            registered=self._credential_registered,
+        )
         store = Store()
         node = RaftNode(
             self_addr=self.settings.raft_addr,
@@ -160,8 +177,7 @@ class Daemon:
             self.cluster,
             ImageFiles(self.settings.data_dir),
             self.settings.name,
-            fingerprint=self.fingerprint,
-            credential=node_credential(self.secret),
+            caller=self.caller,
             board=self.progress,
         )
         self._start_task(self.membership.remember_members())
@@ -275,7 +291,8 @@ class Daemon:
             cluster.close()
             await asyncio.to_thread(cluster.node.stop)
         REDACTOR.remove(self._secrets())
-        self.secret = self.fingerprint = None
+        self.secret = self.fingerprint = self.credential = None
+        self.caller = None
 
     def member_addresses(self) -> set[str]:
         """The addresses the members were recorded with (empty before init or join)."""
@@ -285,9 +302,35 @@ class Daemon:
         with cluster.store.lock:
             return {n["address"] for n in nodes.all_nodes(cluster.store)}
 
+    def _read_credential(self) -> str:
+        """This node's credential; a node from before node credentials makes one now
+        (membership records it in the node's row, and members accept it from then on)."""
+        path = self.settings.path("credential")
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            credential_sha256(text)  # refuses a damaged file
+            return text
+        except FileNotFoundError:
+            text, _ = new_node_credential(self.settings.name)
+            write_file_durably(path, text.encode())
+            log.info("made this node's own credential (%s)", path)
+            return text
+
+    def _credential_registered(self) -> bool:
+        """Whether this node's row holds its credential (members accept it only then)."""
+        cluster, credential = self.cluster, self.credential
+        if cluster is None or credential is None:
+            return False
+        with cluster.store.lock:
+            row = nodes.get(cluster.store, self.settings.name)
+        return row is not None and row.get("credential_sha256") == credential_sha256(credential)
+
     def _secrets(self) -> list[str]:
-        """The cluster secret and what derives from it, as text."""
-        return [self.secret, node_credential(self.secret)] if self.secret else []
+        """The cluster secret, what derives from it and this node's credential, as text."""
+        if not self.secret:
+            return []
+        return [self.secret, shared_node_credential(self.secret), *filter(None, [self.credential])]
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from symphonyd import __version__
-from symphonyd.client import NodeClient
+from symphonyd.client import MemberCaller, NodeClient
 from symphonyd.config import Settings
 from symphonyd.durable import write_file_durably
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
@@ -34,16 +35,18 @@ from symphonyd.raft.cluster import Cluster, raise_for_result
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType
 from symphonyd.security import (
     JoinToken,
+    credential_sha256,
     decode_join_token,
     fingerprint_pem,
     make_certificate,
     new_api_token,
     new_id,
+    new_node_credential,
     new_secret,
-    node_credential,
     now_rfc3339,
     parse_rfc3339,
     sha256_hex,
+    shared_node_credential,
 )
 from symphonyd.state import nodes, tokens
 from symphonyd.validation import check_name
@@ -59,8 +62,9 @@ JOIN_GRACE = 15.0  # ... and at least this long, whatever the token says (`activ
 class NodeWiring(Protocol):
     """What membership needs of the node it changes; the daemon provides it.
 
-    `start_raft` reads the secret and the certificate written by membership, so `secret`
-    and `fingerprint` are set while Raft runs; `stop_raft` forgets them again."""
+    `start_raft` reads the secret, the certificate and the node credential written by
+    membership, so `secret`, `fingerprint`, `credential` and `caller` are set while Raft
+    runs; `stop_raft` forgets them again."""
 
     @property
     def cluster(self) -> Cluster | None: ...
@@ -70,6 +74,12 @@ class NodeWiring(Protocol):
 
     @property
     def fingerprint(self) -> str | None: ...
+
+    @property
+    def credential(self) -> str | None: ...
+
+    @property
+    def caller(self) -> MemberCaller | None: ...
 
     def require_cluster(self) -> Cluster: ...
 
@@ -123,15 +133,18 @@ class Membership:
         self.identity = identity
 
     def _wipe_cluster_files(self) -> None:
-        for name in ("identity.json", "secret"):
+        for name in ("identity.json", "secret", "credential"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.path(name))
         for name in ("raft", "tls"):
             shutil.rmtree(self.settings.path(name), ignore_errors=True)
 
-    def _write_cluster_files(self, secret: str, cert_pem: bytes, key_pem: bytes) -> None:
+    def _write_cluster_files(
+        self, secret: str, cert_pem: bytes, key_pem: bytes, credential: str
+    ) -> None:
         os.makedirs(self.settings.path("tls"), mode=0o700, exist_ok=True)
         write_file_durably(self.settings.path("secret"), secret.encode())
+        write_file_durably(self.settings.path("credential"), credential.encode())
         write_file_durably(self.settings.path("tls", "cert.pem"), cert_pem, mode=0o644)
         write_file_durably(self.settings.path("tls", "key.pem"), key_pem)
 
@@ -174,9 +187,13 @@ class Membership:
                 await asyncio.to_thread(self._save_identity, {**identity, "peers": peers})
 
     async def _record_version(self, cluster: Cluster) -> None:
+        """Keep this node's row telling the version it runs and holding its credential (a
+        node from before node credentials records the one it made at start)."""
         with cluster.store.lock:
             record = nodes.get(cluster.store, self.settings.name)
-        running = {"version": __version__, "schema": SCHEMA_VERSION}
+        running: dict[str, Any] = {"version": __version__, "schema": SCHEMA_VERSION}
+        if self.node.credential is not None:
+            running["credential_sha256"] = credential_sha256(self.node.credential)
         if record is None or not cluster.has_leader():
             return
         if {k: record.get(k) for k in running} != running:
@@ -192,7 +209,7 @@ class Membership:
                     idempotent=True,
                 )
                 log.info(
-                    "recorded that this node runs symphonyd %s (schema %d)",
+                    "recorded that this node runs symphonyd %s (schema %d) and its credential",
                     __version__,
                     SCHEMA_VERSION,
                 )
@@ -219,7 +236,8 @@ class Membership:
             self._wipe_cluster_files()
             cluster_id = new_id()
             cert_pem, key_pem = make_certificate(cluster_id)
-            self._write_cluster_files(new_secret(), cert_pem, key_pem)
+            credential, credential_sha = new_node_credential(self.settings.name)
+            self._write_cluster_files(new_secret(), cert_pem, key_pem, credential)
             try:
                 self.node.start_raft([])
                 await self._wait_for_leader(15.0)
@@ -235,7 +253,13 @@ class Membership:
                     "created_at": now,
                     "fingerprint": fingerprint_pem(cert_pem),
                 }
-                me = {**self.node_info(), "id": new_id(), "status": "active", "created_at": now}
+                me = {
+                    **self.node_info(),
+                    "credential_sha256": credential_sha,
+                    "id": new_id(),
+                    "status": "active",
+                    "created_at": now,
+                }
                 for entry in (
                     Entry(EntryType.CLUSTER_INIT, {"cluster": info}),
                     Entry(EntryType.NODE_ADD, {"node": me}),
@@ -335,7 +359,12 @@ class Membership:
             # Fail before the cluster hears of us if this node could not run as a member.
             check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
             check_port_free(self.settings.listen, self.settings.api_port, "the API")
-            request = {"token_id": token.token_id, "secret": token.secret, "node": self.node_info()}
+            credential, credential_sha = new_node_credential(self.settings.name)
+            request = {
+                "token_id": token.token_id,
+                "secret": token.secret,
+                "node": {**self.node_info(), "credential_sha256": credential_sha},
+            }
             failures = []
             reply = member = None
             for addr in token.addresses:
@@ -348,7 +377,7 @@ class Membership:
                     failures.append(str(exc))
             if reply is None or member is None:
                 raise Unavailable("no member of the cluster answered: " + "; ".join(failures))
-            await self._become_member(reply, member, token.fingerprint)
+            await self._become_member(reply, member, token.fingerprint, credential)
         caught_up = await self._wait_until_listed(60.0)
         if caught_up:
             await self.node.require_cluster().propose_ok(
@@ -368,7 +397,9 @@ class Membership:
             "caught_up": caught_up,
         }
 
-    async def _become_member(self, reply: dict[str, Any], member: str, fingerprint: str) -> None:
+    async def _become_member(
+        self, reply: dict[str, Any], member: str, fingerprint: str, credential: str
+    ) -> None:
         """Second half of a join: start as a member, then ask `member` to add us to Raft.
 
         The cluster changes its Raft membership only once this node runs, so a join that
@@ -379,11 +410,16 @@ class Membership:
         if fingerprint_pem(reply["cert_pem"].encode()) != fingerprint:
             raise Conflict("the member sent a certificate that does not match the token")
         secret = reply["secret"]
-        client = NodeClient(member, fingerprint=fingerprint, token=node_credential(secret))
+        # A member from before node credentials drops ours from the row: use the shared one.
+        kept = isinstance(reply.get("node"), dict) and reply["node"].get("credential_sha256")
+        token = credential if kept else shared_node_credential(secret)
+        client = NodeClient(member, fingerprint=fingerprint, token=token)
         peers = [m for m in reply["members"] if m != self.settings.raft_addr]
         try:
             self._wipe_cluster_files()
-            self._write_cluster_files(secret, reply["cert_pem"].encode(), reply["key_pem"].encode())
+            self._write_cluster_files(
+                secret, reply["cert_pem"].encode(), reply["key_pem"].encode(), credential
+            )
             self.node.start_raft(peers)
             await self.node.start_https()
             await client.request("POST", f"/v1/cluster/members/{self.settings.name}/activate")
@@ -588,16 +624,11 @@ class Membership:
                 await asyncio.sleep(0.3)
         with cluster.store.lock:
             peers = [n for n in nodes.all_nodes(cluster.store) if n["raft_addr"] != me]
-        secret, fingerprint = self.node.secret, self.node.fingerprint
-        assert secret and fingerprint
+        caller = self.node.caller
+        assert caller is not None
         failures = []
         for peer in peers:
-            client = NodeClient(
-                f"{peer['address']}:{peer['api_port']}",
-                fingerprint=fingerprint,
-                token=node_credential(secret),
-                timeout=30.0,
-            )
+            client = caller.client(peer, timeout=30.0)
             try:
                 await client.request("DELETE", f"/v1/nodes/{self.settings.name}?leaving=true")
                 break
@@ -651,6 +682,11 @@ def _validated_node(node: Any) -> dict[str, Any]:
     schema = node.get("schema", 1)
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         raise Invalid("node schema must be a positive integer")
+    credential = node.get("credential_sha256")  # absent from nodes before node credentials
+    if credential is not None and not (
+        isinstance(credential, str) and re.fullmatch("[0-9a-f]{64}", credential)
+    ):
+        raise Invalid("node credential_sha256 must be 64 hexadecimal digits")
     return {
         "name": name,
         "address": address,
@@ -658,4 +694,5 @@ def _validated_node(node: Any) -> dict[str, Any]:
         "raft_addr": f"{address}:{ports['raft_port']}",
         "version": version if isinstance(version, str) else None,
         "schema": schema,
+        **({"credential_sha256": credential} if credential else {}),
     }

@@ -1,8 +1,10 @@
 """Secrets, the cluster certificate, API tokens and join tokens.
 
 * cluster secret: 32 random bytes (url-safe text); the Raft port's encryption key and the
-  root of node-to-node API credentials. Lives in `<data-dir>/secret` (0600), never in
-  the replicated store.
+  key of sealed values. Lives in `<data-dir>/secret` (0600), never in the replicated store.
+* node credentials: `node.<name>.<secret>`, made by each node when it joins (or at init)
+  and kept in `<data-dir>/credential` (0600); the store keeps SHA-256(secret) in the
+  node's row, so removing the row (leave, `node remove`) revokes it.
 * cluster certificate: one self-signed ECDSA certificate shared by every member's HTTPS
   API; clients pin its SHA-256 fingerprint (carried by join tokens).
 * API tokens: `<id>.<secret>`; the store keeps only SHA-256(secret).
@@ -95,9 +97,38 @@ def allows(scope: str, needed: str) -> bool:
     return scope in SCOPES and SCOPES.index(scope) >= SCOPES.index(needed)
 
 
+NODE_CREDENTIAL_PREFIX = "node."
+
+
+def new_node_credential(name: str) -> tuple[str, str]:
+    """(credential text the node keeps, sha256 of its secret for the node's row)."""
+    secret = secrets.token_urlsafe(32)
+    return f"{NODE_CREDENTIAL_PREFIX}{name}.{secret}", sha256_hex(secret)
+
+
+def split_node_credential(text: str) -> tuple[str, str] | None:
+    """(node name, secret) of a node credential; None for anything else."""
+    if not text.startswith(NODE_CREDENTIAL_PREFIX):
+        return None
+    name, sep, secret = text[len(NODE_CREDENTIAL_PREFIX) :].rpartition(".")
+    if not sep or not name or not secret:
+        return None
+    return name, secret
+
+
+def credential_sha256(text: str) -> str:
+    """What a node's row keeps of its credential (see `split_node_credential`)."""
+    parts = split_node_credential(text)
+    if parts is None:
+        raise Invalid("not a node credential")
+    return sha256_hex(parts[1])
+
+
 @functools.lru_cache(maxsize=4)
-def node_credential(cluster_secret: str) -> str:
-    """The bearer token members use to call each other, derived from the cluster secret."""
+def shared_node_credential(cluster_secret: str) -> str:
+    """The credential every member derived from the cluster secret before nodes had their
+    own. Accepted only while a member without its own credential remains:
+    a node that left still knows the secret, so it must not stay a way in."""
     digest = hmac.new(cluster_secret.encode(), b"symphonyd node api", hashlib.sha256)
     return "node." + digest.hexdigest()
 

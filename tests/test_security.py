@@ -523,8 +523,6 @@ def test_token_scopes_and_the_node_credential_limit_what_a_caller_may_do(
     nodeset: NodeSet,
 ) -> None:
     """Finding 6: every token was admin, and a joined node's credential too."""
-    from symphonyd.security import node_credential
-
     (n1,) = nodeset.form(1)
     reader = n1.https(api_token(n1, "reader"))
     operator = n1.https(api_token(n1, "operator"))
@@ -549,7 +547,7 @@ def test_token_scopes_and_the_node_credential_limit_what_a_caller_may_do(
     table = n1.cli("token", "list")
     assert "reader" in table.stdout and "SCOPE" in table.stdout
 
-    node = n1.https(node_credential((n1.data_dir / "secret").read_text().strip()))
+    node = n1.https((n1.data_dir / "credential").read_text().strip())
     assert node.request("GET", "/v1/progress")["node"] == "n1"
     assert "serves only the calls members make" in refused(node, "GET", "/v1/kv/a")
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd.api.progress import with_progress
-from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.api.routes import Route, daemon_of, json_response, node_call, read_json
 from symphonyd.block.service import BlockService
 from symphonyd.departed import departed, orphaned_view
 from symphonyd.errors import Forbidden, Invalid, NotFound
@@ -77,7 +77,7 @@ async def snapshot_volume(request: web.Request) -> web.Response:
 
 
 def _node_only(request: web.Request) -> None:
-    if request.get("principal") != "node":
+    if not node_call(request):
         raise Forbidden("a volume's content is read by the members' daemons only")
 
 

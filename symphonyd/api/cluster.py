@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.api.routes import Route, daemon_of, json_response, node_call, read_json
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import SCOPES
@@ -106,9 +106,10 @@ async def set_config(request: web.Request) -> web.Response:
 
 
 async def activate(request: web.Request) -> web.Response:
-    if request.get("principal") != "node":
+    name = request.match_info["name"]
+    if not node_call(request, name):
         raise Forbidden("only a joining node's daemon activates its membership")
-    return json_response(await daemon_of(request).membership.activate(request.match_info["name"]))
+    return json_response(await daemon_of(request).membership.activate(name))
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -26,10 +26,15 @@ KEEPALIVE = 15.0
 MIN_KEEPALIVE = 0.5  # `?keepalive=1s`: a client re-reading progress on each keep-alive
 
 
+# What of a record never leaves in an event: the hashes of token and node secrets.
+HIDDEN = {"tokens": "secret_sha256", "nodes": "credential_sha256"}
+
+
 def _format(change: Change) -> bytes:
     body = change.to_dict()
-    if change.table == "tokens" and body["record"]:
-        body["record"] = {k: v for k, v in body["record"].items() if k != "secret_sha256"}
+    hidden = HIDDEN.get(change.table)
+    if hidden and body["record"]:
+        body["record"] = {k: v for k, v in body["record"].items() if k != hidden}
     data = json.dumps(jsonable(body))
     return f"id: {change.revision}\nevent: {change.table}.{change.op}\ndata: {data}\n\n".encode()
 

@@ -15,11 +15,9 @@ from aiohttp import web
 
 from symphonyd import scheduler
 from symphonyd.api.routes import Route, daemon_of, flag, json_response, read_json
-from symphonyd.client import NodeClient
 from symphonyd.compute.service import ComputeService
 from symphonyd.departed import departed, orphaned_view
 from symphonyd.errors import Invalid, SymphonyError, Unavailable
-from symphonyd.security import node_credential
 from symphonyd.state import nodes
 from symphonyd.validation import parse_uint
 
@@ -179,14 +177,9 @@ async def console_log(request: web.Request) -> web.Response:
     cluster = daemon.require_cluster()
     with cluster.store.lock:
         member = nodes.get(cluster.store, node)
-    if member is None or daemon.fingerprint is None or daemon.secret is None:
+    if member is None or daemon.caller is None:
         raise Unavailable(f"node {node} is not a member any more")
-    client = NodeClient(
-        f"{member['address']}:{member['api_port']}",
-        fingerprint=daemon.fingerprint,
-        token=node_credential(daemon.secret),
-        timeout=CONSOLE_TIMEOUT,
-    )
+    client = daemon.caller.client(member, timeout=CONSOLE_TIMEOUT)
     try:
         answer = await client.request(
             "GET", f"/v1/instances/{record['id']}/console?offset={offset}"

@@ -19,7 +19,14 @@ import time
 from aiohttp import web
 
 from symphonyd import metrics
-from symphonyd.api.routes import DAEMON, Handler, Route, json_response, needed_scope
+from symphonyd.api.routes import (
+    DAEMON,
+    Handler,
+    Route,
+    json_response,
+    needed_scope,
+    node_call,
+)
 from symphonyd.errors import (
     Forbidden,
     NotInitialized,
@@ -30,12 +37,14 @@ from symphonyd.errors import (
 from symphonyd.security import (
     JOIN_TOKEN_PREFIX,
     allows,
-    node_credential,
     now_rfc3339,
     secret_matches,
+    shared_node_credential,
     split_api_token,
+    split_node_credential,
 )
-from symphonyd.state import tokens
+from symphonyd.state import nodes, tokens
+from symphonyd.state.store import Store
 
 log = logging.getLogger("symphonyd.api")
 
@@ -115,7 +124,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def check_scope(request: web.Request, route: Route) -> None:
     needed = needed_scope(route)
-    if request.get("principal") == "node":
+    if node_call(request):
         if not route.node:
             raise Forbidden("a node credential serves only the calls members make to each other")
         return
@@ -134,13 +143,14 @@ def check_token(request: web.Request) -> None:
         raise Unauthorized("an API token is required (Authorization: Bearer TOKEN)")
     if not text.isascii() or not text.isprintable():
         raise Unauthorized("the API token is not valid")
-    if daemon.secret and hmac.compare_digest(text, node_credential(daemon.secret)):
-        request["principal"] = "node"
+    cluster = daemon.cluster
+    node = node_principal(daemon.secret, cluster.store if cluster else None, text)
+    if node is not None:
+        request["principal"] = node
         return
     if text.startswith(JOIN_TOKEN_PREFIX):
         raise Forbidden("a join token can only be used to join a node (`symphonyd join`)")
     parts = split_api_token(text)
-    cluster = daemon.cluster
     record = None
     if parts and cluster is not None:
         with cluster.store.lock:
@@ -153,3 +163,27 @@ def check_token(request: web.Request) -> None:
         raise Unauthorized(f"the API token expired at {record['expires_at']}")
     request["principal"] = f"token:{record['id']}"
     request["scope"] = record.get("scope") or "admin"  # tokens before scopes were admin
+
+
+def node_principal(cluster_secret: str | None, store: Store | None, text: str) -> str | None:
+    """`node:<name>` when `text` is the credential of a node in the nodes table (joining
+    ones too: they call `activate`), or `node` for the shared credential while a member
+    from before node credentials remains; None when `text` is no node credential at all.
+    A node credential that matches no row is refused: its node left or was removed."""
+    if store is None:
+        return None
+    parts = split_node_credential(text)
+    if parts is not None:
+        with store.lock:
+            row = nodes.get(store, parts[0])
+        stored = row.get("credential_sha256") if row is not None else None
+        if not stored or not secret_matches(parts[1], stored):
+            raise Unauthorized("the node credential is not valid (is the node still a member?)")
+        return f"node:{parts[0]}"
+    if cluster_secret and hmac.compare_digest(text, shared_node_credential(cluster_secret)):
+        with store.lock:
+            legacy = any(not n.get("credential_sha256") for n in nodes.all_nodes(store))
+        if not legacy:
+            raise Unauthorized("the shared node credential is retired: every member has its own")
+        return "node"
+    return None

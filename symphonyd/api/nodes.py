@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd.api.routes import Route, daemon_of, flag, json_response
+from symphonyd.api.routes import Route, daemon_of, flag, json_response, node_call
 from symphonyd.errors import NotFound
 
 
@@ -31,7 +31,7 @@ async def show_node(request: web.Request) -> web.Response:
 
 async def remove_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    leaving = flag(request, "leaving") and request.get("principal") == "node"
+    leaving = flag(request, "leaving") and node_call(request, name)
     result = await daemon_of(request).membership.remove_node(
         name, force=flag(request, "force"), leaving=leaving
     )

@@ -13,9 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd.api.routes import Route, daemon_of, json_response
-from symphonyd.client import NodeClient
 from symphonyd.errors import SymphonyError
-from symphonyd.security import node_credential
 from symphonyd.state import nodes
 
 ASK_TIMEOUT = 1.0  # an owner that does not answer within this shows no progress
@@ -70,14 +68,9 @@ async def _ask(request: web.Request, node_name: str) -> list[dict[str, Any]]:
     cluster = daemon.require_cluster()
     with cluster.store.lock:
         member = nodes.get(cluster.store, node_name)
-    if member is None or daemon.fingerprint is None or daemon.secret is None:
+    if member is None or daemon.caller is None:
         return []
-    client = NodeClient(
-        f"{member['address']}:{member['api_port']}",
-        fingerprint=daemon.fingerprint,
-        token=node_credential(daemon.secret),
-        timeout=ASK_TIMEOUT,
-    )
+    client = daemon.caller.client(member, timeout=ASK_TIMEOUT)
     with contextlib.suppress(SymphonyError):
         answer = await client.request("GET", "/v1/progress")
         if isinstance(answer, dict) and isinstance(answer.get("work"), list):

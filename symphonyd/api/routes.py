@@ -46,6 +46,18 @@ def needed_scope(route: Route) -> str:
     return "reader" if route.method in ("GET", "HEAD") else "operator"
 
 
+def node_call(request: web.Request, name: str | None = None) -> bool:
+    """Whether a member's daemon makes this request (with its node credential), and when
+    `name` is given, that member itself (the shared credential of older members names no
+    node: it counts as any)."""
+    principal = request.get("principal")
+    if principal == "node":
+        return True
+    if not isinstance(principal, str) or not principal.startswith("node:"):
+        return False
+    return name is None or principal == f"node:{name}"
+
+
 def daemon_of(request: web.Request) -> Daemon:
     return request.app[DAEMON]
 

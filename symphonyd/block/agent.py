@@ -113,7 +113,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
         self.board = board  # how far each volume being made is (never in the log)
         self.drivers = drivers
         self.images = images
-        self.sources = VolumeSource(cluster.store, images.fingerprint, images.credential)
+        self.sources = VolumeSource(cluster.store, images.caller)
         self._scanned_ids: set[str] | None = None  # this node's volumes at the last scan
         self._scanned_at = 0.0
         self._my_services: dict[str, dict[str, Any]] = {}

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from symphonyd.client import NodeClient, TransferInterrupted, download
+from symphonyd.client import MemberCaller, NodeClient, TransferInterrupted, download
 from symphonyd.errors import SymphonyError, Unavailable
 from symphonyd.image.copier import CopyError, StreamCopier
 from symphonyd.reconcile import Progress, run_blocking
@@ -39,22 +39,16 @@ def transfer_dir(data_dir: str) -> str:
 class VolumeSource:
     """How to reach the node holding a volume (the cluster certificate pinned)."""
 
-    def __init__(self, store: Store, fingerprint: str, credential: str) -> None:
+    def __init__(self, store: Store, caller: MemberCaller) -> None:
         self.store = store
-        self.fingerprint = fingerprint
-        self.credential = credential
+        self.caller = caller
 
     def client(self, node: str) -> NodeClient:
         with self.store.lock:
             member = nodes.get(self.store, node)
         if member is None:
             raise Unavailable(f"node {node} is not a member any more")
-        return NodeClient(
-            f"{member['address']}:{member['api_port']}",
-            fingerprint=self.fingerprint,
-            token=self.credential,
-            timeout=10.0,
-        )
+        return self.caller.client(member)
 
 
 async def fetch_volume(

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from symphonyd import metrics
-from symphonyd.client import NodeClient, TransferInterrupted, download
+from symphonyd.client import MemberCaller, NodeClient, TransferInterrupted, download
 from symphonyd.errors import Conflict, Invalid, SymphonyError, Unavailable
 from symphonyd.image import copier, formats
 from symphonyd.image.agent import ImageAgent
@@ -72,16 +72,14 @@ class ImageService:
         files: ImageFiles,
         node: str,
         *,
-        fingerprint: str,
-        credential: str,
+        caller: MemberCaller,
         board: ProgressBoard | None = None,
     ) -> None:
         self.cluster = cluster
         self.board = board or ProgressBoard()  # imports in progress (never in the log)
         self.files = files
         self.node = node
-        self.fingerprint = fingerprint  # the cluster certificate's, to pin peers
-        self.credential = credential  # bearer token for calls to other members
+        self.caller = caller  # how to call other members
         self.fetching: dict[str, asyncio.Task[Any]] = {}
         self.fetched_bytes: dict[str, int] = {}  # by image id, while a fetch runs
         self.files_lock = asyncio.Lock()
@@ -483,15 +481,7 @@ class ImageService:
                 continue
             connected = peers.get(member["raft_addr"], {}).get("connected", False)
             found.append((not connected, name, member))
-        return [
-            NodeClient(
-                f"{m['address']}:{m['api_port']}",
-                fingerprint=self.fingerprint,
-                token=self.credential,
-                timeout=10.0,
-            )
-            for _, _, m in sorted(found)
-        ]
+        return [self.caller.client(m) for _, _, m in sorted(found)]
 
     async def verify_local(self, ref: str | None = None) -> list[dict[str, Any]]:
         """Read local copies back; a copy whose checksum does not match its name is removed

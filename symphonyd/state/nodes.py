@@ -1,8 +1,9 @@
 """The nodes table: members of the cluster, keyed by name.
 
 A record: name, id, address (how peers reach the host), api_port, raft_port, raft_addr
-(`address:raft_port`, pysyncobj's id for the node), status (`active`, `leaving`),
-version, created_at.
+(`address:raft_port`, pysyncobj's id for the node), status (`joining`, `active`),
+version, schema, created_at, and credential_sha256 (SHA-256 of the secret of the node's
+own API credential; absent in rows of nodes from before node credentials).
 """
 
 from __future__ import annotations
