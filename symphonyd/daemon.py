@@ -40,6 +40,7 @@ from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailabl
 from symphonyd.image import expiry as image_expiry
 from symphonyd.image.files import ImageFiles
 from symphonyd.image.service import ImageService
+from symphonyd.keyring import Keyring
 from symphonyd.leader import LeaderLoops
 from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.logs import setup_logging
@@ -50,6 +51,7 @@ from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
 from symphonyd.redact import REDACTOR
+from symphonyd.rotation import SecretRoll
 from symphonyd.security import (
     credential_sha256,
     fingerprint_pem,
@@ -79,10 +81,11 @@ class Daemon:
         self.leader_loops: LeaderLoops | None = None
         # The cluster secret, certificate fingerprint and this node's credential (and how
         # it calls other members with them), read when Raft starts.
-        self.secret: str | None = None
+        self.keyring: Keyring | None = None
         self.fingerprint: str | None = None
         self.credential: str | None = None
         self.caller: MemberCaller | None = None
+        self.secret_roll = SecretRoll(self)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
@@ -148,8 +151,7 @@ class Daemon:
     def start_raft(self, peers: list[str]) -> None:
         """Start the Raft node and store, then every service of this node on top of them."""
         check_port_free(self.settings.listen, self.settings.raft_port, "Raft")
-        with open(self.settings.path("secret")) as f:
-            self.secret = f.read().strip()
+        self.keyring = Keyring.load(self.settings.data_dir)
         self.credential = self._read_credential()
         REDACTOR.add(self._secrets())  # never in a log line or an error
         with open(self.settings.path("tls", "cert.pem"), "rb") as f:
@@ -157,7 +159,7 @@ class Daemon:
         self.caller = MemberCaller(
             self.fingerprint,
             self.credential,
-            shared_node_credential(self.secret),
+            shared_node_credential(self.keyring.current),
             registered=self._credential_registered,
         )
         store = Store()
@@ -165,7 +167,8 @@ class Daemon:
             self_addr=self.settings.raft_addr,
             peers=[p for p in peers if p != self.settings.raft_addr],
             raft_dir=self.settings.path("raft"),
-            secret=self.secret,
+            secret=self.keyring.current,
+            accepts=self.keyring.accepts,
             fsm=FSM(store),
             bind_addr=f"{self.settings.listen}:{self.settings.raft_port}",
             tuning=self.settings.raft,
@@ -198,7 +201,7 @@ class Daemon:
             self.settings.name,
             self.settings.address,
             self.settings.data_dir,
-            self.secret,
+            self.keyring,
             self.settings.lifecycle_dirs,
         )
         self._start_task(self.lifecycles.run_agent())
@@ -291,7 +294,8 @@ class Daemon:
             cluster.close()
             await asyncio.to_thread(cluster.node.stop)
         REDACTOR.remove(self._secrets())
-        self.secret = self.fingerprint = self.credential = None
+        self.keyring = None
+        self.fingerprint = self.credential = None
         self.caller = None
 
     def member_addresses(self) -> set[str]:
@@ -326,11 +330,18 @@ class Daemon:
             row = nodes.get(cluster.store, self.settings.name)
         return row is not None and row.get("credential_sha256") == credential_sha256(credential)
 
+    @property
+    def secret(self) -> str | None:
+        """The current cluster secret (None while Raft does not run)."""
+        return self.keyring.current if self.keyring is not None else None
+
     def _secrets(self) -> list[str]:
-        """The cluster secret, what derives from it and this node's credential, as text."""
-        if not self.secret:
+        """The cluster secrets, what derives from them and this node's credential, as text."""
+        if self.keyring is None:
             return []
-        return [self.secret, shared_node_credential(self.secret), *filter(None, [self.credential])]
+        held = self.keyring.all_texts()
+        derived = [shared_node_credential(s) for s in held]
+        return [*held, *derived, *filter(None, [self.credential])]
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -112,6 +112,19 @@ async def activate(request: web.Request) -> web.Response:
     return json_response(await daemon_of(request).membership.activate(name))
 
 
+async def rotate_secret(request: web.Request) -> web.Response:
+    return json_response(await daemon_of(request).secret_roll.rotate())
+
+
+async def secret_step(request: web.Request) -> web.Response:
+    if not node_call(request):
+        raise Forbidden("only the members' daemons take part in a rotation")
+    body = await read_json(request, {"step", "secret"})
+    return json_response(
+        daemon_of(request).secret_roll.step(body.get("step", ""), body.get("secret"))
+    )
+
+
 async def leave(request: web.Request) -> web.Response:
     return json_response(await daemon_of(request).membership.leave())
 
@@ -238,6 +251,36 @@ ROUTES = [
         node=True,
         scope="admin",
         responses={200: "a Raft member", 403: "not a member's daemon", 404: "not admitted"},
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/rotate-secret",
+        rotate_secret,
+        "Give the cluster a new secret, rolled out to every member without losing quorum",
+        scope="admin",
+        responses={
+            200: "rotated on every member",
+            409: "a member is unreachable or joining, or a rotation runs",
+            503: "a member failed a step: run it again",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/secret",
+        secret_step,
+        "One step of a rotation of the cluster secret (called by the rotating member)",
+        node=True,
+        scope="admin",
+        body={
+            "type": "object",
+            "required": ["step", "secret"],
+            "additionalProperties": False,
+            "properties": {
+                "step": {"type": "string", "enum": ["accept", "switch", "retire"]},
+                "secret": {"type": "string"},
+            },
+        },
+        responses={200: "step done", 403: "not a member's daemon"},
     ),
     Route(
         "POST",

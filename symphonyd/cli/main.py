@@ -522,6 +522,28 @@ def config_set(obj: Context, key: str, value: str) -> None:
         click.echo(f"Note: {result['note']}", err=True)
 
 
+@main.group("cluster")
+def cluster_group() -> None:
+    """The cluster's own keys."""
+
+
+@cluster_group.command("rotate-secret")
+@json_option
+@click.pass_obj
+def cluster_rotate_secret(obj: Context, as_json: bool) -> None:
+    """Give the cluster a new secret (the Raft port's key and the key of sealed values),
+    rolled out to every member without losing quorum; a node that left, or a copy of an
+    old data dir, can no longer take part. Every member must be up."""
+    result = obj.client(timeout=120).request("POST", "/v1/cluster/rotate-secret")
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"Rotated the cluster secret on {len(result['members'])} members "
+        f"({', '.join(result['members'])})."
+    )
+
+
 node.add_command(_instances.node_evacuate)
 node.add_command(_instances.node_restore)
 

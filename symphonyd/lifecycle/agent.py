@@ -25,6 +25,7 @@ from typing import Any
 
 from symphonyd import scheduler
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
+from symphonyd.keyring import Keyring
 from symphonyd.lifecycle import loader
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.executor import ensure_applied
@@ -50,7 +51,7 @@ from symphonyd.lifecycle.step_agent import (
 from symphonyd.lifecycle.supervisor import Supervisor
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
-from symphonyd.security import new_id, now_rfc3339, seal
+from symphonyd.security import new_id, now_rfc3339
 from symphonyd.state import cluster as cluster_config
 from symphonyd.state import lifecycles, nodes
 from symphonyd.state.lookup import resolve_one
@@ -65,21 +66,21 @@ class LifecycleService:
         node: str,
         address: str,
         data_dir: str,
-        secret: str,
+        keyring: Keyring,
         module_dirs: list[str],
     ) -> None:
         self.cluster = cluster
         self.node = node
         self.address = address
         self.data_dir = data_dir
-        self.secret = secret
+        self.keyring = keyring  # seals secret values, opens them again
         self.module_dirs = [os.path.join(data_dir, "lifecycles"), *module_dirs]
         self.loaded = loader.Loaded()
         self.supervisor = Supervisor(os.path.join(data_dir, "run", "lifecycles"))
         self.steps = StepAgent(
             cluster,
             node,
-            secret=secret,
+            keyring=keyring,
             catalog=lambda: self.catalog,
             make_context=self._context_factory(),
         )
@@ -274,7 +275,7 @@ class LifecycleService:
     def _step_record(self, step: PlannedStep) -> dict[str, Any]:
         def sealed(values: Mapping[str, Any]) -> dict[str, Any]:
             return {
-                k: seal(self.secret, v) if isinstance(v, SecretValue) else v
+                k: self.keyring.seal(v) if isinstance(v, SecretValue) else v
                 for k, v in values.items()
             }
 

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from symphonyd.errors import Conflict
+from symphonyd.keyring import Keyring
 from symphonyd.lifecycle.context import NodeContext
 from symphonyd.lifecycle.executor import Outcome, StepEnv, run_step
 from symphonyd.lifecycle.model import Catalog
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.reconcile import Action, GiveUp, Reconciler, run_blocking
-from symphonyd.security import now_rfc3339, seal, unseal
+from symphonyd.security import now_rfc3339
 from symphonyd.state import lifecycles, nodes
 from symphonyd.state.store import Record, Store
 
@@ -112,13 +113,13 @@ class StepAgent(Reconciler[LifecycleSteps]):
         cluster: Cluster,
         node: str,
         *,
-        secret: str,
+        keyring: Keyring,
         catalog: Callable[[], Catalog],
         make_context: Callable[[str, dict[str, Any]], NodeContext],
     ) -> None:
         super().__init__(cluster)
         self.node = node
-        self.secret = secret
+        self.keyring = keyring
         self.catalog = catalog  # what this node loaded (known once the service started)
         self.make_context = make_context
 
@@ -167,8 +168,8 @@ class StepAgent(Reconciler[LifecycleSteps]):
             node=self.node,
             returns_of=lambda n, lc, p: returns_of(store, ref.deployment, n, lc, p),
             make_context=self.make_context,
-            seal=lambda text: seal(self.secret, text),
-            unseal=lambda text: unseal(self.secret, text),
+            seal=self.keyring.seal,
+            unseal=self.keyring.unseal,
             members=members,
             deployment=ref.deployment,
             now=now_rfc3339(),

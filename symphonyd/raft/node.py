@@ -42,7 +42,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -172,6 +172,7 @@ class RaftNode(SyncObj):
         raft_dir: str,
         secret: str,
         fsm: FSM,
+        accepts: Sequence[str] = (),
         bind_addr: str | None = None,
         tuning: dict[str, Any] | None = None,
     ) -> None:
@@ -217,7 +218,7 @@ class RaftNode(SyncObj):
         with _construct_lock:
             factories = (_syncobj_module.createJournal, _syncobj_module.getEncryptor)
             _syncobj_module.createJournal = lambda _path: self.journal
-            _syncobj_module.getEncryptor = AeadEncryptor
+            _syncobj_module.getEncryptor = lambda password: AeadEncryptor(password, accepts)
             try:
                 super().__init__(self_addr, peers, conf, transportClass=transport_class)
             finally:

@@ -11,6 +11,10 @@ Token: 8-byte big-endian timestamp || 12-byte random nonce || ciphertext and tag
 timestamp authenticated as associated data (pysyncobj refuses timestamps that go back).
 The label in the key derivation names the wire version: change it, and old and new nodes
 refuse each other instead of misreading.
+
+While the cluster secret is rotated (`symphonyd cluster rotate-secret`), a node sends with
+its current secret and accepts messages under the others it was given (`use`): one
+encryptor object serves every connection of the node, so a change reaches them all.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,12 +32,23 @@ _TIMESTAMP = struct.Struct(">Q")
 _OVERHEAD = 8 + 12 + 16
 
 
+def _key(secret: str | bytes) -> AESGCM:
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return AESGCM(hashlib.sha256(WIRE_LABEL + raw).digest())
+
+
 class AeadEncryptor:
     """pysyncobj's encryptor interface over AES-256-GCM."""
 
-    def __init__(self, secret: str | bytes) -> None:
-        raw = secret.encode() if isinstance(secret, str) else secret
-        self._aead = AESGCM(hashlib.sha256(WIRE_LABEL + raw).digest())
+    def __init__(self, secret: str | bytes, also: Iterable[str | bytes] = ()) -> None:
+        self.use(secret, also)
+
+    def use(self, secret: str | bytes, also: Iterable[str | bytes] = ()) -> None:
+        """Send under `secret` from now on; accept messages under it and under `also`."""
+        aead = _key(secret)
+        # one assignment each: the Raft thread reads them without a lock
+        self._accepted = (aead, *(_key(other) for other in also))
+        self._aead = aead
 
     def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
         timestamp = _TIMESTAMP.pack(current_time)
@@ -48,7 +64,9 @@ class AeadEncryptor:
         token = bytes(token)
         if len(token) < _OVERHEAD:
             raise ValueError("message too short")
-        try:
-            return self._aead.decrypt(token[8:20], token[20:], token[:8])
-        except InvalidTag:
-            raise ValueError("message failed authentication") from None
+        for aead in self._accepted:
+            try:
+                return aead.decrypt(token[8:20], token[20:], token[:8])
+            except InvalidTag:
+                continue
+        raise ValueError("message failed authentication")

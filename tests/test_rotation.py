@@ -1,0 +1,99 @@
+"""Rotating the cluster secret (issue 14, finding 3: the secret was never rotated, and a node
+that left kept one that still answered pysyncobj's utility commands on the Raft port)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj.utility import TcpUtility, UtilityException
+
+from symphonyd.errors import Invalid
+from symphonyd.keyring import Keyring
+from symphonyd.raft.wire import AeadEncryptor
+from symphonyd.security import new_secret
+from tests.nodes import NodeProcess, NodeSet
+
+
+def test_a_keyring_rolls_forward_and_still_opens_what_it_sealed(tmp_path: Path) -> None:
+    old, new = new_secret(), new_secret()
+    (tmp_path / "secret").write_text(old)
+    ring = Keyring.load(str(tmp_path))
+    sealed_before = ring.seal("pw-before")
+    with pytest.raises(Invalid, match="switch first"):
+        ring.retire(new)
+    ring.accept(new)
+    ring.accept(new)  # again: nothing more
+    assert ring.accepts == [new]
+    ring.switch(new)
+    ring.switch(new)
+    assert (ring.current, ring.accepts, ring.retired) == (new, [old], [old])
+    ring.retire(new)
+    ring.save(str(tmp_path))
+    again = Keyring.load(str(tmp_path))
+    assert (again.current, again.accepts, again.retired) == (new, [], [old])
+    assert again.unseal(sealed_before) == "pw-before"
+    sealed_after = again.seal("pw-after")
+    with pytest.raises(Invalid):
+        Keyring(old).unseal(sealed_after)  # the old secret does not open what came after
+
+
+def test_the_raft_encryptor_accepts_the_secrets_it_is_given() -> None:
+    old, new = new_secret(), new_secret()
+    sender_old, receiver = AeadEncryptor(old), AeadEncryptor(old, [new])
+    sender_new = AeadEncryptor(new)
+    assert receiver.decrypt(sender_new.encrypt_at_time(b"x", 1)) == b"x"
+    receiver.use(new)
+    assert receiver.decrypt(sender_new.encrypt_at_time(b"y", 2)) == b"y"
+    with pytest.raises(ValueError, match="authentication"):
+        receiver.decrypt(sender_old.encrypt_at_time(b"z", 3))
+
+
+def utility_status(node: NodeProcess, secret: str) -> dict[str, Any]:
+    """pysyncobj's utility command `status` on the node's Raft port, under `secret`."""
+    utility = TcpUtility(timeout=3.0)
+    utility._TcpUtility__connection.encryptor = AeadEncryptor(secret)  # type: ignore[attr-defined]
+    result: dict[str, Any] = utility.executeCommand(node.raft_addr, ["status"])
+    return result
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_rotate_secret_rolls_out_without_an_election_and_shuts_the_old_secret_out(
+    nodeset: NodeSet,
+) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    old = (n3.data_dir / "secret").read_text().strip()
+    assert str(utility_status(n2, old)["self"]) == n2.raft_addr
+    n1.client().request("PUT", "/v1/kv/before", raw=b"1")
+    term = n1.status()["raft"]["term"]
+
+    rotated = n2.cli("cluster", "rotate-secret", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["members"] == ["n1", "n2", "n3"]
+    new = {(n.data_dir / "secret").read_text().strip() for n in (n1, n2, n3)}
+    assert len(new) == 1 and old not in new
+    for node in (n1, n2, n3):
+        keys = json.loads((node.data_dir / "secret.keys").read_text())
+        assert keys == {"accepts": [], "retired": [old]}
+    assert n1.status()["raft"]["term"] == term  # no election: quorum was never lost
+
+    n3.client().request("PUT", "/v1/kv/after", raw=b"2")
+    got = n2.client().request("GET", "/v1/kv/after", query={"raw": "1", "consistent": "1"})
+    assert got == b"2"
+    with pytest.raises(UtilityException):
+        utility_status(n1, old)  # what a node that left still holds
+    assert str(utility_status(n1, new.pop())["self"]) == n1.raft_addr
+
+    n3.stop()  # a restart reads the new secret and catches up
+    n3.start()
+    n1.client().request("PUT", "/v1/kv/restarted", raw=b"3")
+    read = n3.client().request("GET", "/v1/kv/restarted", query={"raw": "1", "consistent": "1"})
+    assert read == b"3"
+
+    n3.kill()
+    refused = n1.cli("cluster", "rotate-secret")
+    assert refused.returncode != 0
+    assert "n3 cannot be reached" in refused.stderr
