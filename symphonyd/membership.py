@@ -31,6 +31,7 @@ from symphonyd.client import MemberCaller, NodeClient
 from symphonyd.config import Settings
 from symphonyd.durable import write_file_durably
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
+from symphonyd.keyring import Keyring
 from symphonyd.raft.cluster import Cluster, raise_for_result
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType
 from symphonyd.security import (
@@ -77,6 +78,9 @@ class NodeWiring(Protocol):
 
     @property
     def credential(self) -> str | None: ...
+
+    @property
+    def keyring(self) -> Keyring | None: ...
 
     @property
     def caller(self) -> MemberCaller | None: ...
@@ -133,17 +137,17 @@ class Membership:
         self.identity = identity
 
     def _wipe_cluster_files(self) -> None:
-        for name in ("identity.json", "secret", "credential"):
+        for name in ("identity.json", "secret", "secret.keys", "credential"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.path(name))
         for name in ("raft", "tls"):
             shutil.rmtree(self.settings.path(name), ignore_errors=True)
 
     def _write_cluster_files(
-        self, secret: str, cert_pem: bytes, key_pem: bytes, credential: str
+        self, keyring: Keyring, cert_pem: bytes, key_pem: bytes, credential: str
     ) -> None:
         os.makedirs(self.settings.path("tls"), mode=0o700, exist_ok=True)
-        write_file_durably(self.settings.path("secret"), secret.encode())
+        keyring.save(self.settings.data_dir)
         write_file_durably(self.settings.path("credential"), credential.encode())
         write_file_durably(self.settings.path("tls", "cert.pem"), cert_pem, mode=0o644)
         write_file_durably(self.settings.path("tls", "key.pem"), key_pem)
@@ -237,7 +241,7 @@ class Membership:
             cluster_id = new_id()
             cert_pem, key_pem = make_certificate(cluster_id)
             credential, credential_sha = new_node_credential(self.settings.name)
-            self._write_cluster_files(new_secret(), cert_pem, key_pem, credential)
+            self._write_cluster_files(Keyring(new_secret()), cert_pem, key_pem, credential)
             try:
                 self.node.start_raft([])
                 await self._wait_for_leader(15.0)
@@ -417,8 +421,13 @@ class Membership:
         peers = [m for m in reply["members"] if m != self.settings.raft_addr]
         try:
             self._wipe_cluster_files()
+            # the secrets retired by rotations open the values sealed before them
+            retired = [s for s in reply.get("retired_secrets", []) if isinstance(s, str)]
             self._write_cluster_files(
-                secret, reply["cert_pem"].encode(), reply["key_pem"].encode(), credential
+                Keyring(secret, [], retired),
+                reply["cert_pem"].encode(),
+                reply["key_pem"].encode(),
+                credential,
             )
             self.node.start_raft(peers)
             await self.node.start_https()
@@ -508,6 +517,7 @@ class Membership:
         return {
             "cluster_id": self._cluster_id(),
             "secret": self.node.secret,
+            "retired_secrets": self.node.keyring.retired if self.node.keyring else [],
             "cert_pem": cert_pem,
             "key_pem": key_pem,
             "members": sorted(cluster.raft_members() | {record["raft_addr"]}),

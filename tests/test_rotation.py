@@ -14,7 +14,7 @@ from symphonyd.errors import Invalid
 from symphonyd.keyring import Keyring
 from symphonyd.raft.wire import AeadEncryptor
 from symphonyd.security import new_secret
-from tests.nodes import NodeProcess, NodeSet
+from tests.nodes import NodeProcess, NodeSet, wait_until
 
 
 def test_a_keyring_rolls_forward_and_still_opens_what_it_sealed(tmp_path: Path) -> None:
@@ -89,9 +89,16 @@ def test_rotate_secret_rolls_out_without_an_election_and_shuts_the_old_secret_ou
 
     n3.stop()  # a restart reads the new secret and catches up
     n3.start()
+    wait_until(lambda: n3.status()["has_quorum"], 20, "n3 back in the cluster")
     n1.client().request("PUT", "/v1/kv/restarted", raw=b"3")
     read = n3.client().request("GET", "/v1/kv/restarted", query={"raw": "1", "consistent": "1"})
     assert read == b"3"
+
+    n4 = nodeset.new("n4")  # a node joining later can open what was sealed before
+    nodeset.join(n4, via=n1)
+    assert json.loads((n4.data_dir / "secret.keys").read_text())["retired"] == [old]
+    joined = n4.client().request("GET", "/v1/kv/after", query={"raw": "1", "consistent": "1"})
+    assert joined == b"2"
 
     n3.kill()
     refused = n1.cli("cluster", "rotate-secret")

@@ -260,8 +260,8 @@ ROUTES = [
         scope="admin",
         responses={
             200: "rotated on every member",
-            409: "a member is unreachable or joining, or a rotation runs",
-            503: "a member failed a step: run it again",
+            409: "a member is joining, or a rotation runs",
+            503: "a member cannot be reached (nothing changed, or run it again)",
         },
     ),
     Route(
