@@ -72,6 +72,9 @@ class Settings:
     compute: dict[str, Any] = field(default_factory=dict)
     # Directories of lifecycle modules besides `<data-dir>/lifecycles/`.
     lifecycle_dirs: list[str] = field(default_factory=list)
+    # Who lifecycle processes run as: "auto" (the user symphonyd-lifecycle where it
+    # exists), a user name, or "" (the daemon's own user).
+    lifecycle_user: str = "auto"
     # Limits of the API's connections: {header_timeout (s), max_connections}.
     api: dict[str, Any] = field(default_factory=dict)
 
@@ -150,6 +153,11 @@ def validate(settings: Settings) -> None:
         isinstance(d, str) and os.path.isabs(d) for d in settings.lifecycle_dirs
     ):
         raise Invalid("lifecycle_dirs must be a list of absolute directory paths")
+    if not isinstance(settings.lifecycle_user, str):
+        raise Invalid('lifecycle_user must be a user name, "auto" or ""')
+    from symphonyd.lifecycle.supervisor import run_as_user  # pwd; refuses a missing user
+
+    run_as_user(settings.lifecycle_user)
     _check_api(settings.api)
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")

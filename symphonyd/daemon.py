@@ -43,6 +43,7 @@ from symphonyd.image.service import ImageService
 from symphonyd.keyring import Keyring
 from symphonyd.leader import LeaderLoops
 from symphonyd.lifecycle.agent import LifecycleService
+from symphonyd.lifecycle.supervisor import run_as_user
 from symphonyd.logs import setup_logging
 from symphonyd.membership import Membership, check_port_free
 from symphonyd.node_status import node_status
@@ -203,6 +204,7 @@ class Daemon:
             self.settings.data_dir,
             self.keyring,
             self.settings.lifecycle_dirs,
+            run_as_user(self.settings.lifecycle_user),
         )
         self._start_task(self.lifecycles.run_agent())
         self.leader_loops.add("lost-node steps", self.lifecycles.fail_unreachable_steps)

@@ -12,6 +12,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from symphonyd.keyring import Keyring
 from symphonyd.lifecycle.step_agent import LifecycleSteps, StepAgent, StepRef, decide_steps
 from symphonyd.reconcile import Action
 from symphonyd.state import lifecycles
@@ -111,7 +112,7 @@ class Recording(StepAgent):
         super().__init__(
             SimpleNamespace(store=store),  # type: ignore[arg-type]  # passes need no Raft
             "n1",
-            secret="s",
+            keyring=Keyring("s"),
             catalog=lambda: None,  # type: ignore[arg-type,return-value]
             make_context=lambda lifecycle, data: None,  # type: ignore[arg-type,return-value]
         )

@@ -70,6 +70,9 @@ def test_a_node_that_left_is_refused_with_both_its_credentials(nodeset: NodeSet)
             with pytest.raises(Unauthorized):
                 member.https(token).request("GET", "/v1/progress")
     # the members still call each other with their own credentials
-    assert n2.https((n2.data_dir / "credential").read_text().strip()).request(
-        "GET", "/v1/progress"
-    )["node"] == "n2"
+    assert (
+        n2.https((n2.data_dir / "credential").read_text().strip()).request("GET", "/v1/progress")[
+            "node"
+        ]
+        == "n2"
+    )

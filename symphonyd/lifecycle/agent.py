@@ -27,7 +27,7 @@ from symphonyd import scheduler
 from symphonyd.errors import Conflict, Invalid, NotFound, SymphonyError, Unavailable
 from symphonyd.keyring import Keyring
 from symphonyd.lifecycle import loader
-from symphonyd.lifecycle.context import NodeContext
+from symphonyd.lifecycle.context import InWorkDir, NodeContext, make_work_dir
 from symphonyd.lifecycle.executor import ensure_applied
 from symphonyd.lifecycle.model import Catalog, XPath
 from symphonyd.lifecycle.planner import (
@@ -48,7 +48,7 @@ from symphonyd.lifecycle.step_agent import (
     step_entry,
     still_waits,
 )
-from symphonyd.lifecycle.supervisor import Supervisor
+from symphonyd.lifecycle.supervisor import RunAs, Supervisor
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import new_id, now_rfc3339
@@ -68,6 +68,7 @@ class LifecycleService:
         data_dir: str,
         keyring: Keyring,
         module_dirs: list[str],
+        run_as: RunAs | None = None,
     ) -> None:
         self.cluster = cluster
         self.node = node
@@ -76,7 +77,9 @@ class LifecycleService:
         self.keyring = keyring  # seals secret values, opens them again
         self.module_dirs = [os.path.join(data_dir, "lifecycles"), *module_dirs]
         self.loaded = loader.Loaded()
-        self.supervisor = Supervisor(os.path.join(data_dir, "run", "lifecycles"))
+        self.supervisor = Supervisor(os.path.join(data_dir, "run", "lifecycles"), run_as=run_as)
+        if run_as is not None:
+            log.info("lifecycle processes run as %s (uid %d)", run_as.name, run_as.uid)
         self.steps = StepAgent(
             cluster,
             node,
@@ -143,13 +146,16 @@ class LifecycleService:
 
     def _context_factory(self) -> Any:
         def make(lifecycle: str, data: dict[str, Any]) -> NodeContext:
-            work_dir = os.path.join(self.data_dir, "lifecycle-work", lifecycle)
-            os.makedirs(work_dir, exist_ok=True)
+            work_dir = make_work_dir(
+                os.path.join(self.data_dir, "lifecycle-work"),
+                lifecycle,
+                shared=self.supervisor.run_as is not None,
+            )
             return NodeContext(
                 node=self.node,
                 address=self.address,
                 work_dir=work_dir,
-                supervisor=self.supervisor,
+                supervisor=InWorkDir(self.supervisor, work_dir),
                 data=data,
                 log=logging.getLogger(f"symphonyd.lifecycle.{lifecycle}"),
             )

@@ -14,7 +14,9 @@ never reach into the daemon:
 * `data`: this lifecycle's runtime data on this node (JSON values), saved in the
   replicated store after every step, so what a body remembers survives a restart. Never
   put a secret in it: it is stored in clear;
-* `supervisor`: starts and keeps running the processes a state promises (`Supervisor`);
+* `supervisor`: starts and keeps running the processes a state promises (`Supervisor`),
+  in `work_dir` unless told otherwise, as the node's lifecycle user where it has one
+  (they may read their work dir, not change it);
 * `simulate`: True under `--simulate`, where bodies are not run at all (kept for bodies
   that want to say what they would do).
 
@@ -31,7 +33,14 @@ from typing import Any, Protocol
 
 from symphonyd.errors import Invalid
 
-__all__ = ["NodeContext", "ProcessSupervisor", "confined_path", "is_inside"]
+__all__ = [
+    "InWorkDir",
+    "NodeContext",
+    "ProcessSupervisor",
+    "confined_path",
+    "is_inside",
+    "make_work_dir",
+]
 
 
 class ProcessSupervisor(Protocol):
@@ -49,6 +58,34 @@ class ProcessSupervisor(Protocol):
     def status(self, name: str) -> dict[str, Any]:
         """{"running": bool, "pid": int | None, "restarts": int, "last_exit": int | None}."""
         ...
+
+
+def make_work_dir(lifecycles_dir: str, lifecycle: str, *, shared: bool) -> str:
+    """`<lifecycles_dir>/<lifecycle>`, made if missing; `shared`: readable (not writable)
+    by the unprivileged user the lifecycle's processes run as."""
+    work_dir = os.path.join(lifecycles_dir, lifecycle)
+    os.makedirs(work_dir, exist_ok=True)
+    if shared:
+        for directory in (lifecycles_dir, work_dir):
+            os.chmod(directory, 0o755)
+    return work_dir
+
+
+@dataclass(frozen=True)
+class InWorkDir:
+    """A supervisor whose processes start in `work_dir` unless a body names a `cwd`."""
+
+    supervisor: ProcessSupervisor
+    work_dir: str
+
+    def ensure(self, name: str, argv: Sequence[str], *, cwd: str | None = None) -> int:
+        return self.supervisor.ensure(name, argv, cwd=cwd or self.work_dir)
+
+    def stop(self, name: str) -> None:
+        self.supervisor.stop(name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.supervisor.status(name)
 
 
 @dataclass

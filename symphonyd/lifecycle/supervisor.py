@@ -11,7 +11,12 @@ when the daemon stops. Each process:
   kernel sends that signal when the *thread* that forked exits, so every process is forked
   by one long-lived thread owned by the supervisor; `ensure` hands the fork to it from
   whichever thread calls;
-* writes its stdout and stderr, appended, to `<run_dir>/<name>.log`.
+* writes its stdout and stderr, appended, to `<run_dir>/<name>.log` (opened by the
+  daemon: the process needs no right on the run dir);
+* runs as `run_as` (an unprivileged user, with its primary group and no other) when the
+  supervisor is given one (`run_as_user`), so a lifecycle's server cannot do what root
+  can. The kernel clears PDEATHSIG when a process changes its user; Python calls the
+  preexec function after the change, so it holds.
 
 It must not know what the processes are (no lifecycle, no store, no API), never kill a
 process it did not start, and never block the asyncio loop: `watch` forks in a worker.
@@ -23,9 +28,11 @@ import asyncio
 import ctypes
 import logging
 import os
+import pwd
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +42,7 @@ from typing import Any
 
 from symphonyd.errors import DriverError, Invalid, Unavailable
 
-__all__ = ["Supervisor"]
+__all__ = ["RunAs", "Supervisor", "run_as_user"]
 
 log = logging.getLogger("symphonyd.lifecycle.supervisor")
 
@@ -71,6 +78,70 @@ class _Process:
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+
+DEFAULT_USER = "symphonyd-lifecycle"  # what `lifecycle_user = "auto"` runs as, if it exists
+
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+
+
+def run_as_user(setting: str) -> RunAs | None:
+    """Who lifecycle processes run as, from the node setting `lifecycle_user`: "auto" is
+    DEFAULT_USER where that user exists (else the daemon's own user), "" the daemon's own
+    user, anything else a user that must exist. A daemon that is not root cannot switch."""
+    if setting == "":
+        return None
+    name = DEFAULT_USER if setting == "auto" else setting
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        if setting == "auto":
+            return None
+        raise Invalid(
+            f"lifecycle_user {name!r} does not exist on this host (create it, e.g. "
+            f"`useradd --system --no-create-home --shell /usr/sbin/nologin {name}`, "
+            'or set lifecycle_user = "" to run lifecycle processes as the daemon)'
+        ) from None
+    if entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        if setting == "auto":
+            return None
+        raise Invalid(f"lifecycle_user {name!r}: only a daemon running as root can switch users")
+    run_as = RunAs(name, entry.pw_uid, entry.pw_gid)
+    closed = closed_to(run_as, sys.executable)
+    if closed is not None:
+        raise Invalid(
+            f"lifecycle_user {name!r} cannot run this daemon's Python {sys.executable} "
+            f"({closed} is closed to it): install symphonyd where other users can run it, "
+            'or set lifecycle_user = "" to run lifecycle processes as the daemon'
+        )
+    return run_as
+
+
+def closed_to(user: RunAs, path: str) -> str | None:
+    """The first directory on the way to `path` (or the file itself) that `user` cannot
+    pass (or read and execute), else None, from the mode bits (ACLs are not read)."""
+
+    def allows(st: os.stat_result, bits: int) -> bool:
+        if st.st_uid == user.uid:
+            return st.st_mode >> 6 & bits == bits
+        if st.st_gid == user.gid:  # the only group: the supervisor drops the others
+            return st.st_mode >> 3 & bits == bits
+        return st.st_mode & bits == bits
+
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)[1:]
+    for i in range(len(parts)):
+        directory = os.sep + os.path.join(*parts[:i]) if i else os.sep
+        if not allows(os.stat(directory), 0o1):
+            return directory
+    return None if allows(os.stat(real), 0o5) else real
 
 
 def _load_prctl() -> Any:
@@ -165,8 +236,13 @@ class Supervisor:
     """Keeps named processes running; see the module docstring. Thread-safe."""
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], *, stop_timeout: float = STOP_TIMEOUT
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        stop_timeout: float = STOP_TIMEOUT,
+        run_as: RunAs | None = None,
     ) -> None:
+        self.run_as = run_as
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         self.stop_timeout = stop_timeout
@@ -371,6 +447,9 @@ class Supervisor:
 
     def _popen(self, proc: _Process, fd: int) -> subprocess.Popen[bytes]:
         """Runs in the spawner thread only (see PDEATHSIG in the module docstring)."""
+        user: dict[str, Any] = {}
+        if self.run_as is not None:
+            user = {"user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
         return subprocess.Popen(
             proc.argv,
             cwd=proc.cwd,
@@ -379,6 +458,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_pdeathsig_preexec(self._prctl),
+            **user,
         )
 
     def _note_exit(self, proc: _Process) -> None:

@@ -93,10 +93,39 @@ def wait_listening(context: NodeContext, name: str, port: int) -> None:
 
 
 def make_directory(path: str, what: str) -> None:
+    """Make `path` and its missing parents, readable by all (the servers may run as the
+    node's unprivileged lifecycle user; the daemon's umask would make them 0700)."""
     try:
+        missing = []
+        head = os.path.abspath(path)
+        while not os.path.exists(head):
+            missing.append(head)
+            head = os.path.dirname(head)
         os.makedirs(path, exist_ok=True)
+        for made in missing:
+            os.chmod(made, 0o755)
     except OSError as exc:
         raise DriverError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+
+
+def program_in_work_dir(context: NodeContext, program: str, what: str) -> str:
+    """A copy of the package's `program` in the lifecycle's work dir, where the user its
+    processes run as can read it (the package may sit where it cannot: a zipapp's
+    extraction dir is private to the daemon), rewritten when the package's differs."""
+    try:
+        with open(program, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise DriverError(f"{what} {program} cannot be read: {exc.strerror or exc}") from None
+    copy = os.path.join(context.work_dir, os.path.basename(program))
+    try:
+        with open(copy, encoding="utf-8") as f:
+            if f.read() == text:
+                return copy
+    except OSError:
+        pass
+    write_atomically(copy, text)
+    return copy
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -239,9 +268,8 @@ class WebServer(Lifecycle):
                     f"{context.work_dir}: create a document root again"
                 )
             make_directory(root, "the document root")
-            if not os.path.isfile(STATICSERVER):
-                raise DriverError(f"the web server program {STATICSERVER} is missing")
-            argv = [sys.executable, "-I", STATICSERVER, "--bind", context.address]
+            program = program_in_work_dir(context, STATICSERVER, "the web server program")
+            argv = [sys.executable, "-I", program, "--bind", context.address]
             argv += ["--port", str(port), "--directory", root]
             context.supervisor.ensure(WEBSERVER_PROCESS, argv)
             wait_listening(context, WEBSERVER_PROCESS, port)
@@ -425,9 +453,8 @@ class Proxy(Lifecycle):
             if not isinstance(port, int):
                 raise Conflict("the proxy has no port: it must be Configured first")
             backends = [str(url) for url in context.data.get("backends") or []]
-            if not os.path.isfile(PROXYSERVER):
-                raise DriverError(f"the proxy program {PROXYSERVER} is missing")
-            argv = [sys.executable, "-I", PROXYSERVER]
+            program = program_in_work_dir(context, PROXYSERVER, "the proxy program")
+            argv = [sys.executable, "-I", program]
             argv += ["--bind", context.address, "--port", str(port), *backends]
             context.supervisor.ensure(PROXY_PROCESS, argv)
             wait_listening(context, PROXY_PROCESS, port)
