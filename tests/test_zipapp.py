@@ -5,6 +5,7 @@ a one-node cluster, init, an image import, status, and a clean stop."""
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -98,6 +99,10 @@ def test_the_zipapp_runs_a_cluster_with_only_the_system_python(
     with pytest.raises(urllib.error.HTTPError) as no_backends:  # a proxy with no sites
         urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/", timeout=5)
     assert no_backends.value.code == 503
+    # the web dashboard's static files are in the zipapp too
+    unverified = ssl._create_unverified_context()  # the cluster's self-signed certificate
+    with urllib.request.urlopen(f"https://127.0.0.1:{node.api_port}/ui/", context=unverified) as ui:
+        assert b'src="app.js"' in ui.read()
     assert node.stop() == 0, node.log()  # SIGTERM: a clean stop
     leftovers = list((node.data_dir / "images" / "tmp").iterdir())
     assert leftovers == [] and not (node.data_dir / "control.sock").exists()

@@ -20,6 +20,7 @@ from symphonyd.api import (
     prometheus,
     services,
     tokens,
+    ui,
 )
 from symphonyd.api.connections import CONNECTIONS, ConnectionGuard
 from symphonyd.api.middleware import ROUTE, access, errors, measure
@@ -48,6 +49,7 @@ def all_routes() -> list[Route]:
         *progress.ROUTES,
         *openapi.ROUTES,
         *prometheus.ROUTES,
+        *ui.ROUTES,
     ]
 
 

@@ -52,7 +52,31 @@ async def revoke_token(request: web.Request) -> web.Response:
     return json_response({"revoked": record["id"], "kind": record["kind"]})
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """The caller: its token (never the secret) and scope, so a page can tell a reader."""
+    principal = request.get("principal")
+    scope = request.get("scope")
+    if request.get("local"):
+        return json_response({"kind": "socket", "scope": "admin", "id": None})
+    if isinstance(principal, str) and principal.startswith("token:"):
+        store = daemon_of(request).require_cluster().store
+        with store.lock:
+            record = tokens.get(store, principal.removeprefix("token:"))
+        if record is not None:
+            shown = view(dict(record), now_rfc3339())
+            return json_response({**shown, "kind": "token", "token_kind": shown.pop("kind")})
+    node = principal.removeprefix("node:") if isinstance(principal, str) else None
+    return json_response({"kind": "node", "scope": scope, "id": None, "node": node})
+
+
 ROUTES = [
+    Route(
+        "GET",
+        "/v1/whoami",
+        whoami,
+        "The calling token: id, scope, description, expiry (never its secret)",
+        node=True,
+    ),
     Route(
         "GET",
         "/v1/tokens",

@@ -1,0 +1,320 @@
+"""The web dashboard in a real browser: Debian's chromium driven by Playwright (the pip
+package only: no browser is ever downloaded), against real symphonyd nodes on 127.0.0.1.
+
+Checked: the static files' security headers and that no path leads out of the static
+directory; sign-in (a wrong token shows the API's message); a 3-node cluster's overview
+with its leader, and a node killed with kill -9 shown unreachable without a reload; an
+image uploaded with a progress bar; an instance created (libvirt's test driver), stopped
+and seen stopped live; a deployment started from its form, a bad port shown beside its
+field, watched until done; the KV browser's CAS-safe edit showing a conflict; the page
+saying it lost the events stream and catching up once the node is back; a reader token
+seeing everything with no change allowed; a phone-sized screen without horizontal
+overflow; and every request the page makes going to the node itself.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from symphonyd.compute.testimage import write_image
+from tests.nodes import NodeProcess, NodeSet, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 15_000
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the cluster's self-signed certificate
+    return context
+
+
+def fetch(node: NodeProcess, path: str, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{node.api_port}{path}", headers=headers or {}
+    )
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(
+        NoRedirect, urllib.request.HTTPSHandler(context=_context())
+    )
+    try:
+        return opener.open(request, timeout=10)
+    except urllib.error.HTTPError as exc:
+        return exc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: run scripts/bootstrap --test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--ignore-certificate-errors"],
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeSet]:
+    """Three nodes; n1 has block and compute on libvirt's test driver."""
+    nodes = NodeSet(tmp_path_factory.mktemp("ui"))
+    try:
+        n1, _, _ = nodes.form(3)
+        for args in (("service", "new"), ("service", "new", "compute")):
+            made = n1.cli(*args, "--json", timeout=120)
+            assert made.returncode == 0, made.stderr
+        assert n1.cli("config", "set", "images.min_replicas", "1").returncode == 0
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+class Page:
+    """A browser tab on one node's dashboard that records every URL it asks for."""
+
+    def __init__(self, browser: Any, node: NodeProcess, width: int = 1280) -> None:
+        self.origin = f"https://127.0.0.1:{node.api_port}"
+        self.context = browser.new_context(
+            viewport={"width": width, "height": 900}, ignore_https_errors=True
+        )
+        self.requested: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def _route(self, route: Any) -> None:
+        self.requested.append(route.request.url)
+        if route.request.url.startswith(self.origin + "/"):
+            route.continue_()
+        else:
+            route.abort()
+
+    def sign_in(self, token: str) -> None:
+        self.page.goto(self.origin + "/")
+        self.page.get_by_label("API token").fill(token)
+        self.page.get_by_role("button", name="Sign in").click()
+
+    def close(self) -> None:
+        foreign = [u for u in self.requested if not u.startswith(self.origin + "/")]
+        self.context.close()
+        assert not foreign, f"the page asked for other origins: {foreign}"
+        assert not self.errors, f"script errors: {self.errors}"
+
+
+@pytest.fixture
+def tab(browser: Any, cluster: NodeSet) -> Iterator[Page]:
+    page = Page(browser, cluster.nodes[0])
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def admin(cluster: NodeSet) -> str:
+    assert cluster.admin_token
+    return cluster.admin_token
+
+
+def test_static_files_are_served_with_their_security_headers(cluster: NodeSet) -> None:
+    n1 = cluster.nodes[0]
+    index = fetch(n1, "/ui/")
+    assert index.status == 200
+    assert index.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in index.headers["Content-Security-Policy"]
+    assert index.headers["X-Content-Type-Options"] == "nosniff"
+    etag = index.headers["ETag"]
+    assert fetch(n1, "/ui/", {"If-None-Match": etag}).status == 304
+    assert fetch(n1, "/ui/app.js").headers["Content-Type"].startswith("text/javascript")
+    assert fetch(n1, "/", {"Accept": "text/html"}).headers["Location"] == "/ui/"
+    assert fetch(n1, "/ui").headers["Location"] == "/ui/"
+    for wrong in (
+        "/ui/..%2Fapi%2Fui.py",
+        "/ui/%2e%2e/__init__.py",
+        "/ui/../api/ui.py",
+        "/ui/nope.js",
+    ):
+        answer = fetch(n1, wrong)
+        assert answer.status == 404, wrong
+        assert json.load(answer)["error"]["code"] == "not_found"
+
+
+def test_whoami_tells_the_scope(cluster: NodeSet) -> None:
+    n1 = cluster.nodes[0]
+    made = n1.client().request(
+        "POST", "/v1/tokens", body={"kind": "admin", "scope": "reader", "description": "eyes"}
+    )
+    me = n1.https(made["token"]).request("GET", "/v1/whoami")
+    assert (me["scope"], me["description"], me["id"]) == ("reader", "eyes", made["id"])
+    assert "secret_sha256" not in me and "token" not in me
+
+
+def test_sign_in_and_the_cluster_overview(cluster: NodeSet, tab: Page) -> None:
+    tab.sign_in("sy-not-a-token")
+    error = tab.page.locator("#signin-error")
+    error.wait_for()
+    assert "not valid" in error.inner_text()
+    tab.page.get_by_label("API token").fill(admin(cluster))
+    tab.page.get_by_role("button", name="Sign in").click()
+    rows = tab.page.locator("tr[data-node]")
+    rows.nth(2).wait_for()
+    assert rows.count() == 3
+    leader = cluster.leader().name
+    assert tab.page.locator("#leader").inner_text() == leader
+    assert tab.page.locator("#quorum").inner_text() == "yes"
+    # kill -9 a follower: its row says unreachable within seconds, with no reload.
+    victim = next(n for n in cluster.nodes if n.name != leader and n is not cluster.nodes[0])
+    victim.kill()
+    try:
+        tab.page.locator(f"tr[data-node={victim.name}] .health", has_text="unreachable").wait_for(
+            timeout=20_000
+        )
+    finally:
+        victim.start()
+    tab.page.locator(f"tr[data-node={victim.name}] .health", has_text="online").wait_for(
+        timeout=30_000
+    )
+
+
+def test_an_image_uploaded_and_an_instance_run_and_stopped(
+    cluster: NodeSet, tab: Page, tmp_path: Path
+) -> None:
+    n1 = cluster.nodes[0]
+    disk = tmp_path / "boot.raw"
+    write_image(str(disk))
+    tab.sign_in(admin(cluster))
+    tab.page.get_by_role("link", name="Images").click()
+    tab.page.get_by_text("no images yet: upload one").wait_for()
+    tab.page.get_by_label("file").set_input_files(str(disk))
+    tab.page.get_by_label("name", exact=True).fill("boot")
+    tab.page.get_by_role("button", name="Upload").click()
+    tab.page.locator("tr[data-image=boot] .status", has_text="ready").wait_for()
+    assert tab.page.locator("#upload-progress").get_attribute("value") == "100"
+    image = n1.client().request("GET", "/v1/images/boot")
+    assert image["status"] == "ready" and image["size"] == disk.stat().st_size
+
+    tab.page.get_by_role("link", name="Instances").click()
+    tab.page.get_by_label("name", exact=True).fill("web")
+    tab.page.get_by_label("memory").fill("64M")
+    tab.page.get_by_label("disk").fill("16M")
+    tab.page.locator("select[name=image]").select_option("boot")
+    tab.page.get_by_role("button", name="Create").click()
+    row = tab.page.locator("tr[data-instance=web]")
+    row.locator(".status", has_text="running").wait_for(timeout=30_000)
+    row.get_by_role("button", name="Stop").click()
+    row.locator(".status", has_text="stopped").wait_for(timeout=30_000)  # live, no reload
+    assert n1.client().request("GET", "/v1/instances/web")["status"] == "stopped"
+    row.get_by_role("link", name="web").click()
+    tab.page.locator("#console").wait_for()
+    tab.page.get_by_role("link", name="Instances").click()
+    tab.page.locator("tr[data-instance=web]").get_by_role("button", name="Remove").click()
+    wait_until(
+        lambda: not n1.client().request("GET", "/v1/instances")["instances"], 30, "web removed"
+    )
+
+
+def test_a_deployment_from_its_form(cluster: NodeSet, tab: Page) -> None:
+    tab.sign_in(admin(cluster))
+    tab.page.get_by_role("link", name="Deployments").click()
+    tab.page.get_by_label("xpath").fill("WebSite//start")
+    tab.page.get_by_label("node (optional)").fill("n1")
+    tab.page.get_by_role("button", name="Plan").click()
+    port = tab.page.get_by_label("/n1/WebServer/Configured/enter/port")
+    port.fill("99999")
+    tab.page.get_by_role("button", name="Deploy").click()
+    beside = tab.page.locator('[data-for="/n1/WebServer/Configured/enter/port"]')
+    beside.get_by_text("between 1 and 65535").wait_for()
+    tab.page.get_by_label("/n1/WebServer/Configured/enter/port").fill("18765")
+    tab.page.get_by_role("button", name="Deploy").click()
+    tab.page.locator("#deployment-status", has_text="done").wait_for(timeout=60_000)
+    assert tab.page.locator("tr[data-step]").count() >= 4
+    n1 = cluster.nodes[0]
+    done = n1.client().request("GET", "/v1/deployments")["deployments"]
+    assert [d["status"] for d in done] == ["done"]
+
+
+def test_kv_edit_is_cas_safe(cluster: NodeSet, tab: Page) -> None:
+    n1 = cluster.nodes[0]
+    n1.client().request("PUT", "/v1/kv/app/colour", raw=b"blue")
+    tab.sign_in(admin(cluster))
+    tab.page.get_by_role("link", name="KV").click()
+    tab.page.get_by_role("link", name="app").click()
+    tab.page.get_by_role("button", name="colour").click()
+    value = tab.page.get_by_label("value of app/colour")
+    value.fill("green")
+    n1.client().request("PUT", "/v1/kv/app/colour", raw=b"red")  # someone else, meanwhile
+    tab.page.get_by_role("button", name="Save").click()
+    tab.page.get_by_role("alert").get_by_text("conflict").wait_for()
+    assert n1.client().request("GET", "/v1/kv/app/colour?raw") == b"red"
+
+
+def test_the_page_says_when_it_lost_the_stream_and_catches_up(cluster: NodeSet, tab: Page) -> None:
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    tab.sign_in(admin(cluster))
+    tab.page.get_by_role("link", name="KV").click()
+    tab.page.get_by_text("no keys here yet").or_(tab.page.locator("ul.kv")).first.wait_for()
+    n1.stop()
+    try:
+        live = tab.page.locator("#live")
+        live.get_by_text("disconnected").wait_for()
+        cluster.leader(among=cluster.nodes[1:])
+        wait_until(  # a PUT is idempotent: tried again if the leader changed under it
+            lambda: n2.client().request("PUT", "/v1/kv/while-away", raw=b"1"), 30, "the put"
+        )
+    finally:
+        n1.start()
+    tab.page.get_by_role("button", name="while-away").wait_for(timeout=30_000)
+    live.wait_for(state="hidden", timeout=10_000)
+
+
+def test_a_reader_sees_everything_and_changes_nothing(browser: Any, cluster: NodeSet) -> None:
+    n1 = cluster.nodes[0]
+    made = n1.client().request("POST", "/v1/tokens", body={"kind": "admin", "scope": "reader"})
+    tab = Page(browser, n1)
+    try:
+        tab.sign_in(made["token"])
+        tab.page.locator("tr[data-node]").first.wait_for()
+        tab.page.get_by_role("link", name="Images").click()
+        upload = tab.page.get_by_role("button", name="Upload")
+        upload.wait_for()
+        assert upload.is_disabled()
+        tab.page.get_by_role("link", name="Volumes").click()
+        assert tab.page.get_by_role("button", name="Create").is_disabled()
+    finally:
+        tab.close()
+
+
+def test_a_phone_sized_screen_has_no_horizontal_overflow(browser: Any, cluster: NodeSet) -> None:
+    tab = Page(browser, cluster.nodes[0], width=390)
+    try:
+        tab.sign_in(admin(cluster))
+        for name in ("Cluster", "Nodes", "Images", "Volumes", "Instances", "Deployments", "KV"):
+            tab.page.get_by_role("link", name=name, exact=True).click()
+            tab.page.locator("#page h1").wait_for()
+            tab.page.wait_for_timeout(300)
+            wide = tab.page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 390, (name, wide)
+    finally:
+        tab.close()
