@@ -11,6 +11,7 @@ API errors come back as the matching `SymphonyError`; network failures as `Unava
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -19,7 +20,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, NamedTuple
 
 from symphonyd.errors import Invalid, NotFound, SymphonyError, Unavailable, from_dict
@@ -358,26 +359,69 @@ def local_fingerprint(data_dir: str) -> str | None:
     return fingerprint_pem(pem)
 
 
+@functools.cache
+def _any_of_class() -> type:
+    import aiohttp
+
+    class AnyOf(aiohttp.Fingerprint):
+        """aiohttp's certificate pin, taking any of several SHA-256 fingerprints (a member
+        may serve the old or the new certificate while a rotation rolls)."""
+
+        def __init__(self, wanted: list[bytes]) -> None:
+            super().__init__(wanted[0])
+            self.wanted = frozenset(wanted)
+
+        def check(self, transport: Any) -> None:
+            if not transport.get_extra_info("sslcontext"):
+                return
+            der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            got = hashlib.sha256(der).digest()
+            if got not in self.wanted:
+                host, port, *_ = transport.get_extra_info("peername")
+                raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+
+    return AnyOf
+
+
+def certificate_pin(fingerprints: Sequence[str]) -> Any:
+    """What aiohttp's `ssl=` takes to accept a server showing any of `fingerprints`."""
+    try:
+        wanted = [bytes.fromhex(f.replace(":", "")) for f in fingerprints]
+    except ValueError:
+        raise Invalid("certificate fingerprint is not hex") from None
+    if not wanted or any(len(w) != 32 for w in wanted):
+        raise Invalid("a certificate fingerprint is 64 hex digits (SHA-256)")
+    return _any_of_class()(wanted)
+
+
 class NodeClient:
-    """asyncio client for one member's HTTPS API (node-to-node calls)."""
+    """asyncio client for one member's HTTPS API (node-to-node calls); `also`: other
+    fingerprints pinned besides `fingerprint`, while a rotation rolls."""
 
     def __init__(
-        self, addr: str, *, fingerprint: str, token: str | None = None, timeout: float = 15.0
+        self,
+        addr: str,
+        *,
+        fingerprint: str,
+        token: str | None = None,
+        timeout: float = 15.0,
+        also: Sequence[str] = (),
     ) -> None:
         self.host, self.port = parse_addr(addr)
         self.fingerprint = fingerprint
+        self.also = tuple(also)
         self.token = token
         self.timeout = timeout
+
+    def pin(self) -> Any:
+        return certificate_pin([self.fingerprint, *self.also])
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         import aiohttp  # here, not at the top: the CLI starts faster without it
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         url = f"https://{self.host}:{self.port}{path}"
-        try:
-            pin = aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
-        except ValueError:
-            raise Invalid("certificate fingerprint is not hex") from None
+        pin = self.pin()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             async with (
@@ -418,8 +462,10 @@ class MemberCaller:
         own: str,
         shared: str,
         registered: Callable[[], bool] = lambda: True,
+        also: Sequence[str] = (),
     ) -> None:
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint  # the certificate this node serves
+        self.also = list(also)  # pinned besides it while a certificate rotation rolls
         self.own = own
         self.shared = shared
         self.registered = registered
@@ -436,6 +482,7 @@ class MemberCaller:
             fingerprint=self.fingerprint,
             token=self.credential_for(member),
             timeout=timeout,
+            also=self.also,
         )
 
 
@@ -458,7 +505,7 @@ async def download(
     if offset:
         headers["Range"] = f"bytes={offset}-"
     url = f"https://{client.host}:{client.port}{path}"
-    pin = aiohttp.Fingerprint(bytes.fromhex(client.fingerprint))
+    pin = client.pin()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.timeout, sock_read=60)
     received = 0
     try:

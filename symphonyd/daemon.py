@@ -31,6 +31,7 @@ from aiohttp import web
 from symphonyd import __version__, metrics, systemd
 from symphonyd.api.connections import CONNECTIONS
 from symphonyd.block.service import BlockService
+from symphonyd.certificates import CertificateFiles
 from symphonyd.client import MemberCaller
 from symphonyd.compute.service import ComputeService
 from symphonyd.config import Settings
@@ -52,10 +53,9 @@ from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.node import RaftNode
 from symphonyd.redact import REDACTOR
-from symphonyd.rotation import SecretRoll
+from symphonyd.rotation import CertificateRoll, SecretRoll
 from symphonyd.security import (
     credential_sha256,
-    fingerprint_pem,
     new_node_credential,
     shared_node_credential,
 )
@@ -87,6 +87,8 @@ class Daemon:
         self.credential: str | None = None
         self.caller: MemberCaller | None = None
         self.secret_roll = SecretRoll(self)
+        self.certificate_roll = CertificateRoll(self)
+        self.tls_context: ssl.SSLContext | None = None  # the HTTPS API's, while it serves
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
@@ -155,13 +157,16 @@ class Daemon:
         self.keyring = Keyring.load(self.settings.data_dir)
         self.credential = self._read_credential()
         REDACTOR.add(self._secrets())  # never in a log line or an error
-        with open(self.settings.path("tls", "cert.pem"), "rb") as f:
-            self.fingerprint = fingerprint_pem(f.read())
+        certificates = CertificateFiles(self.settings.data_dir)
+        certificates.recover()
+        pins = certificates.pins()
+        self.fingerprint = pins[0]
         self.caller = MemberCaller(
             self.fingerprint,
             self.credential,
             shared_node_credential(self.keyring.current),
             registered=self._credential_registered,
+            also=pins[1:],
         )
         store = Store()
         node = RaftNode(
@@ -250,9 +255,8 @@ class Daemon:
     async def start_https(self) -> None:
         assert self._runner is not None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(
-            self.settings.path("tls", "cert.pem"), self.settings.path("tls", "key.pem")
-        )
+        CertificateFiles(self.settings.data_dir).load_into(context)
+        self.tls_context = context
         self._tcp_site = web.TCPSite(
             self._runner,
             self.settings.listen,
@@ -279,6 +283,7 @@ class Daemon:
         if tasks:  # agents wait for their blocking calls (a copy stops at its next chunk)
             await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
         site, self._tcp_site = self._tcp_site, None
+        self.tls_context = None
         if site is not None and self._runner is not None and site in self._runner.sites:
             await site.stop()
         if self.images is not None:

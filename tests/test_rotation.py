@@ -4,16 +4,20 @@ that left kept one that still answered pysyncobj's utility commands on the Raft 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pysyncobj.utility import TcpUtility, UtilityException
 
-from symphonyd.errors import Invalid
+from symphonyd.certificates import CertificateFiles, CertificatePair
+from symphonyd.client import Client
+from symphonyd.errors import Conflict, Invalid, Unavailable
 from symphonyd.keyring import Keyring
 from symphonyd.raft.wire import AeadEncryptor
-from symphonyd.security import new_secret
+from symphonyd.security import fingerprint_pem, make_certificate, new_secret
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 
@@ -104,3 +108,88 @@ def test_rotate_secret_rolls_out_without_an_election_and_shuts_the_old_secret_ou
     refused = n1.cli("cluster", "rotate-secret")
     assert refused.returncode != 0
     assert "n3 cannot be reached" in refused.stderr
+
+
+# -- the cluster certificate -------------------------------------------------------------
+
+
+def served_fingerprint(node: NodeProcess) -> str:
+    """The certificate a fresh TLS handshake with the node's API shows."""
+    pem = ssl.get_server_certificate(("127.0.0.1", node.api_port), timeout=5)
+    return fingerprint_pem(pem.encode())
+
+
+def test_certificate_files_roll_forward_and_recover_from_a_cut_switch(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    old_cert, old_key = make_certificate("c1")
+    (tls / "cert.pem").write_bytes(old_cert)
+    (tls / "key.pem").write_bytes(old_key)
+    files = CertificateFiles(str(tmp_path))
+    old = files.served()
+    pair = CertificatePair.parse(*(p.decode() for p in make_certificate("c1")))
+    with pytest.raises(Invalid, match="not the certificate's"):
+        CertificatePair.parse(pair.cert_pem.decode(), old_key.decode())
+    with pytest.raises(Conflict, match="accept it first"):
+        files.switch(pair.fingerprint)
+    files.accept(pair)
+    files.accept(pair)
+    assert files.pins() == [old, pair.fingerprint]
+    with pytest.raises(Conflict, match="switch first"):
+        files.retire(pair.fingerprint)
+    files.switch(pair.fingerprint)
+    files.switch(pair.fingerprint)
+    assert files.pins() == [pair.fingerprint, old]
+    assert (tls / "key.pem").read_bytes() == pair.key_pem
+    files.retire(pair.fingerprint)
+    assert files.pins() == [pair.fingerprint]
+
+    third = CertificatePair.parse(*(p.decode() for p in make_certificate("c1")))
+    files.accept(third)
+    os.replace(tls / "next-cert.pem", tls / "cert.pem")  # a crash between the two renames
+    files.recover()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    files.load_into(context)  # the key is the certificate's again
+    assert files.served() == third.fingerprint and not (tls / "next-key.pem").exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_rotate_certificate_rolls_out_and_members_keep_calling_each_other(
+    nodeset: NodeSet, tmp_path: Path
+) -> None:
+    n1, n2, n3 = nodeset.form(3)
+    old = served_fingerprint(n1)
+    token = nodeset.admin_token
+    assert token is not None
+    rotated = n2.cli("cluster", "rotate-certificate", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    result = json.loads(rotated.stdout)
+    new = result["fingerprint"]
+    assert result["members"] == ["n1", "n2", "n3"] and result["previous_fingerprint"] == old
+    assert new != old
+    for node in (n1, n2, n3):
+        assert served_fingerprint(node) == new
+        assert not (node.data_dir / "tls" / "pins").exists()
+        assert node.status()["fingerprint"] == new
+    with pytest.raises(Unavailable, match="does not match"):  # a client pinning the old one
+        Client(addr=f"https://127.0.0.1:{n1.api_port}", token=token, fingerprint=old).request(
+            "GET", "/v1/cluster"
+        )
+    # members still call each other: an image imported on n1 is fetched by another member
+    image = tmp_path / "small.img"
+    image.write_bytes(os.urandom(1024 * 1024))
+    made = n1.cli("image", "new", "after the roll", "small", str(image))
+    assert made.returncode == 0, made.stderr
+
+    def replicated() -> bool:
+        record = n1.client().request("GET", "/v1/images/small")
+        return len(record["holders"]) >= 2
+
+    wait_until(replicated, 30, "the image on a second member")
+    n3.stop()
+    n3.start()
+    assert served_fingerprint(n3) == new
+    n4 = nodeset.new("n4")  # a token made after the roll carries the new fingerprint
+    nodeset.join(n4, via=n1)
+    assert served_fingerprint(n4) == new

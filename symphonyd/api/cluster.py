@@ -120,9 +120,18 @@ async def secret_step(request: web.Request) -> web.Response:
     if not node_call(request):
         raise Forbidden("only the members' daemons take part in a rotation")
     body = await read_json(request, {"step", "secret"})
-    return json_response(
-        daemon_of(request).secret_roll.step(body.get("step", ""), body.get("secret"))
-    )
+    return json_response(daemon_of(request).secret_roll.step(body.get("step", ""), body))
+
+
+async def rotate_certificate(request: web.Request) -> web.Response:
+    return json_response(await daemon_of(request).certificate_roll.rotate())
+
+
+async def certificate_step(request: web.Request) -> web.Response:
+    if not node_call(request):
+        raise Forbidden("only the members' daemons take part in a rotation")
+    body = await read_json(request, {"step", "certificate", "key"})
+    return json_response(daemon_of(request).certificate_roll.step(body.get("step", ""), body))
 
 
 async def leave(request: web.Request) -> web.Response:
@@ -278,6 +287,37 @@ ROUTES = [
             "properties": {
                 "step": {"type": "string", "enum": ["accept", "switch", "retire"]},
                 "secret": {"type": "string"},
+            },
+        },
+        responses={200: "step done", 403: "not a member's daemon"},
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/rotate-certificate",
+        rotate_certificate,
+        "Give the cluster a new certificate, rolled out to every member without a failed call",
+        scope="admin",
+        responses={
+            200: "rotated on every member: the new fingerprint",
+            409: "a member is joining, or a rotation runs",
+            503: "a member cannot be reached (nothing changed, or run it again)",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/cluster/certificate",
+        certificate_step,
+        "One step of a rotation of the cluster certificate (called by the rotating member)",
+        node=True,
+        scope="admin",
+        body={
+            "type": "object",
+            "required": ["step", "certificate"],
+            "additionalProperties": False,
+            "properties": {
+                "step": {"type": "string", "enum": ["accept", "switch", "retire"]},
+                "certificate": {"type": "string"},
+                "key": {"type": "string"},
             },
         },
         responses={200: "step done", 403: "not a member's daemon"},

@@ -544,6 +544,30 @@ def cluster_rotate_secret(obj: Context, as_json: bool) -> None:
     )
 
 
+@cluster_group.command("rotate-certificate")
+@json_option
+@click.pass_obj
+def cluster_rotate_certificate(obj: Context, as_json: bool) -> None:
+    """Give the cluster a new TLS certificate and key, rolled out to every member with no
+    failed call between them; the old one is no longer accepted by members. Clients that
+    pass --fingerprint and join tokens made before need the new fingerprint (printed).
+    Every member must be up."""
+    result = obj.client(timeout=120).request("POST", "/v1/cluster/rotate-certificate")
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"Rotated the cluster certificate on {len(result['members'])} members "
+        f"({', '.join(result['members'])})."
+    )
+    click.echo(f"New certificate fingerprint: {result['fingerprint']}")
+    click.echo(
+        "Join tokens made before no longer work (make new ones); remote clients need "
+        "--fingerprint with the new value.",
+        err=True,
+    )
+
+
 node.add_command(_instances.node_evacuate)
 node.add_command(_instances.node_restore)
 
