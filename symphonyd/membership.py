@@ -384,6 +384,10 @@ class Membership:
             await self._become_member(reply, member, token.fingerprint, credential)
         caught_up = await self._wait_until_listed(60.0)
         if caught_up:
+            # The entries that listed us can come before our connections to a majority
+            # (each peer connects on its own retry timer): wait for those, so the write
+            # below does not take a new member's partial view for a lost quorum.
+            await self._wait_for_leader(20.0)
             await self.node.require_cluster().propose_ok(
                 Entry(
                     EntryType.NODE_UPDATE,

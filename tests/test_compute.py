@@ -59,6 +59,7 @@ def test_an_instance_is_made_runs_stops_and_goes(compute_node: NodeProcess, tmp_
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     (tmp_path / "id.pub").write_bytes(public + b" me@host\n")
+    before = n1.status()["revision"]
     made = run_json(
         n1, "instance", "create", "web", "--image", "boot", "--memory", "64M", "--disk", "16M",
         "--ssh-key", str(tmp_path / "id.pub"),
@@ -71,6 +72,10 @@ def test_an_instance_is_made_runs_stops_and_goes(compute_node: NodeProcess, tmp_
     )
     assert made["domain"] == {"vcpus": 1, "memory": 64 * MiB}
     assert "user_data" not in made and made["user_data_bytes"] > 0
+    # Nor does the event stream carry it (user-data may hold passwords).
+    changes = [c for _, c in n1.recorded_events(before, "instances", read_for=1.0)]
+    assert changes and all(c["record"] is None or "user_data" not in c["record"] for c in changes)
+    assert changes[0]["record"]["user_data_bytes"] == made["user_data_bytes"]
 
     # Its root volume, made from the image in the node's block pool.
     root = run_json(n1, "volume", "show", "web-root")

@@ -4,9 +4,10 @@ Each event is `id: <revision>`, `event: <table>.<op>` and `data: <change as JSON
 `?since=REV` (or the `Last-Event-ID` header) replays the changes after REV first; if that
 part of the history is gone (compacted, or the node restarted from a snapshot) the answer
 is 410 and the client must re-read the state it needs. `?table=` filters by table;
-changes of the tokens table reach admin tokens only. A comment line is sent every 15 s so
-proxies keep the stream open (`?keepalive=1s` for sooner: a client drawing the progress of
-long work, which is not in the log, re-reads the record on each).
+changes of the tokens table reach admin tokens only; secret hashes and instance user-data
+are left out of records (an instance shows `user_data_bytes`). A comment line is sent
+every 15 s so proxies keep the stream open (`?keepalive=1s` for sooner: a client drawing
+the progress of long work, which is not in the log, re-reads the record on each).
 """
 
 from __future__ import annotations
@@ -26,15 +27,27 @@ KEEPALIVE = 15.0
 MIN_KEEPALIVE = 0.5  # `?keepalive=1s`: a client re-reading progress on each keep-alive
 
 
-# What of a record never leaves in an event: the hashes of token and node secrets.
-HIDDEN = {"tokens": "secret_sha256", "nodes": "credential_sha256"}
+# What of a record never leaves in an event: the hashes of token and node secrets, and an
+# instance's cloud-init user-data (it may hold passwords; the instance API shows its size).
+HIDDEN = {
+    "tokens": ("secret_sha256",),
+    "nodes": ("credential_sha256",),
+    "instances": ("user_data",),
+}
+
+
+def _visible(table: str, record: dict[str, object]) -> dict[str, object]:
+    hidden = HIDDEN.get(table, ())
+    visible = {k: v for k, v in record.items() if k not in hidden}
+    if table == "instances" and "user_data" in record:
+        visible["user_data_bytes"] = len(str(record["user_data"] or "").encode())
+    return visible
 
 
 def _format(change: Change) -> bytes:
     body = change.to_dict()
-    hidden = HIDDEN.get(change.table)
-    if hidden and body["record"]:
-        body["record"] = {k: v for k, v in body["record"].items() if k != hidden}
+    if body["record"]:
+        body["record"] = _visible(change.table, body["record"])
     data = json.dumps(jsonable(body))
     return f"id: {change.revision}\nevent: {change.table}.{change.op}\ndata: {data}\n\n".encode()
 
