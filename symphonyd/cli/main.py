@@ -381,6 +381,10 @@ def node_remove(obj: Context, name: str, force: bool, as_json: bool) -> None:
         print_json(result)
         return
     click.echo(f"Removed node {result['removed']}.")
+    click.echo(
+        "Its data dir still holds the cluster secret: run `symphonyd cluster rotate-secret` "
+        "if the host is not trusted any more."
+    )
 
 
 @main.group()

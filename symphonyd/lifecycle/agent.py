@@ -56,6 +56,8 @@ from symphonyd.state import cluster as cluster_config
 from symphonyd.state import lifecycles, nodes
 from symphonyd.state.lookup import resolve_one
 
+RESUME_WAIT = 30.0  # seconds a resume waits for the steps still running elsewhere
+
 log = logging.getLogger("symphonyd.lifecycle")
 
 
@@ -336,7 +338,7 @@ class LifecycleService:
         return {**(await self.create("deploy", plan, simulate=simulate)), "outcome": "created"}
 
     async def resume(self, deployment_id: str) -> dict[str, Any]:
-        record = self.find(deployment_id)
+        record = await self._settled(self.find(deployment_id)["id"])
         if record["status"] != "failed":
             raise Conflict(f"deployment {record['id']} is {record['status']}, not failed")
         steps = [
@@ -350,6 +352,32 @@ class LifecycleService:
             )
         )
         return dict(result["deployment"])
+
+    async def _settled(self, deployment_id: str) -> dict[str, Any]:
+        """The deployment once none of its steps runs any more, read after a barrier.
+
+        A failed deployment may still have steps running on other nodes (they finish
+        and record what they did). Resuming from a copy read before they finish would
+        put them back as they were, and run again what already happened. A step on a
+        node that cannot be reached is not waited for (it stays running, as it was)."""
+        await self.cluster.barrier()
+        deadline = time.monotonic() + RESUME_WAIT
+        while True:
+            record = self.find(deployment_id)
+            reachable = scheduler.reachable_nodes(self.cluster, self.node)
+            running = [
+                s for s in record["steps"] if s["status"] == "running" and s["node"] in reachable
+            ]
+            if not running:
+                return record
+            if time.monotonic() > deadline:
+                step = running[0]
+                raise Conflict(
+                    f"step {step['index']} of deployment {record['id']} is still running on "
+                    f"{step['node']}: resume once it finished"
+                )
+            seen = self.cluster.store.revision
+            await self.cluster.wait_for_revision(seen, 1.0)
 
     async def undo(self, deployment_id: str) -> dict[str, Any]:
         record = self.find(deployment_id)
