@@ -29,6 +29,9 @@ DEFAULT_DATA_DIR = "/var/lib/symphonyd"
 DEFAULT_API_PORT = 15760
 DEFAULT_RAFT_PORT = 15761
 API_DEFAULTS = {"header_timeout": 10.0, "max_connections": 512}  # [api] (api/connections.py)
+# [store]: what the replicated store may weigh before new data is refused, and what of its
+# Raft log and change history this node holds in RAM (see docs/configuration.md).
+STORE_DEFAULTS = {"quota": 2 << 30, "log_max_bytes": 256 << 20, "history_max_bytes": 64 << 20}
 
 
 def default_data_dir() -> str:
@@ -77,6 +80,8 @@ class Settings:
     lifecycle_user: str = "auto"
     # Limits of the API's connections: {header_timeout (s), max_connections}.
     api: dict[str, Any] = field(default_factory=dict)
+    # Bounds of the store in bytes: {quota, log_max_bytes, history_max_bytes}.
+    store: dict[str, Any] = field(default_factory=dict)
 
     @property
     def listen(self) -> str:
@@ -159,8 +164,32 @@ def validate(settings: Settings) -> None:
 
     run_as_user(settings.lifecycle_user)
     _check_api(settings.api)
+    settings.store = _check_store(settings.store)
     if not settings.address or any(c.isspace() for c in settings.address):
         raise Invalid(f"invalid address {settings.address!r}")
+
+
+def _check_store(store: object) -> dict[str, int]:
+    """[store] with every bound filled in, in bytes ("2G", "256M" or a number of bytes)."""
+    from symphonyd.validation import parse_size
+
+    if not isinstance(store, dict):
+        raise Invalid("store must be a table: [store] quota = ..., log_max_bytes = ...")
+    unknown = sorted(set(store) - set(STORE_DEFAULTS))
+    if unknown:
+        raise Invalid(
+            f"[store]: unknown settings: {', '.join(unknown)} ({', '.join(STORE_DEFAULTS)})"
+        )
+    bounds = {}
+    for name, default in STORE_DEFAULTS.items():
+        value = store.get(name, default)
+        try:
+            bounds[name] = parse_size(value)
+        except Invalid as exc:
+            raise Invalid(f"[store] {name}: {exc}") from None
+        if bounds[name] < 1 << 20:
+            raise Invalid(f"[store] {name} must be at least 1M, not {value!r}")
+    return bounds
 
 
 def _check_api(api: object) -> None:

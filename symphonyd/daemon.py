@@ -34,7 +34,7 @@ from symphonyd.block.service import BlockService
 from symphonyd.certificates import CertificateFiles
 from symphonyd.client import MemberCaller
 from symphonyd.compute.service import ComputeService
-from symphonyd.config import Settings
+from symphonyd.config import STORE_DEFAULTS, Settings
 from symphonyd.departed import remove_departed
 from symphonyd.durable import write_file_durably
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
@@ -168,7 +168,9 @@ class Daemon:
             registered=self._credential_registered,
             also=pins[1:],
         )
+        bounds = {**STORE_DEFAULTS, **self.settings.store}
         store = Store()
+        store.history_max_bytes = bounds["history_max_bytes"]
         node = RaftNode(
             self_addr=self.settings.raft_addr,
             peers=[p for p in peers if p != self.settings.raft_addr],
@@ -178,9 +180,11 @@ class Daemon:
             fsm=FSM(store),
             bind_addr=f"{self.settings.listen}:{self.settings.raft_port}",
             tuning=self.settings.raft,
+            log_max_bytes=bounds["log_max_bytes"],
         )
         node.start()
         self.cluster = Cluster(node, store, asyncio.get_running_loop())
+        self.cluster.quota_bytes = bounds["quota"]
         metrics.watch_raft(lambda: self.cluster.status() if self.cluster else None)
         self.images = ImageService(
             self.cluster,

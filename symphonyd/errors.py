@@ -7,6 +7,7 @@
      +-- NotFound                 404 not_found
      +-- Conflict                 409 conflict       state does not allow it (taken, used, stale)
      +-- TooLarge                 413 too_large
+     +-- QuotaExceeded            507 quota_exceeded  the store is full: reads and deletes work
      +-- Gone                     410 gone           history compacted (old ?since)
      +-- NotInitialized           409 not_initialized  the node is not part of a cluster yet
      +-- NoQuorum                 503 no_quorum      no leader reachable: refused, nothing written
@@ -75,6 +76,11 @@ class TooLarge(SymphonyError):
     code = "too_large"
 
 
+class QuotaExceeded(SymphonyError):
+    http_status = 507
+    code = "quota_exceeded"
+
+
 class NotInitialized(SymphonyError):
     http_status = 409
     code = "not_initialized"
@@ -113,6 +119,7 @@ _BY_CODE: dict[str, type[SymphonyError]] = {
         Conflict,
         Gone,
         TooLarge,
+        QuotaExceeded,
         NotInitialized,
         NoQuorum,
         Unavailable,

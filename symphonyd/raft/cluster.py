@@ -31,6 +31,7 @@ from symphonyd.errors import (
     Invalid,
     NoQuorum,
     NotFound,
+    QuotaExceeded,
     SymphonyError,
     Unauthorized,
     Unavailable,
@@ -55,6 +56,9 @@ _UNKNOWN_OUTCOME = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
 _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 MAX_IN_FLIGHT = 4096
+# Entries that bring new data into the store: refused once it is past its quota.
+GROWING = frozenset({EntryType.KV_PUT} | {t for t in EntryType if t.name.endswith("_CREATE")})
+DEFAULT_QUOTA = 2 << 30
 QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
@@ -92,6 +96,7 @@ class Cluster:
         self._in_flight_futures: set[asyncio.Future[Any]] = set()
         self._quorum_watch: asyncio.Task[None] | None = None
         self._unsubscribe = store.subscribe(self._on_changes)
+        self.quota_bytes = DEFAULT_QUOTA  # [store] quota: new data refused past it
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -105,6 +110,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         self.require_schema(entry.type)
         data = entry.encode()
+        self._check_quota(entry.type, len(data))
         async with self._in_flight:
             while True:
                 if not self.has_leader():
@@ -141,6 +147,21 @@ class Cluster:
                     "the leader changed while it was in flight; it may still be applied "
                     "(check before retrying)"
                 )
+
+    def _check_quota(self, entry_type: int, size: int) -> None:
+        """Refuse new data (a KV write, a new record) that would take the store past its
+        quota, as etcd's space quota does; updates, deletes and reads still work, so an
+        operator can make room. Checked on the node that takes the request, against its
+        copy of the store: a burst may pass it by a few entries, never by much."""
+        if entry_type not in GROWING:
+            return
+        held = self.store.bytes
+        if held + size > self.quota_bytes:
+            raise QuotaExceeded(
+                f"the store is full: it holds {held >> 20} MiB of its "
+                f"{self.quota_bytes >> 20} MiB quota; delete keys or records to make room, "
+                "or raise [store] quota on every node"
+            )
 
     def require_schema(self, entry_type: int) -> None:
         """Refuse, before anything is written, what some member could not apply."""

@@ -55,6 +55,7 @@ class DurableJournal(Journal):
         self.meta_path = os.path.join(directory, "journal.meta")
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
+        self.held_bytes = 0  # the commands held in RAM (what a snapshot lets go)
         self._dirty = False
         self._lock = threading.Lock()
         self.sync_count = 0
@@ -101,6 +102,7 @@ class DurableJournal(Journal):
             if zlib.crc32(struct.pack("<QQ", idx, term) + command) != crc:
                 break
             self._entries.append((command, idx, term))
+            self.held_bytes += len(command)
             self._offsets.append(pos)
             pos = end
         if pos != len(data):
@@ -141,6 +143,7 @@ class DurableJournal(Journal):
         os.pwrite(self._fd, record, self._end)
         self._offsets.append(self._end)
         self._entries.append((command, idx, term))
+        self.held_bytes += len(command)
         self._end += len(record)
         self._dirty = True
         self._unsynced_adds += 1
@@ -148,12 +151,14 @@ class DurableJournal(Journal):
     def clear(self) -> None:
         self._entries = []
         self._offsets = []
+        self.held_bytes = 0
         self._truncate_file(len(MAGIC))
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         end = self._offsets[entryFrom]
+        self.held_bytes -= sum(len(e[0]) for e in self._entries[entryFrom:])
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
         self._truncate_file(end)
@@ -186,6 +191,7 @@ class DurableJournal(Journal):
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR)
         self._entries = list(keep)
+        self.held_bytes = sum(len(e[0]) for e in keep)
         self._offsets = offsets
         self._end = pos
         self._dirty = False

@@ -123,6 +123,8 @@ check_pysyncobj(_syncobj_module)
 guard.install()  # the Raft port's bound before authentication (raft/guard.py)
 
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+LOG_MAX_BYTES = 256 << 20  # the Raft log held in RAM before a snapshot is forced
+COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 Callback = Callable[[Any, int], None]
 
 
@@ -175,8 +177,11 @@ class RaftNode(SyncObj):
         accepts: Sequence[str] = (),
         bind_addr: str | None = None,
         tuning: dict[str, Any] | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
     ) -> None:
         self.fsm = fsm
+        self.log_max_bytes = log_max_bytes
+        self._compaction_asked = 0.0
         self.raft_dir = raft_dir
         os.makedirs(raft_dir, mode=0o700, exist_ok=True)
         self.journal = DurableJournal(raft_dir)
@@ -286,6 +291,23 @@ class RaftNode(SyncObj):
     def _sync_and_release(self) -> None:
         self.journal.sync()
         self.transport.release_held()
+        self._compact_when_heavy()
+
+    def _compact_when_heavy(self) -> None:
+        """pysyncobj compacts by entry count and age only: 20,000 entries of 512 KiB
+        would be 10 GB in RAM first. Past `log_max_bytes` held, ask for a snapshot now
+        (again after COMPACTION_RETRY if the log is still heavy: one may be running)."""
+        if self.journal.held_bytes <= self.log_max_bytes:
+            return
+        now = time.monotonic()
+        if now - self._compaction_asked >= COMPACTION_RETRY:
+            self._compaction_asked = now
+            log.info(
+                "raft log holds %d MiB (over %d MiB): compacting",
+                self.journal.held_bytes >> 20,
+                self.log_max_bytes >> 20,
+            )
+            self.forceLogCompaction()
 
     def _on_state_changed(self, old: int, new: int) -> None:
         role = RAFT_STATES.get(new, str(new))

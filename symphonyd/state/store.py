@@ -28,6 +28,22 @@ Record = dict[str, Any]
 Listener = Callable[[list["Change"]], None]
 
 HISTORY_LIMIT = 20_000
+# The history is bounded by bytes too: 20,000 changes of 512 KiB values would hold 10 GB.
+HISTORY_MAX_BYTES = 64 << 20
+
+
+def record_bytes(record: Record | None) -> int:
+    """About what a record weighs: its key-sized overhead plus its text and byte fields
+    (a KV value, a catalog, a step log). Deterministic; used for bounds, not billing."""
+    if record is None:
+        return 0
+    size = 64
+    for value in record.values():
+        if isinstance(value, (bytes, str)):
+            size += len(value)
+        elif isinstance(value, (dict, list)):
+            size += 64 * len(value)
+    return size
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,7 @@ class Table:
     name: str
     records: dict[str, Record] = field(default_factory=dict)
     _keys: list[str] = field(default_factory=list)
+    bytes: int = 0  # record_bytes of every record held
 
     def get(self, key: str) -> Record | None:
         return self.records.get(key)
@@ -75,8 +92,10 @@ class Table:
             yield key
 
     def _put(self, key: str, record: Record) -> None:
-        if key not in self.records:
+        old = self.records.get(key)
+        if old is None:
             bisect.insort(self._keys, key)
+        self.bytes += record_bytes(record) - record_bytes(old) + (0 if old else len(key))
         self.records[key] = record
 
     def _delete(self, key: str) -> Record | None:
@@ -84,6 +103,7 @@ class Table:
         if record is not None:
             i = bisect.bisect_left(self._keys, key)
             del self._keys[i]
+            self.bytes -= record_bytes(record) + len(key)
         return record
 
 
@@ -110,6 +130,8 @@ class Store:
         self.revision = 0
         self.tables: dict[str, Table] = {name: Table(name) for name in self.TABLES}
         self.history: deque[Change] = deque()
+        self.history_bytes = 0
+        self.history_max_bytes = HISTORY_MAX_BYTES
         self._listeners: list[Listener] = []
         self._pending: list[Change] = []
         self._undo: list[tuple[str, str, Record | None]] = []
@@ -127,6 +149,11 @@ class Store:
 
     def get(self, table: str, key: str) -> Record | None:
         return self.tables[table].get(key)
+
+    @property
+    def bytes(self) -> int:
+        """About what the records of every table weigh (`record_bytes`)."""
+        return sum(table.bytes for table in self.tables.values())
 
     def changes_since(self, revision: int) -> list[Change] | None:
         """Changes after `revision`, or None when that part of the history is gone."""
@@ -175,10 +202,14 @@ class Store:
         self._undo = []
         self.revision = changes[0].revision
         self.history.extend(changes)
-        while len(self.history) > HISTORY_LIMIT:  # drop whole revisions, never half of one
+        self.history_bytes += sum(record_bytes(c.record) for c in changes)
+        # Drop whole revisions, never half of one; the newest entry always stays.
+        while len(self.history) > len(changes) and (
+            len(self.history) > HISTORY_LIMIT or self.history_bytes > self.history_max_bytes
+        ):
             oldest = self.history[0].revision
             while self.history and self.history[0].revision == oldest:
-                self.history.popleft()
+                self.history_bytes -= record_bytes(self.history.popleft().record)
         for listener in list(self._listeners):
             try:
                 listener(changes)
@@ -232,6 +263,7 @@ class Store:
         self.indexes = {}
         self.index_floor = self.revision
         self.history.clear()
+        self.history_bytes = 0
         self._pending = []
         self._undo = []
         reset = [Change(self.revision, "*", "", "reset", None)]
