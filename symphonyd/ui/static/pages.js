@@ -4,6 +4,7 @@
 // token (the API would refuse the call anyway).
 import { api, upload, session } from "./api.js";
 import { h, table, bytes, badge, empty, field } from "./dom.js";
+import { stateGraph } from "./graph.js";
 
 function change(label, onclick, cls = "") {
   const reader = session.reader;
@@ -177,12 +178,15 @@ const volumesPage = {
     };
     return {
       async refresh() {
-        const { volumes } = await api("GET", "/v1/volumes");
+        const [{ volumes }, { instances }] = await Promise.all([api("GET", "/v1/volumes"), api("GET", "/v1/instances")]);
         if (!volumes.length) { view.replaceChildren(empty("no volumes yet: create one")); return; }
-        view.replaceChildren(table(["name", "status", "node", "size", "snapshots", ""],
+        const users = (volume) => instances.filter((i) => (i.volumes || []).includes(volume.id)).map((i) => i.name);
+        const rootOf = (volume) => instances.filter((i) => i.root_volume_id === volume.id).map((i) => `${i.name} (root disk)`);
+        view.replaceChildren(table(["name", "status", "node", "size", "snapshots", "attached to", ""],
           volumes.map((x) => h("tr", { "data-volume": x.name },
-            h("td", {}, x.name), h("td", {}, status(x.status), " ", x.status_message),
-            h("td", {}, x.node || ""), h("td", {}, bytes(x.size)), h("td", {}, (x.snapshots || []).join(", ")),
+            h("td", {}, x.name), h("td", { class: "status" }, status(x.status), " ", x.status_message),
+            h("td", {}, x.node || ""), h("td", { class: "size" }, bytes(x.size)), h("td", { class: "snapshots" }, (x.snapshots || []).join(", ")),
+            h("td", { class: "attached" }, [...rootOf(x), ...users(x)].join(", ")),
             h("td", {},
               change("Resize", () => ask(`Resize ${x.name}`, [field("new size", input("size", { required: true }))], "Resize",
                 (d) => api("POST", `/v1/volumes/${x.id}/resize`, { size: d.get("size") }))),
@@ -190,7 +194,7 @@ const volumesPage = {
                 (d) => api("POST", `/v1/volumes/${x.id}/snapshot`, { name: d.get("snap") }))),
               change("Attach", () => ask(`Attach ${x.name}`, [field("instance", input("instance", { required: true }))], "Attach",
                 (d) => api("POST", `/v1/volumes/${x.id}/attach`, { instance: d.get("instance") }))),
-              change("Detach", () => api("POST", `/v1/volumes/${x.id}/detach`, {})),
+              users(x).length ? change("Detach", () => api("POST", `/v1/volumes/${x.id}/detach`, { instance: users(x)[0] })) : "",
               change("Remove", () => api("DELETE", `/v1/volumes/${x.id}`), "danger"))))));
       },
     };
@@ -274,7 +278,10 @@ const deploymentsPage = {
     if (id) return deploymentDetail(container, id);
     const questions = h("div", { id: "questions" });
     let plan = null;
-    const answers = () => Object.fromEntries([...questions.querySelectorAll("input")].map((el) => [el.name, el.value]));
+    // A secret left empty is not sent: the plan keeps its suggested value, which the API
+    // shows masked and the page never puts in a field.
+    const answers = () => Object.fromEntries([...questions.querySelectorAll("input, select")]
+      .filter((el) => !(el.type === "password" && el.value === "")).map((el) => [el.name, el.value]));
     const start = form("Start a deployment", [
       field("xpath", input("xpath", { required: true, placeholder: "WebSite//start" })),
       field("node (optional)", input("node")),
@@ -284,10 +291,29 @@ const deploymentsPage = {
     });
     const drawQuestions = (data, errors = {}) => {
       const asked = plan.questions.filter((q) => !q.derived);
-      const fields = asked.map((q) => h("label", {}, `${q.label} `, h("small", {}, q.id),
-        h("input", { name: q.id, value: q.answered && q.value !== null ? q.value : q.suggestion ?? "", "aria-label": q.id }),
+      const given = (q) => q.answered && q.value !== null ? q.value : q.suggestion ?? "";
+      const control = (q) => {
+        if (q.secret) {
+          const kept = q.suggestion !== null || (q.answered && q.value !== null);
+          return h("input", { name: q.id, type: "password", autocomplete: "new-password", "aria-label": q.id,
+            placeholder: kept ? "(leave empty to keep the suggested value)" : "" });
+        }
+        if (q.choices && q.choices.length) {
+          const el = select(q.id, q.choices.map((c) => [String(c), String(c)]), { "aria-label": q.id });
+          el.value = String(given(q));
+          return el;
+        }
+        return h("input", { name: q.id, value: given(q), "aria-label": q.id });
+      };
+      const ask = (q) => h("label", {}, `${q.label} `, h("small", {}, q.id), control(q),
         h("span", { class: "field-error", "data-for": q.id }, errors[q.id] || ""),
-        q.help ? h("small", {}, q.help) : ""));
+        q.help ? h("small", {}, q.help) : "");
+      const expert = asked.filter((q) => q.expert);
+      const fields = asked.filter((q) => !q.expert).map(ask);
+      if (expert.length) {
+        fields.push(h("details", { open: expert.some((q) => errors[q.id]) },
+          h("summary", {}, `expert questions (${expert.length})`), ...expert.map(ask)));
+      }
       questions.replaceChildren(form(`Answer ${plan.target}`, [
         h("p", {}, `${plan.steps.length} steps on ${[...new Set(plan.steps.map((s) => s.node))].join(", ")}`),
         ...fields,
@@ -334,6 +360,64 @@ function deploymentDetail(container, id) {
   };
 }
 
+// -- lifecycles ------------------------------------------------------------------------------
+
+// #/lifecycles[/NODE[/LIFECYCLE]]: a node chosen from the members (the answering node at
+// first), its lifecycles, and one lifecycle's state graph with a "go to" form per state.
+const lifecyclesPage = {
+  tables: ["lifecycles", "deployments", "nodes"],
+  mount(container, [node, name]) {
+    if (node && name) return lifecycleDetail(container, node, name);
+    const nodes = select("node", [], { "aria-label": "node", onchange: (e) => { location.hash = `#/lifecycles/${path(e.target.value)}`; } });
+    const view = frame(container, node ? `Lifecycles on ${node}` : "Lifecycles", [h("p", { class: "inline" }, field("node", nodes))]);
+    return {
+      async refresh() {
+        const c = await api("GET", "/v1/cluster");
+        const chosen = node || c.node;
+        nodes.replaceChildren(...c.members.map((m) => h("option", { value: m.name }, m.name)));
+        nodes.value = chosen;
+        const { lifecycles, broken, published } = await api("GET", `/v1/nodes/${path(chosen)}/lifecycles`);
+        const problems = Object.entries(broken || {}).map(([module, why]) => h("p", { class: "error" }, `${module}: ${why}`));
+        if (!lifecycles.length) {
+          view.replaceChildren(empty(published ? `no lifecycles loaded on ${chosen}` : `${chosen} has not published its lifecycles yet`), ...problems);
+          return;
+        }
+        view.replaceChildren(table(["lifecycle", "state", "applied", "origin"],
+          lifecycles.map((x) => h("tr", { "data-lifecycle": x.name },
+            h("td", {}, h("a", { href: `#/lifecycles/${path(chosen)}/${path(x.name)}` }, x.name)),
+            h("td", { class: "state" }, x.state ?? ""), h("td", {}, x.applied.join(" → ")), h("td", { class: "mono" }, x.origin)))),
+        ...problems);
+      },
+    };
+  },
+};
+
+function lifecycleDetail(container, node, name) {
+  const graph = h("div", { class: "graph", id: "state-graph" });
+  const made = h("p", { id: "goto-result", role: "status" });
+  const view = frame(container, `${name} on ${node}`, [
+    h("p", {}, h("a", { href: `#/lifecycles/${path(node)}` }, `← lifecycles on ${node}`)), graph, made]);
+  const goTo = (state) => form(`Go to ${state}`, [], `Go to ${state}`, async () => {
+    const record = await api("POST", `/v1/nodes/${path(node)}/lifecycles/${path(name)}/goto`, { state });
+    made.replaceChildren(`going to ${state}: `, h("a", { href: `#/deployments/${record.id}` }, `deployment ${record.id.slice(0, 8)}`),
+      " ", status(record.status));
+  });
+  return {
+    async refresh() {
+      const x = await api("GET", `/v1/nodes/${path(node)}/lifecycles/${path(name)}`);
+      graph.replaceChildren(stateGraph({ name, states: x.states, transitions: x.transitions,
+        initial: x.initial_state, applied: x.applied, current: x.state }));
+      view.replaceChildren(
+        h("p", {}, x.help),
+        table(["state", "", "provides", ""], x.states.map((s) => h("tr", { "data-state": s.name, class: s.name === x.state ? "current" : "" },
+          h("td", {}, s.label !== s.name ? `${s.label} (${s.name})` : s.name),
+          h("td", {}, s.name === x.state ? badge("current", true) : x.applied.includes(s.name) ? badge("applied") : ""),
+          h("td", {}, s.provides.map((p) => p.name).join(", ")),
+          h("td", {}, s.name === x.state ? "" : goTo(s.name))))));
+    },
+  };
+}
+
 // -- KV --------------------------------------------------------------------------------------
 
 const kvPage = {
@@ -371,5 +455,5 @@ const kvPage = {
 
 export const PAGES = {
   "": overview, nodes: nodesPage, services: servicesPage, images: imagesPage, volumes: volumesPage,
-  instances: instancesPage, deployments: deploymentsPage, kv: kvPage,
+  instances: instancesPage, lifecycles: lifecyclesPage, deployments: deploymentsPage, kv: kvPage,
 };
