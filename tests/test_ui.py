@@ -263,7 +263,7 @@ def test_a_node_killed_with_kill_9_shows_unreachable_without_a_reload(
 
 
 def test_an_image_uploaded_and_an_instance_run_and_stopped(
-    cluster: NodeSet, tab: Page, tmp_path: Path
+    browser: Any, cluster: NodeSet, tab: Page, tmp_path: Path
 ) -> None:
     n1 = cluster.nodes[0]
     disk = tmp_path / "boot.raw"
@@ -279,6 +279,22 @@ def test_an_image_uploaded_and_an_instance_run_and_stopped(
     image = n1.client().request("GET", "/v1/images/boot")
     assert image["status"] == "ready" and image["size"] == disk.stat().st_size
     tab.shot("images")
+    tab.page.locator("tr[data-image=boot]").get_by_role("button", name="Verify").click()
+    tab.page.locator("#image-result", has_text="boot: the copy on n1 is intact").wait_for()
+    # a tab on n2, which holds no copy (min_replicas 1): verify finds none, fetch makes one
+    other = Page(browser, cluster.nodes[1])
+    try:
+        other.sign_in(admin(cluster))
+        other.page.get_by_role("link", name="Images").click()
+        boot = other.page.locator("tr[data-image=boot]")
+        boot.get_by_role("button", name="Verify").click()
+        other.page.locator("#image-result", has_text="boot: n2 holds no copy to check").wait_for()
+        boot.get_by_role("button", name="Fetch here").click()
+        other.page.locator("#image-result", has_text="a verified copy is held on").wait_for()
+        assert "n2" in other.page.locator("#image-result").inner_text()
+        assert "n2" in n1.client().request("GET", "/v1/images/boot")["holders"]
+    finally:
+        other.close()
 
     tab.page.get_by_role("link", name="Instances").click()
     tab.page.get_by_label("name", exact=True).fill("web")
@@ -292,6 +308,23 @@ def test_an_image_uploaded_and_an_instance_run_and_stopped(
     row.get_by_role("button", name="Stop").click()
     row.locator(".status", has_text="stopped").wait_for(timeout=30_000)  # live, no reload
     assert n1.client().request("GET", "/v1/instances/web")["status"] == "stopped"
+    row.get_by_role("button", name="Resize").click()
+    resize = tab.page.get_by_role("form", name="Resize web")
+    assert resize.get_by_label("new memory").input_value() == "64M"
+    resize.get_by_label("new cpus").fill("2")
+    resize.get_by_label("new memory").fill("96M")
+    resize.get_by_role("button", name="Resize").click()
+    resize.wait_for(state="detached")
+    resized = n1.client().request("GET", "/v1/instances/web")
+    assert (resized["cpus"], resized["memory"]) == (2, 96 * 1024 * 1024)
+    row.get_by_role("button", name="Move", exact=True).click()
+    move = tab.page.get_by_role("form", name="Move web")
+    move.get_by_label("to node (empty: the best)").fill("n2")  # n2 runs no compute service
+    move.get_by_role("button", name="Move", exact=True).click()
+    alert = tab.page.get_by_role("alert")
+    alert.filter(has_text="n2").wait_for()
+    assert "409" not in alert.inner_text()  # the API's message, not a status code
+    assert n1.client().request("GET", "/v1/instances/web")["node"] == "n1"
     row.get_by_role("link", name="web").click()
     tab.page.locator("#console").wait_for()
     tab.page.get_by_role("link", name="Instances").click()
@@ -312,7 +345,7 @@ def test_a_deployment_from_its_form(cluster: NodeSet, tab: Page) -> None:
     tab.page.get_by_role("button", name="Deploy").click()
     beside = tab.page.locator('[data-for="/n1/WebServer/Configured/enter/port"]')
     beside.get_by_text("between 1 and 65535").wait_for()
-    tab.page.get_by_label("/n1/WebServer/Configured/enter/port").fill("18765")
+    tab.page.get_by_label("/n1/WebServer/Configured/enter/port").fill(str(free_port()))
     tab.page.get_by_role("button", name="Deploy").click()
     tab.page.locator("#deployment-status", has_text="done").wait_for(timeout=60_000)
     assert tab.page.locator("tr[data-step]").count() >= 4
@@ -482,6 +515,25 @@ def test_a_volume_resized_snapshotted_attached_and_detached(
     )
     row.get_by_role("button", name="Remove").click()
     row.wait_for(state="detached", timeout=30_000)
+
+
+def test_a_node_evacuated_then_restored(cluster: NodeSet, tab: Page) -> None:
+    n1 = cluster.nodes[0]
+
+    def cordoned() -> list[str]:
+        members = n1.client().request("GET", "/v1/cluster")["members"]
+        return [m["name"] for m in members if m["cordoned"]]
+
+    tab.sign_in(admin(cluster))
+    tab.page.get_by_role("link", name="Nodes").click()
+    n3 = tab.page.locator("section[data-node=n3]")
+    n3.get_by_role("button", name="Evacuate").click()
+    n3.locator(".badge", has_text="cordoned").wait_for()
+    assert cordoned() == ["n3"]
+    n3.get_by_role("button", name="Restore").click()
+    n3.get_by_role("button", name="Evacuate").wait_for()
+    assert n3.locator(".badge", has_text="cordoned").count() == 0
+    assert cordoned() == []
 
 
 def test_kv_edit_is_cas_safe(cluster: NodeSet, tab: Page) -> None:

@@ -41,6 +41,11 @@ function form(legend, fields, submitLabel, onsubmit) {
   return el;
 }
 
+// A form for one row's action in `panel` (one at a time), gone once the call is made.
+const asker = (panel) => (title, fields, label, send) => {
+  panel.replaceChildren(form(title, [h("strong", {}, title), ...fields], label, async (data) => { await send(data); panel.replaceChildren(); }));
+};
+
 const input = (name, attrs = {}) => h("input", { name, id: `f-${name}`, ...attrs });
 const select = (name, options, attrs = {}) =>
   h("select", { name, ...attrs }, options.map(([value, label]) => h("option", { value }, label)));
@@ -143,7 +148,19 @@ const imagesPage = {
       await upload(`/v1/images?${query}`, file, (done, total) => { bar.value = Math.round((100 * done) / total); });
       bar.value = 100; el.reset();
     });
-    const view = frame(container, "Images", [add]);
+    const checked = h("p", { id: "image-result", role: "status" });
+    const view = frame(container, "Images", [add, checked]);
+    const here = async (x, verb) => {
+      if (verb === "fetch") {
+        const held = await api("POST", `/v1/images/${x.id}/fetch`);
+        checked.textContent = `${x.name}: a verified copy is held on ${(held.holders || []).join(", ")}`;
+        return;
+      }
+      const { node, checked: found } = await api("POST", `/v1/images/${x.id}/verify`);
+      checked.textContent = !found.length ? `${x.name}: ${node} holds no copy to check`
+        : found.every((c) => c.intact) ? `${x.name}: the copy on ${node} is intact`
+          : `${x.name}: the copy on ${node} was corrupted and is removed; it is fetched again from another holder`;
+    };
     return {
       async refresh() {
         const { images } = await api("GET", "/v1/images");
@@ -153,7 +170,9 @@ const imagesPage = {
             h("td", {}, x.name, h("br"), h("small", {}, x.description)), h("td", { class: "status" }, status(x.status), " ", x.status_message),
             h("td", {}, x.format), h("td", {}, bytes(x.size)), h("td", { class: "mono" }, (x.fingerprint || "").slice(0, 16)),
             h("td", {}, (x.holders || []).join(", ")),
-            h("td", {}, change("Remove", () => api("DELETE", `/v1/images/${x.id}`), "danger"))))));
+            h("td", {},
+              change("Fetch here", () => here(x, "fetch")), change("Verify", () => here(x, "verify")),
+              change("Remove", () => api("DELETE", `/v1/images/${x.id}`), "danger"))))));
       },
     };
   },
@@ -173,9 +192,7 @@ const volumesPage = {
     });
     const panel = h("div");
     const view = frame(container, "Volumes", [add, panel]);
-    const ask = (title, fields, label, send) => {
-      panel.replaceChildren(form(title, [h("strong", {}, title), ...fields], label, async (data) => { await send(data); panel.replaceChildren(); }));
-    };
+    const ask = asker(panel);
     return {
       async refresh() {
         const [{ volumes }, { instances }] = await Promise.all([api("GET", "/v1/volumes"), api("GET", "/v1/instances")]);
@@ -219,7 +236,9 @@ const instancesPage = {
       if (data.get("user_data")) body.user_data = data.get("user_data");
       await api("POST", "/v1/instances", body); el.reset();
     });
-    const view = frame(container, "Instances", [add]);
+    const panel = h("div");
+    const view = frame(container, "Instances", [add, panel]);
+    const ask = asker(panel);
     return {
       async refresh() {
         const [{ instances }, { images: known }] = await Promise.all([api("GET", "/v1/instances"), api("GET", "/v1/images")]);
@@ -236,6 +255,13 @@ const instancesPage = {
               change("Start", () => api("POST", `/v1/instances/${x.id}/start`, {})),
               change("Stop", () => api("POST", `/v1/instances/${x.id}/stop`, {})),
               change("Restart", () => api("POST", `/v1/instances/${x.id}/restart`, {})),
+              change("Resize", () => ask(`Resize ${x.name}`, [
+                field("new cpus", input("cpus", { type: "number", min: 1, value: x.cpus })),
+                field("new memory", input("memory", { value: `${Math.round(x.memory / 1048576)}M` })),
+              ], "Resize", (d) => api("POST", `/v1/instances/${x.id}/resize`, { cpus: Number(d.get("cpus")), memory: d.get("memory") }))),
+              change("Move", () => ask(`Move ${x.name}`, [
+                field("to node (empty: the best)", input("node")),
+              ], "Move", (d) => api("POST", `/v1/instances/${x.id}/move`, d.get("node") ? { node: d.get("node") } : {}))),
               change("Remove", () => api("DELETE", `/v1/instances/${x.id}`), "danger"))))));
       },
     };
