@@ -174,3 +174,54 @@ def test_a_real_guest_boots_stops_and_goes(
     wait_until(  # the data volume goes with it (no --keep-volumes)
         lambda: n1.cli("volume", "show", "data").returncode == 1, 15, "the data volume removed"
     )
+
+
+FOREIGN_DOMAIN = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  {metadata}
+</domain>"""
+
+
+def test_a_domain_symphonyd_did_not_define_is_left_alone_and_orphans_go(
+    libvirtd: Libvirtd, nodeset: NodeSet, tmp_path: Path
+) -> None:
+    """Adoption: on a hypervisor with domains already on it, the compute agent reports a
+    domain without symphonyd's metadata and never touches it; a domain with symphonyd's
+    metadata whose instance record does not exist (left by a lost cluster) is removed."""
+    from symphonyd.compute.domain_xml import NAMESPACE
+
+    libvirt_uri = libvirtd.uri
+    orphan_id = "0" * 24 + "deadbeef"
+    ghost_metadata = (
+        f"<metadata><sym:instance xmlns:sym='{NAMESPACE}'><sym:id>{orphan_id}</sym:id>"
+        "<sym:name>ghost</sym:name></sym:instance></metadata>"
+    )
+    domains = {"legacy-app": "", "symphonyd-ghost": ghost_metadata}
+    for name, metadata in domains.items():
+        xml = tmp_path / f"{name}.xml"
+        xml.write_text(FOREIGN_DOMAIN.format(name=name, metadata=metadata))
+        virsh(libvirt_uri, "define", str(xml))
+    try:
+        (n1,) = nodeset.form(1)
+        run_json(n1, "service", "new")
+        run_json(n1, "service", "new", "compute", "--uri", libvirt_uri, "-o", "virt_type=qemu")
+
+        def names() -> list[str]:
+            return virsh(libvirt_uri, "list", "--all", "--name").split()
+
+        wait_until(lambda: "symphonyd-ghost" not in names(), 30, "the orphan removed")
+        assert "legacy-app" in names()
+        log = n1.log_path.read_text()
+        assert "domain legacy-app was not defined by symphonyd; left alone" in log
+        assert f"removed domain of instance {orphan_id}" in log
+        assert n1.client().request("GET", "/v1/instances")["instances"] == []
+        time.sleep(2)  # later passes (events, the backstop) leave it alone too
+        assert "legacy-app" in names()
+    finally:
+        for name in domains:
+            subprocess.run(
+                ["virsh", "-c", libvirt_uri, "undefine", name],
+                capture_output=True, timeout=60, check=False,
+            )  # fmt: skip

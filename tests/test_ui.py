@@ -504,6 +504,10 @@ def test_a_volume_resized_snapshotted_attached_and_detached(
     tab.shot("volumes")
     tab.page.get_by_role("link", name="Nodes").click()
     tab.page.locator("section[data-node=n1]", has_text="data").wait_for()
+    services = tab.page.locator("section[data-node=n1] .services").inner_text()
+    assert "block (file: " in services and " free of " in services, services
+    assert "compute (" in services and " CPUs, " in services, services
+    assert tab.page.locator("section[data-node=n2] .services").inner_text() == "services: none"
     tab.shot("nodes")
     tab.page.get_by_role("link", name="Volumes").click()
     row.get_by_role("button", name="Detach").click()

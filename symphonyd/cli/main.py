@@ -259,6 +259,51 @@ def token_revoke(obj: Context, ref: str) -> None:
 
 
 @main.command()
+@click.option("--yes", is_flag=True, help="Go on without asking (for scripts).")
+@json_option
+@click.pass_obj
+def recover(obj: Context, yes: bool, as_json: bool) -> None:
+    """Make this STOPPED node the only member of its cluster, from its own data, after
+    the cluster lost its majority for good (docs/operations.md)."""
+    from symphonyd.errors import Conflict
+    from symphonyd.recovery import plan_recovery, stopped_daemon
+
+    with stopped_daemon(obj.data_dir):
+        plan = plan_recovery(obj.data_dir)
+        facts = plan.describe()
+        if not as_json or not yes:
+            click.echo(
+                f"Recovering cluster {plan.cluster_id} on node {plan.name} ({plan.raft_addr}).\n"
+                f"  Raft members now: {', '.join(plan.members)}\n"
+                f"  After: {plan.name} alone; node records removed: "
+                f"{', '.join(plan.removed_nodes) or 'none'}\n"
+                f"  Its log ends at entry {plan.last_index} (it knew entries up to "
+                f"{plan.commit_index} committed; the rest become committed), "
+                f"{plan.keys} KV keys.\n"
+                "WARNING: writes the other nodes committed that this node never received "
+                "are lost for good, and the removed nodes must never be started again with "
+                "their old data dirs.",
+                err=as_json,
+            )
+        if not yes:
+            if not sys.stdin.isatty():
+                raise Conflict("recover rewrites this node's Raft data: confirm with --yes")
+            typed = click.prompt(f"Type the node's name ({plan.name}) to go on", err=as_json)
+            if typed.strip() != plan.name:
+                raise Conflict("not confirmed: nothing was changed")
+        backup = plan.apply()
+    if as_json:
+        print_json({**facts, "recovered": True, "backup": backup})
+        return
+    click.echo(f"Recovered: {plan.name} is the only member. The old Raft data is in {backup}.")
+    click.echo(
+        "Next: start symphonyd on this node, check `symphonyd status`, add nodes with "
+        "`symphonyd token create` and `symphonyd join`, then run "
+        "`symphonyd cluster rotate-secret` (the lost nodes still hold the old secret)."
+    )
+
+
+@main.command()
 @json_option
 @click.pass_obj
 def leave(obj: Context, as_json: bool) -> None:

@@ -36,6 +36,7 @@ It knows the FSM, not the API.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -126,6 +127,44 @@ RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 LOG_MAX_BYTES = 256 << 20  # the Raft log held in RAM before a snapshot is forced
 COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 Callback = Callable[[Any, int], None]
+
+
+LogEntry = tuple[bytes, int, int]  # pysyncobj's (command, index, term)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotFile:
+    """A snapshot as stored: the log's last two entries it covers, the Raft members at
+    that point, and the FSM's state."""
+
+    last: LogEntry
+    prev: LogEntry
+    members: list[str]
+    state: bytes
+
+
+def write_snapshot_file(
+    path: str, last: LogEntry, prev: LogEntry, members: Sequence[str], state: bytes
+) -> None:
+    payload = {
+        "last": [bytes(last[0]), last[1], last[2]],
+        "prev": [bytes(prev[0]), prev[1], prev[2]],
+        "members": sorted(members),
+        "state": state,
+    }
+    write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
+
+
+def read_snapshot_file(path: str) -> SnapshotFile:
+    with open(path, "rb") as f:
+        payload = msgpack.unpackb(f.read(), raw=False)
+    last, prev = payload["last"], payload["prev"]
+    return SnapshotFile(
+        (bytes(last[0]), last[1], last[2]),
+        (bytes(prev[0]), prev[1], prev[2]),
+        list(payload["members"]),
+        payload["state"],
+    )
 
 
 class DurableTransport(TCPTransport):
@@ -406,13 +445,9 @@ class RaftNode(SyncObj):
 
     def _write_snapshot(self, path: str, data: Any) -> None:
         last_entry, prev_entry, members = data
-        payload = {
-            "last": [bytes(last_entry[0]), last_entry[1], last_entry[2]],
-            "prev": [bytes(prev_entry[0]), prev_entry[1], prev_entry[2]],
-            "members": sorted(n.id for n in members),
-            "state": self.fsm.snapshot(),
-        }
-        write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
+        write_snapshot_file(
+            path, last_entry, prev_entry, [n.id for n in members], self.fsm.snapshot()
+        )
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         with open(path, "rb") as f:
@@ -425,16 +460,10 @@ class RaftNode(SyncObj):
     def _snapshot_entries(self, path: str, restore: bool = False) -> tuple[Any, Any, list[str]]:
         """The snapshot's last and previous log entries and its members; with `restore`,
         load the FSM from it too."""
-        with open(path, "rb") as f:
-            payload = msgpack.unpackb(f.read(), raw=False)
+        snapshot = read_snapshot_file(path)
         if restore:
-            self.fsm.restore(payload["state"])
-        last, prev = payload["last"], payload["prev"]
-        return (
-            (bytes(last[0]), last[1], last[2]),
-            (bytes(prev[0]), prev[1], prev[2]),
-            list(payload["members"]),
-        )
+            self.fsm.restore(snapshot.state)
+        return snapshot.last, snapshot.prev, snapshot.members
 
     # -- status ------------------------------------------------------------------------------
 

@@ -84,6 +84,10 @@ const overview = {
   },
 };
 
+// What a service of a node can hold, as its node reports it.
+const capacity = (x) => x.type === "block" ? `${bytes(x.capacity?.free)} free of ${bytes(x.capacity?.total)}`
+  : x.type === "compute" ? `${x.capacity?.cpus ?? "?"} CPUs, ${bytes(x.capacity?.memory)}` : "";
+
 const nodesPage = {
   tables: ["nodes", "services", "instances", "volumes"], poll: 3000,
   mount(container) {
@@ -96,7 +100,7 @@ const nodesPage = {
           const mine = (list) => list.filter((x) => x.node === m.name);
           return h("section", { "data-node": m.name },
             h("h2", {}, `${m.name} `, status(m.health), m.cordoned ? badge("cordoned") : ""),
-            h("p", {}, "services: ", mine(s.services).map((x) => `${x.type} (${x.driver})`).join(", ") || "none",
+            h("p", { class: "services" }, "services: ", mine(s.services).map((x) => `${x.type} (${x.driver}${capacity(x) ? `: ${capacity(x)}` : ""})`).join(", ") || "none",
               " · instances: ", mine(i.instances).map((x) => x.name).join(", ") || "none",
               " · volumes: ", mine(v.volumes).map((x) => x.name).join(", ") || "none"),
             m.cordoned
@@ -123,8 +127,7 @@ const servicesPage = {
           services.map((x) => h("tr", {},
             h("td", {}, x.node), h("td", {}, x.type), h("td", {}, x.driver), h("td", {}, x.pool),
             h("td", {}, status(x.health?.ok ? "ok" : "unhealthy"), " ", x.health?.message || ""),
-            h("td", {}, x.type === "block" ? `${bytes(x.capacity?.free)} free of ${bytes(x.capacity?.total)}`
-              : `${x.capacity?.cpus ?? "?"} CPUs, ${bytes(x.capacity?.memory)}`)))));
+            h("td", {}, capacity(x))))));
       },
     };
   },
