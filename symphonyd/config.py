@@ -31,7 +31,12 @@ DEFAULT_RAFT_PORT = 15761
 API_DEFAULTS = {"header_timeout": 10.0, "max_connections": 512}  # [api] (api/connections.py)
 # [store]: what the replicated store may weigh before new data is refused, and what of its
 # Raft log and change history this node holds in RAM (see docs/configuration.md).
-STORE_DEFAULTS = {"quota": 2 << 30, "log_max_bytes": 256 << 20, "history_max_bytes": 64 << 20}
+STORE_DEFAULTS = {
+    "quota": 2 << 30,
+    "log_max_bytes": 256 << 20,
+    "history_max_bytes": 64 << 20,
+    "disk_reserve": 64 << 20,
+}
 
 
 def default_data_dir() -> str:

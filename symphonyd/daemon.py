@@ -185,6 +185,7 @@ class Daemon:
         node.start()
         self.cluster = Cluster(node, store, asyncio.get_running_loop())
         self.cluster.quota_bytes = bounds["quota"]
+        self.cluster.disk_reserve = bounds["disk_reserve"]
         metrics.watch_raft(lambda: self.cluster.status() if self.cluster else None)
         self.images = ImageService(
             self.cluster,

@@ -81,6 +81,11 @@ class QuotaExceeded(SymphonyError):
     code = "quota_exceeded"
 
 
+class DiskFull(SymphonyError):
+    http_status = 507
+    code = "disk_full"
+
+
 class NotInitialized(SymphonyError):
     http_status = 409
     code = "not_initialized"
@@ -120,6 +125,7 @@ _BY_CODE: dict[str, type[SymphonyError]] = {
         Gone,
         TooLarge,
         QuotaExceeded,
+        DiskFull,
         NotInitialized,
         NoQuorum,
         Unavailable,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from pysyncobj import FAIL_REASON
 from symphonyd import metrics
 from symphonyd.errors import (
     Conflict,
+    DiskFull,
     Gone,
     Indeterminate,
     Invalid,
@@ -59,6 +61,7 @@ MAX_IN_FLIGHT = 4096
 # Entries that bring new data into the store: refused once it is past its quota.
 GROWING = frozenset({EntryType.KV_PUT} | {t for t in EntryType if t.name.endswith("_CREATE")})
 DEFAULT_QUOTA = 2 << 30
+DEFAULT_DISK_RESERVE = 64 << 20
 QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
@@ -97,6 +100,7 @@ class Cluster:
         self._quorum_watch: asyncio.Task[None] | None = None
         self._unsubscribe = store.subscribe(self._on_changes)
         self.quota_bytes = DEFAULT_QUOTA  # [store] quota: new data refused past it
+        self.disk_reserve = DEFAULT_DISK_RESERVE  # [store] disk_reserve: free space kept
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -111,6 +115,7 @@ class Cluster:
         self.require_schema(entry.type)
         data = entry.encode()
         self._check_quota(entry.type, len(data))
+        self._check_disk(entry.type, len(data))
         async with self._in_flight:
             while True:
                 if not self.has_leader():
@@ -162,6 +167,31 @@ class Cluster:
                 f"{self.quota_bytes >> 20} MiB quota; delete keys or records to make room, "
                 "or raise [store] quota on every node"
             )
+
+    def _check_disk(self, entry_type: int, size: int) -> None:
+        """Refuse a write this node's journal could not hold, before it is proposed: new
+        data while the data dir's filesystem has less than `disk_reserve` free, anything
+        below an eighth of it (a delete still fits, so room can be made in the store,
+        but not on a disk that something else filled)."""
+        try:
+            fs = os.statvfs(self.node.raft_dir)
+        except OSError:
+            return
+        free = fs.f_bavail * fs.f_frsize
+        growing = entry_type in GROWING
+        needed = (self.disk_reserve if growing else self.disk_reserve // 8) + size
+        if free >= needed:
+            return
+        refused = (
+            "new data is refused; deletes and updates still work"
+            if growing
+            else ("writes are refused")
+        )
+        raise DiskFull(
+            f"the data dir's filesystem is nearly full: {free >> 20} MiB free at "
+            f"{self.node.raft_dir}, under the {self.disk_reserve >> 20} MiB kept free "
+            f"([store] disk_reserve): {refused} until space is freed there"
+        )
 
     def require_schema(self, entry_type: int) -> None:
         """Refuse, before anything is written, what some member could not apply."""

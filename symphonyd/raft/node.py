@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import queue
@@ -54,6 +55,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
 from symphonyd.durable import write_file_durably
+from symphonyd.errors import Invalid
 from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
@@ -143,28 +145,63 @@ class SnapshotFile:
     state: bytes
 
 
+class CorruptSnapshot(Invalid):
+    """A snapshot file that does not read back as it was written."""
+
+
+def _snapshot_digest(last: Any, prev: Any, members: Any, state: bytes) -> str:
+    head = msgpack.packb([list(last), list(prev), list(members)], use_bin_type=True)
+    return hashlib.sha256(bytes(head) + bytes(state)).hexdigest()
+
+
 def write_snapshot_file(
     path: str, last: LogEntry, prev: LogEntry, members: Sequence[str], state: bytes
 ) -> None:
+    """The snapshot as one msgpack map; `sha256` covers the rest, so a damaged file is
+    refused (a node from before it ignores the key: the map is otherwise unchanged)."""
+    last_entry = [bytes(last[0]), last[1], last[2]]
+    prev_entry = [bytes(prev[0]), prev[1], prev[2]]
+    ordered = sorted(members)
     payload = {
-        "last": [bytes(last[0]), last[1], last[2]],
-        "prev": [bytes(prev[0]), prev[1], prev[2]],
-        "members": sorted(members),
+        "last": last_entry,
+        "prev": prev_entry,
+        "members": ordered,
         "state": state,
+        "sha256": _snapshot_digest(last_entry, prev_entry, ordered, state),
     }
     write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
 
 
 def read_snapshot_file(path: str) -> SnapshotFile:
+    """Read and check a snapshot; CorruptSnapshot if it is damaged."""
     with open(path, "rb") as f:
-        payload = msgpack.unpackb(f.read(), raw=False)
-    last, prev = payload["last"], payload["prev"]
-    return SnapshotFile(
-        (bytes(last[0]), last[1], last[2]),
-        (bytes(prev[0]), prev[1], prev[2]),
-        list(payload["members"]),
-        payload["state"],
-    )
+        data = f.read()
+    try:
+        payload = msgpack.unpackb(data, raw=False)
+        last, prev, members, state = (
+            payload["last"],
+            payload["prev"],
+            payload["members"],
+            payload["state"],
+        )
+        digest = payload.get("sha256")  # absent in snapshots of older versions
+        if digest is not None and digest != _snapshot_digest(last, prev, members, state):
+            raise ValueError("its checksum does not match its content")
+        snapshot = SnapshotFile(
+            (bytes(last[0]), last[1], last[2]),
+            (bytes(prev[0]), prev[1], prev[2]),
+            [str(m) for m in members],
+            bytes(state),
+        )
+    except Exception as exc:
+        raise CorruptSnapshot(
+            f"the Raft snapshot {path} is damaged ({exc}): this node refuses to start from "
+            "it rather than serve wrong data. If the other members have a quorum, remove this "
+            "node (`symphonyd node remove NAME --force` on one of them) and join it again "
+            "with a fresh data dir; if this node holds the last copy, restore its raft "
+            "directory from a backup"
+        ) from exc
+    return snapshot
 
 
 class DurableTransport(TCPTransport):
