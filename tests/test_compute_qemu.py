@@ -190,12 +190,12 @@ def test_a_domain_symphonyd_did_not_define_is_left_alone_and_orphans_go(
     """Adoption: on a hypervisor with domains already on it, the compute agent reports a
     domain without symphonyd's metadata and never touches it; a domain with symphonyd's
     metadata whose instance record does not exist (left by a lost cluster) is removed."""
-    from symphonyd.compute.domain_xml import NAMESPACE
+    from symphonyd.compute.domain_xml import NAMESPACE, domain_uuid
 
     libvirt_uri = libvirtd.uri
     orphan_id = "0" * 24 + "deadbeef"
-    ghost_metadata = (
-        f"<metadata><sym:instance xmlns:sym='{NAMESPACE}'><sym:id>{orphan_id}</sym:id>"
+    ghost_metadata = (  # as symphonyd writes it: the UUID derives from the instance id
+        f"<uuid>{domain_uuid(orphan_id)}</uuid><metadata><sym:instance xmlns:sym='{NAMESPACE}'><sym:id>{orphan_id}</sym:id>"
         "<sym:name>ghost</sym:name></sym:instance></metadata>"
     )
     domains = {"legacy-app": "", "symphonyd-ghost": ghost_metadata}

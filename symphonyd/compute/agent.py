@@ -636,14 +636,13 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             }
         driver = self.drivers.get(self._service)
         for orphan in sorted(strays - current - set(self.workers)):
-            with contextlib.suppress(NoSuchDomain):
+            try:
                 await run_blocking(driver.undefine, orphan)
+                what = "removed domain of instance %s (its record is gone or on another node)"
+            except NoSuchDomain:
+                what = "domain of instance %s was already gone; removed its files"
             await run_blocking(shutil.rmtree, instance_dir(self.data_dir, orphan), True)
-            log.info(
-                "removed domain of instance %s (its record is gone or on another node)",
-                orphan,
-                extra={"resource": orphan},
-            )
+            log.info(what, orphan, extra={"resource": orphan})
 
     async def close(self) -> None:
         await super().close()
