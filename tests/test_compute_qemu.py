@@ -195,7 +195,8 @@ def test_a_domain_symphonyd_did_not_define_is_left_alone_and_orphans_go(
     libvirt_uri = libvirtd.uri
     orphan_id = "0" * 24 + "deadbeef"
     ghost_metadata = (  # as symphonyd writes it: the UUID derives from the instance id
-        f"<uuid>{domain_uuid(orphan_id)}</uuid><metadata><sym:instance xmlns:sym='{NAMESPACE}'><sym:id>{orphan_id}</sym:id>"
+        f"<uuid>{domain_uuid(orphan_id)}</uuid>"
+        f"<metadata><sym:instance xmlns:sym='{NAMESPACE}'><sym:id>{orphan_id}</sym:id>"
         "<sym:name>ghost</sym:name></sym:instance></metadata>"
     )
     domains = {"legacy-app": "", "symphonyd-ghost": ghost_metadata}
