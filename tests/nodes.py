@@ -61,6 +61,9 @@ class NodeProcess:
         while self.raft_port == self.api_port:  # the OS may hand out a port twice
             self.raft_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        # Listen here instead of 127.0.0.1 (which stays the advertised address): a proxy
+        # in the test process can then listen on 127.0.0.1 with the same ports.
+        self.bind: str | None = None
         self.log_path = self.data_dir / "daemon.log"
 
     @property
@@ -104,6 +107,7 @@ class NodeProcess:
                 str(self.raft_port),
                 "--config",
                 config,
+                *(["--bind", self.bind] if self.bind else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
