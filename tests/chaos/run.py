@@ -80,10 +80,6 @@ class ChaosReport:
             lines.append(f"key {key}: {count} ops, {first_line}")
         lost = sum(len(ops) for ops in self.lost.values())
         lines.append(f"acknowledged writes lost: {lost}")
-        lines.append(
-            "connections through the proxies: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(self.links.items()))
-        )
         lines.append(f"refused writes seen later: {len(self.failed_seen)}")
         lines.append(
             f"members identical at revision {self.revision}: "
@@ -96,6 +92,10 @@ class ChaosReport:
                     f"median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s "
                     f"({len(seconds)} faults)"
                 )
+        lines.append(
+            "connections through the proxies: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.links.items()))
+        )
         return "\n".join(lines)
 
 
