@@ -59,6 +59,7 @@ from symphonyd.errors import Invalid
 from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
+from symphonyd.raft.prevote import PreVote
 from symphonyd.raft.wire import AeadEncryptor
 
 log = logging.getLogger("symphonyd.raft")
@@ -83,6 +84,11 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("state", "_SyncObj__pipeNotifier"),
     ("state", "_SyncObj__otherNodes"),
     ("state", "_SyncObj__raftNextIndex"),
+    ("state", "_SyncObj__raftState"),  # the pre-vote timer (raft/prevote.py) ...
+    ("state", "_SyncObj__raftCurrentTerm"),
+    ("state", "_SyncObj__raftElectionDeadline"),
+    ("method", "_SyncObj__getCurrentLogIndex"),
+    ("method", "_SyncObj__getCurrentLogTerm"),
 )
 
 
@@ -239,7 +245,7 @@ class DurableTransport(TCPTransport):
 _construct_lock = threading.Lock()
 
 
-class RaftNode(SyncObj):
+class RaftNode(PreVote, SyncObj):
     """A pysyncobj node whose state is an FSM and whose log is durable."""
 
     def __init__(
@@ -279,6 +285,7 @@ class RaftNode(SyncObj):
             "bindRetryTime": 0.2,
         }
         settings.update(tuning or {})
+        prevote = bool(settings.pop("preVote", True))  # ours, not a SyncObjConf name
         conf = SyncObjConf(
             password=secret,
             autoTick=False,
@@ -305,6 +312,7 @@ class RaftNode(SyncObj):
             finally:
                 _syncobj_module.createJournal, _syncobj_module.getEncryptor = factories
         self.transport: DurableTransport = self._SyncObj__transport
+        self._prevote_setup(settings["raftMinTimeout"], settings["raftMaxTimeout"], prevote)
         self.addOnTickCallback(self._sync_before_poll)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._tick_loop, name="raft", daemon=True)
@@ -345,6 +353,7 @@ class RaftNode(SyncObj):
     def _tick_loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                self._prevote_tick()
                 self.doTick(0.05)
                 self._sync_and_release()
                 guard.sweep(self.transport)
@@ -430,12 +439,25 @@ class RaftNode(SyncObj):
                 # synced first (the tick's callbacks run before the poll).
                 self._SyncObj__pipeNotifier.notify()
 
+    # -- what the pre-vote mixin needs of pysyncobj ------------------------------------
+
+    def _send(self, node: Any, message: dict[str, Any]) -> None:
+        self.transport.send(node, message)
+
+    def _last_log_index(self) -> int:
+        return int(self._SyncObj__getCurrentLogIndex())
+
+    def _last_log_term(self) -> int:
+        return int(self._SyncObj__getCurrentLogTerm())
+
     # -- fixes to pysyncobj's append handling -------------------------------------------
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         handle = super()._SyncObj__onMessageReceived
         if not isinstance(message, dict):
             return handle(node, message)
+        if self._prevote_message(node, message):
+            return None
         kind = message.get("type")
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
@@ -527,6 +549,8 @@ class RaftNode(SyncObj):
             "journal_synced_entries": self.journal.synced_entries,
             "journal_bytes": self.journal.size_bytes,
             "trimmed_entries": self.trimmed_entries,
+            "prevote_rounds": self.prevote_rounds,
+            "prevotes_denied": self.prevotes_denied,
             "ready": self.isReady(),
         }
         self._status_at = now
