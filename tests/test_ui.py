@@ -333,7 +333,24 @@ def test_an_image_uploaded_and_an_instance_run_and_stopped(
     assert "409" not in alert.inner_text()  # the API's message, not a status code
     assert n1.client().request("GET", "/v1/instances/web")["node"] == "n1"
     row.get_by_role("link", name="web").click()
-    tab.page.locator("#console").wait_for()
+    console = tab.page.locator("#console")
+    console.filter(has_text="(no console output yet)").wait_for()
+    # The guest writes to its serial console (the test driver runs no guest: the test
+    # writes the console file libvirt would): the page follows it without a reload.
+    tab.page.evaluate("window.sameDocument = true")
+    record = n1.client().request("GET", "/v1/instances/web")
+    log_file = n1.data_dir / "compute" / "instances" / record["id"] / "console.log"
+    with open(log_file, "a") as f:
+        f.write("Booting from hard disk...\n")
+    console.filter(has_text="Booting from hard disk...").wait_for()
+    with open(log_file, "a") as f:
+        f.write("login: \n")
+    console.filter(has_text="login:").wait_for()
+    text = console.inner_text()
+    assert "(no console output yet)" not in text
+    assert text.index("Booting from hard disk...") < text.index("login:")  # in order, once
+    assert text.count("Booting from hard disk...") == 1
+    assert tab.page.evaluate("window.sameDocument") is True
     tab.page.get_by_role("link", name="Instances").click()
     tab.page.locator("tr[data-instance=web]").get_by_role("button", name="Remove").click()
     wait_until(

@@ -27,6 +27,7 @@ import os
 import stat
 import sys
 import threading
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ log = logging.getLogger("symphonyd.compute.libvirt")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+HOST_ATTEMPTS = 3  # tries of the host queries (libvirtd just started: see host())
 
 _module: Any = None
 
@@ -351,11 +353,22 @@ class LibvirtDriver:
 
     @_boundary("host")
     def host(self) -> HostInfo:
-        lv, conn = _libvirt(), self._connection()
-        info = conn.getInfo()  # [model, memory MiB, cpus, mhz, nodes, sockets, cores, threads]
-        memory = info[1] << 20
-        with _unless("VIR_ERR_NO_SUPPORT"):  # the test driver: getInfo's MiB
-            memory = conn.getMemoryStats(lv.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"] * 1024
+        lv = _libvirt()
+        for attempt in range(HOST_ATTEMPTS):
+            conn = self._connection()
+            try:
+                info = conn.getInfo()  # [model, MiB, cpus, mhz, nodes, sockets, cores, threads]
+                memory = info[1] << 20
+                with _unless("VIR_ERR_NO_SUPPORT"):  # the test driver: getInfo's MiB
+                    stats = conn.getMemoryStats(lv.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+                    memory = stats["total"] * 1024
+                break
+            except lv.libvirtError:
+                # A libvirtd that has just (re)started answers its first host queries
+                # with "an error occurred, but the cause is unknown" at times (seen in CI).
+                if attempt + 1 == HOST_ATTEMPTS:
+                    raise
+                time.sleep(0.5)
         return HostInfo(info[2], memory, self._hypervisor(), self.virt_type)
 
     @_boundary("list domains")

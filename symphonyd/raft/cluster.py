@@ -169,28 +169,27 @@ class Cluster:
             )
 
     def _check_disk(self, entry_type: int, size: int) -> None:
-        """Refuse a write this node's journal could not hold, before it is proposed: new
-        data while the data dir's filesystem has less than `disk_reserve` free, anything
-        below an eighth of it (a delete still fits, so room can be made in the store,
-        but not on a disk that something else filled)."""
+        """Refuse new data (a KV put, a new record) while the data dir's filesystem has
+        less than `disk_reserve` (at most a tenth of the filesystem) free on this node, so
+        a disk that fills up gives a clear error rather than a journal that cannot be
+        written. Updates and deletes pass: they are small, they are how room is made, and
+        the node's own status updates (an import that failed for want of space) must
+        still be recorded."""
+        if entry_type not in GROWING:
+            return
         try:
             fs = os.statvfs(self.node.raft_dir)
         except OSError:
             return
         free = fs.f_bavail * fs.f_frsize
-        growing = entry_type in GROWING
-        needed = (self.disk_reserve if growing else self.disk_reserve // 8) + size
-        if free >= needed:
+        reserve = min(self.disk_reserve, fs.f_blocks * fs.f_frsize // 10)  # small disks too
+        if free >= reserve + size:
             return
-        refused = (
-            "new data is refused; deletes and updates still work"
-            if growing
-            else ("writes are refused")
-        )
         raise DiskFull(
             f"the data dir's filesystem is nearly full: {free >> 20} MiB free at "
-            f"{self.node.raft_dir}, under the {self.disk_reserve >> 20} MiB kept free "
-            f"([store] disk_reserve): {refused} until space is freed there"
+            f"{self.node.raft_dir}, under the {reserve >> 20} MiB kept free "
+            "([store] disk_reserve, at most a tenth of the filesystem): new data is refused "
+            "until space is freed there; deletes and updates still work"
         )
 
     def require_schema(self, entry_type: int) -> None:

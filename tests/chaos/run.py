@@ -43,6 +43,10 @@ class ChaosReport:
     contents: dict[str, dict[str, Any]]
     recovery: dict[str, list[float]] = field(default_factory=dict)
     links: dict[str, int] = field(default_factory=dict)  # connections each proxy link carried
+    # faults of a follower after which the leader's term had changed (a returning
+    # follower deposing the leader: pre-vote should keep it at 0), and how many there were
+    follower_elections: int = 0
+    follower_faults: int = 0
 
     @property
     def divergent(self) -> str | None:
@@ -80,6 +84,10 @@ class ChaosReport:
             lines.append(f"key {key}: {count} ops, {first_line}")
         lost = sum(len(ops) for ops in self.lost.values())
         lines.append(f"acknowledged writes lost: {lost}")
+        lines.append(
+            f"elections after a fault of a follower: {self.follower_elections} of "
+            f"{self.follower_faults}"
+        )
         lines.append(f"refused writes seen later: {len(self.failed_seen)}")
         lines.append(
             f"members identical at revision {self.revision}: "
@@ -177,6 +185,7 @@ def run_chaos(
         names = [f"k{i}" for i in range(keys)]
         workload = Workload(nemesis.reachable, names, clients=clients, seed=seed)
         workload.start(max_seconds=duration + 60)
+        follower_faults = follower_elections = 0
         try:
             time.sleep(GAP)
             deadline = time.monotonic() + duration
@@ -184,6 +193,7 @@ def run_chaos(
                 if time.monotonic() >= deadline:
                     break
                 kind, role = plan[step % len(plan)]
+                term = nemesis.leader().status()["term"] if role == "follower" else None
                 fault = nemesis.inject(kind, role, HOLD[kind])
                 if log:
                     log(
@@ -191,6 +201,9 @@ def run_chaos(
                         f"{fault.healed - fault.start:.1f} s"
                     )
                 time.sleep(GAP)
+                if term is not None:
+                    follower_faults += 1
+                    follower_elections += nemesis.leader().status()["term"] != term
         finally:
             workload.stop()
             nemesis.heal_all()
@@ -211,6 +224,8 @@ def run_chaos(
             contents,
             recovery_times(nemesis.faults, records),
             dict(cluster.proxies.stats.by_link),
+            follower_elections,
+            follower_faults,
         )
     finally:
         cluster.cleanup()
