@@ -282,3 +282,45 @@ def test_keep_volumes_keeps_data_volumes_detached(compute_node: NodeProcess) -> 
     assert kept["status"] == "ready"
     wait_until(lambda: n1.cli("volume", "show", "k-root").returncode == 1, 15, "root removed")
     assert n1.cli("volume", "rm", "keep").returncode == 0  # nothing holds it any more
+
+
+CLASHING_HOST = """<node>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>4</active><nodes>1</nodes>
+    <sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>
+  <memory>8388608</memory>
+  <domain type='test'>
+    <name>symphonyd-clash</name><uuid>0f0e0d0c-0b0a-0908-0706-050403020100</uuid>
+    <memory>65536</memory><os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+def test_a_failed_define_fails_the_instance_and_leaves_no_seed(
+    nodeset: NodeSet, tmp_path: Path
+) -> None:
+    """The hypervisor already has a domain of the instance's name (another UUID): the
+    definition is refused, the instance fails with the reason, its seed is gone, and
+    `instance rm` removes the record and its root volume."""
+    (n1,) = nodeset.form(1)
+    host = n1.data_dir / "compute"
+    host.mkdir(mode=0o700)
+    (host / "libvirt-test.xml").write_text(CLASHING_HOST)  # what the test driver starts with
+    run_json(n1, "service", "new")
+    run_json(n1, "service", "new", "compute")
+    disk = tmp_path / "boot.raw"
+    write_image(str(disk))
+    run_json(n1, "image", "new", "boot sector", "boot", str(disk))
+    made = n1.cli("instance", "create", "clash", "--image", "boot", "--memory", "64M",
+                  "--disk", "16M", timeout=120)  # fmt: skip
+    assert made.returncode == 1 and "exists for another UUID" in made.stderr, made.stderr
+    record = run_json(n1, "instance", "show", "clash")
+    assert record["status"] == "failed" and "exists for another UUID" in record["status_message"]
+    assert not (host / "instances" / record["id"] / "seed.iso").exists()
+    root = record["root_volume_id"]
+    assert root and run_json(n1, "volume", "show", root)["status"] == "ready"
+    removed = n1.cli("instance", "rm", "clash", timeout=120)
+    assert removed.returncode == 0, removed.stderr
+    wait_until(lambda: n1.cli("volume", "show", root).returncode == 1, 30, "the root volume gone")
+    assert run_json(n1, "volume", "list")["volumes"] == []
+    assert not (host / "instances" / record["id"]).exists()

@@ -161,12 +161,9 @@ class LvmResources:
 
     async def _refresh(self, table: str, record: dict[str, Any], host: LvmHost) -> None:
         """Keep sizes current (they change as logical volumes come and go)."""
-        found: Any
-        if table == lvm.PVS:
-            found = (await asyncio.to_thread(host.physical_volumes)).get(record["device"])
-        else:
-            found = (await asyncio.to_thread(host.volume_groups)).get(record["name"])
-        update = KINDS[table].update
+        kind = KINDS[table]
+        found = await asyncio.to_thread(kind.find, host, record)
+        update = kind.update
         if found is None:
             if record["status_message"] != GONE:
                 await patch(self.cluster, update, record["id"], status_message=GONE)
@@ -300,6 +297,7 @@ class Kind:
     delete: EntryType
     make: Callable[[LvmResources, LvmHost, Mapping[str, Any]], Any]
     remove: Callable[[LvmHost, Mapping[str, Any]], None]
+    find: Callable[[LvmHost, Mapping[str, Any]], Any]  # what lvm2 lists for it, or None
 
 
 KINDS = {
@@ -309,6 +307,7 @@ KINDS = {
         EntryType.PV_DELETE,
         _make_pv,
         lambda host, record: host.remove_pv(record["device"]),
+        lambda host, record: host.physical_volumes().get(record["device"]),
     ),
     lvm.VGS: Kind(
         "volume group",
@@ -316,5 +315,6 @@ KINDS = {
         EntryType.VG_DELETE,
         _make_vg,
         lambda host, record: host.remove_vg(record["name"]),
+        lambda host, record: host.volume_groups().get(record["name"]),
     ),
 }

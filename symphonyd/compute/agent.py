@@ -384,14 +384,22 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         instance = record.instance
         driver = self.drivers.get(record.service)
         folder = instance_dir(self.data_dir, instance["id"])
-        with Reverter() as undo:
-            spec = self._spec(record)
-            if not os.path.exists(folder):  # never remove what an earlier try left running
-                undo.add(shutil.rmtree, folder, True)
-            if not os.path.exists(self._seed_path(instance["id"])):  # written meanwhile
-                self._write_seed(instance)
-            info = driver.define(spec)
-            undo.keep()
+        try:
+            with Reverter() as undo:
+                if not os.path.exists(folder):
+                    undo.add(shutil.rmtree, folder, True)
+                spec = self._spec(record)
+                if not os.path.exists(self._seed_path(instance["id"])):  # written meanwhile
+                    self._write_seed(instance)
+                info = driver.define(spec)
+                undo.keep()
+        except Exception:
+            # The seed was written before (while the root volume was made): it goes too,
+            # unless a domain of this instance exists (an earlier try's, maybe running).
+            with contextlib.suppress(SymphonyError, OSError):
+                if instance["id"] not in {d.instance_id for d in driver.domains()}:
+                    shutil.rmtree(folder, True)
+            raise
         if not boot or info.state in ("running", "paused"):
             return info, None
         try:
