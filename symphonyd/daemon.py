@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ from symphonyd.client import MemberCaller
 from symphonyd.compute.service import ComputeService
 from symphonyd.config import STORE_DEFAULTS, Settings
 from symphonyd.departed import remove_departed
-from symphonyd.durable import write_file_durably
+from symphonyd.durable import lock_data_dir, write_file_durably
 from symphonyd.errors import Conflict, NotInitialized, SymphonyError, Unavailable
 from symphonyd.image import expiry as image_expiry
 from symphonyd.image.files import ImageFiles
@@ -100,14 +99,12 @@ class Daemon:
 
     def _lock_data_dir(self) -> None:
         """One daemon per data dir: a second one would steal the socket and the journal."""
-        self._lock_fd = os.open(self.settings.path("symphonyd.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+        fd = lock_data_dir(self.settings.data_dir)
+        if fd is None:
             raise Conflict(
                 f"another symphonyd is already running with data dir {self.settings.data_dir}"
-            ) from None
+            )
+        self._lock_fd = fd
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
 

@@ -1,4 +1,5 @@
-"""Durable file writes: fsync of files and of the folders that name them.
+"""Durable file writes: fsync of files and of the folders that name them; the data dir's
+lock (one process at a time on a node's files).
 
 Used by the Raft journal, the daemon's identity files, the image store and the block
 drivers.
@@ -6,6 +7,7 @@ drivers.
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 
@@ -43,3 +45,15 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def lock_data_dir(data_dir: str) -> int | None:
+    """Take the data dir's lock (`symphonyd.lock`, held by the running daemon): its open
+    file descriptor, or None when another process holds it. Closing the fd releases it."""
+    fd = os.open(os.path.join(data_dir, "symphonyd.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

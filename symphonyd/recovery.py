@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import pickle
@@ -31,7 +30,7 @@ import shutil
 import time
 from typing import Any
 
-from symphonyd.durable import fsync_dir, write_file_durably
+from symphonyd.durable import fsync_dir, lock_data_dir, write_file_durably
 from symphonyd.errors import Conflict, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.raft.fsm import FSM
@@ -188,19 +187,15 @@ def plan_recovery(data_dir: str) -> Recovery:
 @contextlib.contextmanager
 def stopped_daemon(data_dir: str) -> Any:
     """Hold the data dir's lock (the one `symphonyd run` holds) while recovering."""
-    path = os.path.join(data_dir, "symphonyd.lock")
+    if not os.path.isdir(data_dir):
+        raise NotFound(f"no data dir at {data_dir}")
+    fd = lock_data_dir(data_dir)
+    if fd is None:
+        raise Conflict(
+            f"symphonyd is running with data dir {data_dir}: stop it first "
+            "(systemctl stop symphonyd)"
+        )
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except FileNotFoundError:
-        raise NotFound(f"no data dir at {data_dir}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Conflict(
-                f"symphonyd is running with data dir {data_dir}: stop it first "
-                "(systemctl stop symphonyd)"
-            ) from None
         yield
     finally:
         os.close(fd)

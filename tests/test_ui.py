@@ -155,6 +155,13 @@ class Page:
         self.page.get_by_label("API token").fill(token)
         self.page.get_by_role("button", name="Sign in").click()
 
+    def plan(self, xpath: str, node: str) -> None:
+        """Ask the deployments page for the plan of `xpath` on `node` (its form appears)."""
+        self.page.get_by_role("link", name="Deployments").click()
+        self.page.get_by_label("xpath").fill(xpath)
+        self.page.get_by_label("node (optional)").fill(node)
+        self.page.get_by_role("button", name="Plan").click()
+
     def shot(self, name: str) -> Path:
         """The visible page as docs/screenshots/NAME.png (what the README shows), checked
         to be a PNG of the viewport's width and small enough to keep in the repository."""
@@ -360,10 +367,7 @@ def test_an_image_uploaded_and_an_instance_run_and_stopped(
 
 def test_a_deployment_from_its_form(cluster: NodeSet, tab: Page) -> None:
     tab.sign_in(admin(cluster))
-    tab.page.get_by_role("link", name="Deployments").click()
-    tab.page.get_by_label("xpath").fill("WebSite//start")
-    tab.page.get_by_label("node (optional)").fill("n1")
-    tab.page.get_by_role("button", name="Plan").click()
+    tab.plan("WebSite//start", "n1")
     port = tab.page.get_by_label("/n1/WebServer/Configured/enter/port")
     port.fill("99999")
     tab.page.get_by_role("button", name="Deploy").click()
@@ -381,10 +385,7 @@ def test_a_deployment_from_its_form(cluster: NodeSet, tab: Page) -> None:
 
 def test_a_secret_question_is_masked_and_an_expert_one_folded(cluster: NodeSet, tab: Page) -> None:
     tab.sign_in(admin(cluster))
-    tab.page.get_by_role("link", name="Deployments").click()
-    tab.page.get_by_label("xpath").fill("Vault/Open/enter")
-    tab.page.get_by_label("node (optional)").fill("n1")
-    tab.page.get_by_role("button", name="Plan").click()
+    tab.plan("Vault/Open/enter", "n1")
     secret = tab.page.get_by_label("/n1/Vault/Open/enter/passphrase")
     secret.wait_for()
     assert secret.get_attribute("type") == "password" and secret.input_value() == ""
