@@ -66,8 +66,13 @@ def node_status(
         if addr == settings.raft_addr:
             health = "online"
         else:
-            connected = peers.get(addr, {}).get("connected")
-            health = "online" if connected else "unreachable"
+            peer = peers.get(addr, {})
+            heard_ago = peer.get("heard_ago")
+            # a leader hears every member each heartbeat, a node without one hears their
+            # pre-votes: silence there is a partition (a follower hears only the leader)
+            listening = raft.get("role") == "leader" or raft.get("leader") is None
+            silent = listening and (heard_ago is None or heard_ago > raft.get("heard_window", 1.5))
+            health = "online" if peer.get("connected") and not silent else "unreachable"
         members.append(
             {
                 "name": record.get("name", "?"),

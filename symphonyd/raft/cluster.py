@@ -62,9 +62,11 @@ MAX_IN_FLIGHT = 4096
 GROWING = frozenset({EntryType.KV_PUT} | {t for t in EntryType if t.name.endswith("_CREATE")})
 DEFAULT_QUOTA = 2 << 30
 DEFAULT_DISK_RESERVE = 64 << 20
-QUORUM_GRACE = 1.0  # cut off this long while a write is in flight: say so, do not hang
+# Cut off this long while a write is in flight: say so, do not hang. `has_quorum` already
+# means "heard from a majority within an election timeout" (raft/readindex.py).
+QUORUM_GRACE = 0.2
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
-ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.4 s: an election normally ends well within
+ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.0 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
     "conflict": Conflict,
     "not_found": NotFound,
@@ -220,7 +222,7 @@ class Cluster:
         watcher for all writes; no timer per write)."""
         cut_off_since: float | None = None
         while self._in_flight_futures:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
             if self.node.status().get("has_quorum"):
                 cut_off_since = None
                 continue
@@ -277,11 +279,25 @@ class Cluster:
         return raise_for_result(await self.propose(entry, timeout, idempotent=idempotent))
 
     async def barrier(self, timeout: float = 5.0) -> None:
-        """Wait until this node has applied everything committed before the call. It
-        changes nothing, so an unknown outcome is a read that could not be confirmed."""
+        """Wait until this node has applied everything committed before the call, so a
+        read of the store that follows is linearizable. By read index (raft/readindex.py:
+        no log entry); through a barrier entry when the leader is of an older version."""
+        deadline = time.monotonic() + timeout
         try:
-            await self.propose(Entry(EntryType.BARRIER, {}), timeout, idempotent=True)
-        except (Indeterminate, NoQuorum) as exc:
+            while True:
+                if not self.has_leader():
+                    await self._await_election(deadline)
+                error = await self._read_index(deadline)
+                if error is None:
+                    return
+                if error == "unsupported":
+                    remaining = max(deadline - time.monotonic(), 0.01)
+                    await self.propose(Entry(EntryType.BARRIER, {}), remaining, idempotent=True)
+                    return
+                if time.monotonic() >= deadline - 0.05:
+                    raise TimeoutError
+                await asyncio.sleep(0.02 if error == "not_ready" else 0.05)
+        except (TimeoutError, Indeterminate, NoQuorum) as exc:
             if isinstance(exc, NoQuorum) or not self.node.status().get("has_quorum"):
                 raise NoQuorum(
                     self.no_quorum_message() + ": a consistent read cannot be confirmed"
@@ -289,6 +305,19 @@ class Cluster:
             raise Unavailable(
                 f"the read could not be confirmed within {timeout:g}s (nothing was changed); retry"
             ) from None
+
+    async def _read_index(self, deadline: float) -> str | None:
+        """One try at a read index: None once this node has applied up to it, else the
+        reason (readindex.READ_ERRORS). TimeoutError past `deadline`."""
+        future: asyncio.Future[tuple[Any, Any]] = self.loop.create_future()
+
+        def done(index: int | None, error: str | None) -> None:  # Raft thread
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self.loop.call_soon_threadsafe(_settle, future, index, error)
+
+        self.node.read_index(done)
+        _index, error = await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.01))
+        return str(error) if error is not None else None
 
     # -- membership (pysyncobj dynamic membership) -------------------------------------
 
@@ -336,7 +365,12 @@ class Cluster:
     def no_quorum_message(self) -> str:
         status = self.node.status()
         peers = status.get("peers", {})
-        up = 1 + sum(1 for p in peers.values() if p["connected"])
+        window = self.node.heard_window
+        up = 1 + sum(
+            1
+            for p in peers.values()
+            if p["connected"] and p.get("heard_ago") is not None and p["heard_ago"] <= window
+        )
         return (
             f"no quorum: this node reaches {up} of {len(peers) + 1} members "
             f"and knows no leader; writes cannot commit"
@@ -406,6 +440,6 @@ class Cluster:
         self._unsubscribe()
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: int) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: Any) -> None:
     if not future.done():
         future.set_result((result, error))

@@ -60,6 +60,7 @@ from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
 from symphonyd.raft.prevote import PreVote
+from symphonyd.raft.readindex import ReadIndex
 from symphonyd.raft.wire import AeadEncryptor
 
 log = logging.getLogger("symphonyd.raft")
@@ -87,6 +88,9 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("state", "_SyncObj__raftState"),  # the pre-vote timer (raft/prevote.py) ...
     ("state", "_SyncObj__raftCurrentTerm"),
     ("state", "_SyncObj__raftElectionDeadline"),
+    ("state", "_SyncObj__raftCommitIndex"),  # ... and read index (raft/readindex.py)
+    ("state", "_SyncObj__raftLastApplied"),
+    ("state", "_SyncObj__raftLeader"),
     ("method", "_SyncObj__getCurrentLogIndex"),
     ("method", "_SyncObj__getCurrentLogTerm"),
 )
@@ -214,6 +218,7 @@ class DurableTransport(TCPTransport):
     """TCP transport that holds acknowledgements until the journal is synced."""
 
     journal: DurableJournal
+    outgoing: Callable[[Any, dict[str, Any]], None] | None = None  # sees each message sent
 
     def __init__(
         self, syncObj: Any, selfNode: Any, otherNodes: Any, *, journal: DurableJournal
@@ -223,6 +228,8 @@ class DurableTransport(TCPTransport):
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node: Any, message: Any) -> bool:
+        if isinstance(message, dict) and self.outgoing is not None:
+            self.outgoing(node, message)
         if (
             isinstance(message, dict)
             and message.get("type") == "next_node_idx"
@@ -245,7 +252,7 @@ class DurableTransport(TCPTransport):
 _construct_lock = threading.Lock()
 
 
-class RaftNode(PreVote, SyncObj):
+class RaftNode(PreVote, ReadIndex, SyncObj):
     """A pysyncobj node whose state is an FSM and whose log is durable."""
 
     def __init__(
@@ -273,11 +280,11 @@ class RaftNode(PreVote, SyncObj):
             self.journal.align_with_snapshot(prev, last)
         settings: dict[str, Any] = {
             "raftMinTimeout": 0.4,
-            "raftMaxTimeout": 1.4,
+            "raftMaxTimeout": 1.0,
             "appendEntriesPeriod": 0.1,
             "connectionTimeout": 3.5,
             "connectionRetryTime": 1.0,
-            "leaderFallbackTimeout": 4.0,
+            "leaderFallbackTimeout": 1.0,  # check-quorum: one election timeout
             "commandsQueueSize": 20_000,
             "logCompactionMinEntries": 20_000,
             "logCompactionMinTime": 600,
@@ -285,7 +292,8 @@ class RaftNode(PreVote, SyncObj):
             "bindRetryTime": 0.2,
         }
         settings.update(tuning or {})
-        prevote = bool(settings.pop("preVote", True))  # ours, not a SyncObjConf name
+        prevote = bool(settings.pop("preVote", True))  # ours, not SyncObjConf names
+        readindex = bool(settings.pop("readIndex", True))
         conf = SyncObjConf(
             password=secret,
             autoTick=False,
@@ -313,7 +321,11 @@ class RaftNode(PreVote, SyncObj):
                 _syncobj_module.createJournal, _syncobj_module.getEncryptor = factories
         self.transport: DurableTransport = self._SyncObj__transport
         self._prevote_setup(settings["raftMinTimeout"], settings["raftMaxTimeout"], prevote)
+        heard_window = settings["raftMaxTimeout"] + settings["appendEntriesPeriod"]
+        self._readindex_setup(heard_window, readindex)
+        self.transport.outgoing = self._tag_outgoing
         self.addOnTickCallback(self._sync_before_poll)
+        self.addOnTickCallback(self._readindex_tick)  # after the apply, before the poll
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._tick_loop, name="raft", daemon=True)
         self._status: dict[str, Any] = {}
@@ -346,6 +358,10 @@ class RaftNode(PreVote, SyncObj):
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the Raft thread (pysyncobj's state is not thread-safe)."""
         self._calls.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._SyncObj__pipeNotifier.notify()
 
     def transfer_leadership(self) -> None:
         self.call_soon(self.transferLeadership)
@@ -450,13 +466,24 @@ class RaftNode(PreVote, SyncObj):
     def _last_log_term(self) -> int:
         return int(self._SyncObj__getCurrentLogTerm())
 
+    # -- what the read-index mixin needs ------------------------------------------------
+
+    def _send_append_entries(self) -> None:
+        self._SyncObj__sendAppendEntries()
+
+    def _entry_term(self, index: int) -> int | None:
+        journal = self.journal
+        if len(journal) == 0 or not journal[0][1] <= index <= journal[-1][1]:
+            return None
+        return int(journal[index - journal[0][1]][2])
+
     # -- fixes to pysyncobj's append handling -------------------------------------------
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         handle = super()._SyncObj__onMessageReceived
         if not isinstance(message, dict):
             return handle(node, message)
-        if self._prevote_message(node, message):
+        if self._readindex_message(node, message) or self._prevote_message(node, message):
             return None
         kind = message.get("type")
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
@@ -534,12 +561,20 @@ class RaftNode(PreVote, SyncObj):
         leader = raw.get("leader")
         peers = {}
         for node in self.otherNodes:
-            peers[node.id] = {"connected": self.isNodeConnected(node)}
+            heard = self.heard.get(node)
+            peers[node.id] = {
+                "connected": self.isNodeConnected(node),
+                "heard_ago": None if heard is None else round(now - heard, 3),
+            }
+        hears_majority = self.hears_majority(now)
         self._status = {
             "self": raw["self"].id if raw.get("self") is not None else None,
             "role": RAFT_STATES.get(raw["state"], str(raw["state"])),
             "leader": leader.id if leader is not None else None,
-            "has_quorum": bool(raw["has_quorum"]),
+            # connected to a majority, and heard from it (or from a leader) just now
+            "has_quorum": bool(raw["has_quorum"]) and hears_majority,
+            "hears_majority": hears_majority,
+            "heard_window": self.heard_window,
             "term": raw["raft_term"],
             "commit_index": raw["commit_idx"],
             "last_applied": raw["last_applied"],
@@ -551,6 +586,8 @@ class RaftNode(PreVote, SyncObj):
             "trimmed_entries": self.trimmed_entries,
             "prevote_rounds": self.prevote_rounds,
             "prevotes_denied": self.prevotes_denied,
+            "read_rounds": self.read_rounds,
+            "reads_confirmed": self.reads_confirmed,
             "ready": self.isReady(),
         }
         self._status_at = now
