@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 
 
 def fsync_dir(path: str) -> None:
@@ -32,14 +33,18 @@ def fsync_path(path: str) -> None:
         fsync_dir(os.path.dirname(path) or ".")
 
 
-def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` atomically: temp file, fsync, rename, fsync of the folder."""
-    tmp = f"{path}.tmp"
+def write_file_durably(
+    path: str, data: bytes | Sequence[bytes], mode: int = 0o600, *, tmp_suffix: str = "tmp"
+) -> None:
+    """Write `data` (bytes, or chunks written in turn) to `path` atomically: temp file
+    (`path.tmp_suffix`), fsync, rename, fsync of the folder."""
+    tmp = f"{path}.{tmp_suffix}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -35,7 +35,7 @@ from symphonyd.errors import Conflict, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
-from symphonyd.raft.node import LogEntry, read_snapshot_file, write_snapshot_file
+from symphonyd.raft.snapshots import LogEntry, read_snapshot_file, write_snapshot_file
 from symphonyd.state import kv, nodes
 from symphonyd.state.store import Store
 

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from symphonyd.errors import DiskFull
-from symphonyd.raft.node import CorruptSnapshot, read_snapshot_file, write_snapshot_file
+from symphonyd.raft.snapshots import CorruptSnapshot, read_snapshot_file, write_snapshot_file
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 pytestmark = pytest.mark.cluster

@@ -302,8 +302,44 @@ class FSM:
         return result
 
     def snapshot(self) -> bytes:
+        """The whole state as bytes (`capture`, then `encode`)."""
+        return b"".join(self.encode(self.capture()))
+
+    def capture(self) -> Any:
+        """The state as it is now, cheaply (on the Raft thread): the revision and a shallow
+        copy of each table's records. Records are never changed once stored (appliers
+        build new ones), so `encode` may run later, on another thread, while entries go
+        on applying."""
+        store = self.store
+        return store.revision, [(name, dict(t.records)) for name, t in store.tables.items()]
+
+    @staticmethod
+    def encode(captured: Any, batch: int = 500) -> list[bytes]:
+        """The captured state as msgpack, in chunks of `batch` records: the bytes of
+        `packb([header, {"revision": ..., "records": [[table, key, record], ...]}])`
+        (what `restore` reads), made in short calls so that a thread encoding a large
+        store lets the Raft thread run between them (msgpack holds the GIL)."""
+        revision, tables = captured
         header = {"magic": SNAPSHOT_MAGIC, "format": SNAPSHOT_FORMAT, "schema": SCHEMA_VERSION}
-        return bytes(msgpack.packb([header, self.store.dump()], use_bin_type=True))
+        packer = msgpack.Packer(use_bin_type=True)
+        chunks = [
+            packer.pack_array_header(2),
+            packer.pack(header),
+            packer.pack_map_header(2),
+            packer.pack("revision"),
+            packer.pack(revision),
+            packer.pack("records"),
+            packer.pack_array_header(sum(len(records) for _name, records in tables)),
+        ]
+        gather = msgpack.Packer(use_bin_type=True, autoreset=False)
+        for name, records in tables:
+            items = list(records.items())
+            for start in range(0, len(items), batch):
+                for key, record in items[start : start + batch]:
+                    gather.pack([name, key, record])
+                chunks.append(gather.bytes())
+                gather.reset()
+        return chunks
 
     def restore(self, data: bytes) -> None:
         header, body = msgpack.unpackb(data, raw=False, strict_map_key=False)

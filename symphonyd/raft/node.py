@@ -36,9 +36,7 @@ It knows the FSM, not the API.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import queue
@@ -48,19 +46,17 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-import msgpack
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
-from symphonyd.durable import write_file_durably
-from symphonyd.errors import Invalid
 from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
 from symphonyd.raft.prevote import PreVote
 from symphonyd.raft.readindex import ReadIndex
+from symphonyd.raft.snapshots import SnapshotWriter, read_snapshot_file
 from symphonyd.raft.wire import AeadEncryptor
 
 log = logging.getLogger("symphonyd.raft")
@@ -141,79 +137,6 @@ COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 Callback = Callable[[Any, int], None]
 
 
-LogEntry = tuple[bytes, int, int]  # pysyncobj's (command, index, term)
-
-
-@dataclasses.dataclass(frozen=True)
-class SnapshotFile:
-    """A snapshot as stored: the log's last two entries it covers, the Raft members at
-    that point, and the FSM's state."""
-
-    last: LogEntry
-    prev: LogEntry
-    members: list[str]
-    state: bytes
-
-
-class CorruptSnapshot(Invalid):
-    """A snapshot file that does not read back as it was written."""
-
-
-def _snapshot_digest(last: Any, prev: Any, members: Any, state: bytes) -> str:
-    head = msgpack.packb([list(last), list(prev), list(members)], use_bin_type=True)
-    return hashlib.sha256(bytes(head) + bytes(state)).hexdigest()
-
-
-def write_snapshot_file(
-    path: str, last: LogEntry, prev: LogEntry, members: Sequence[str], state: bytes
-) -> None:
-    """The snapshot as one msgpack map; `sha256` covers the rest, so a damaged file is
-    refused (a node from before it ignores the key: the map is otherwise unchanged)."""
-    last_entry = [bytes(last[0]), last[1], last[2]]
-    prev_entry = [bytes(prev[0]), prev[1], prev[2]]
-    ordered = sorted(members)
-    payload = {
-        "last": last_entry,
-        "prev": prev_entry,
-        "members": ordered,
-        "state": state,
-        "sha256": _snapshot_digest(last_entry, prev_entry, ordered, state),
-    }
-    write_file_durably(path, bytes(msgpack.packb(payload, use_bin_type=True)))
-
-
-def read_snapshot_file(path: str) -> SnapshotFile:
-    """Read and check a snapshot; CorruptSnapshot if it is damaged."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        payload = msgpack.unpackb(data, raw=False)
-        last, prev, members, state = (
-            payload["last"],
-            payload["prev"],
-            payload["members"],
-            payload["state"],
-        )
-        digest = payload.get("sha256")  # absent in snapshots of older versions
-        if digest is not None and digest != _snapshot_digest(last, prev, members, state):
-            raise ValueError("its checksum does not match its content")
-        snapshot = SnapshotFile(
-            (bytes(last[0]), last[1], last[2]),
-            (bytes(prev[0]), prev[1], prev[2]),
-            [str(m) for m in members],
-            bytes(state),
-        )
-    except Exception as exc:
-        raise CorruptSnapshot(
-            f"the Raft snapshot {path} is damaged ({exc}): this node refuses to start from "
-            "it rather than serve wrong data. If the other members have a quorum, remove this "
-            "node (`symphonyd node remove NAME --force` on one of them) and join it again "
-            "with a fresh data dir; if this node holds the last copy, restore its raft "
-            "directory from a backup"
-        ) from exc
-    return snapshot
-
-
 class DurableTransport(TCPTransport):
     """TCP transport that holds acknowledgements until the journal is synced."""
 
@@ -275,6 +198,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         os.makedirs(raft_dir, mode=0o700, exist_ok=True)
         self.journal = DurableJournal(raft_dir)
         self.snapshot_path = os.path.join(raft_dir, "snapshot")
+        self.snapshots = SnapshotWriter(self.snapshot_path)
         if os.path.exists(self.snapshot_path):
             last, prev, _members = self._snapshot_entries(self.snapshot_path)
             self.journal.align_with_snapshot(prev, last)
@@ -301,6 +225,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             dynamicMembershipChange=True,
             fullDumpFile=self.snapshot_path,
             serializer=self._write_snapshot,
+            serializeChecker=self.snapshots.state,
             deserializer=self._read_snapshot,
             bindAddress=bind_addr,
             useFork=False,
@@ -354,6 +279,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self.snapshots.wait(timeout=30)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the Raft thread (pysyncobj's state is not thread-safe)."""
@@ -529,11 +455,15 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
 
     # -- snapshots through the FSM --------------------------------------------------------
 
-    def _write_snapshot(self, path: str, data: Any) -> None:
+    def _write_snapshot(self, _tmp_path: str, data: Any) -> None:
+        # Raft thread: capture the state here, write it on the writer's thread
+        # (raft/snapshots.py); pysyncobj compacts once `snapshots.state()` says SUCCESS.
         last_entry, prev_entry, members = data
-        write_snapshot_file(
-            path, last_entry, prev_entry, [n.id for n in members], self.fsm.snapshot()
-        )
+        members_ids = [n.id for n in members]
+        started = time.perf_counter()
+        captured = self.fsm.capture()
+        self.snapshots.capture_seconds = time.perf_counter() - started
+        self.snapshots.start(last_entry, prev_entry, members_ids, captured, self.fsm.encode)
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         with open(path, "rb") as f:
@@ -586,6 +516,9 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             "trimmed_entries": self.trimmed_entries,
             "prevote_rounds": self.prevote_rounds,
             "prevotes_denied": self.prevotes_denied,
+            "snapshots_written": self.snapshots.written,
+            "snapshot_seconds": round(self.snapshots.last_seconds, 3),  # off the Raft thread
+            "snapshot_capture_seconds": round(self.snapshots.capture_seconds, 4),  # on it
             "read_rounds": self.read_rounds,
             "reads_confirmed": self.reads_confirmed,
             "ready": self.isReady(),
