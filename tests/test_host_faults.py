@@ -93,6 +93,53 @@ def test_a_full_disk_refuses_writes_clearly_and_recovers(small_disk: Path) -> No
         nodes.cleanup()
 
 
+@pytest.mark.privileged
+def test_a_follower_whose_disk_fills_falls_behind_and_catches_up(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """Only the node that takes a write checks its own disk: a follower whose disk is full
+    cannot write the entries it is sent. It must not acknowledge them, stay up, say why
+    (once in a while, not a traceback per tick), and catch up when space returns."""
+    nodes = NodeSet(tmp_path / "others")
+    try:
+        n1, _n2 = nodes.form(2)
+        n3 = NodeProcess(small_disk, "n3")
+        n3.log_path = tmp_path / "n3.log"  # the log must not need the full disk
+        nodes.nodes.append(n3)
+        n3.start()
+        nodes.join(n3, via=n1)
+        wait_until(lambda: len(n3.status()["members"]) == 3, 20, "n3 to join")
+        put(n1, "before", b"kept")
+        wait_until(lambda: get(n3, "before") == b"kept", 20, "n3 to have it")
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:  # to the last byte
+            for _ in range(200):
+                try:
+                    f.write(b"\0" * MiB)
+                    f.flush()
+                except OSError:
+                    break
+        for i in range(20):  # the other two are a majority: these commit
+            put(n1, f"while-full/{i}", b"y" * 4096)
+        wait_until(lambda: n3.status()["raft"]["host_errors"] > 0, 20, "n3 to fail a write")
+        assert get(n3, "while-full/19") is None  # it has fallen behind, and is up
+        filler.unlink()
+        revision = n1.settled_revision()
+        wait_until(lambda: n3.settled_revision() == revision, 30, "n3 to catch up")
+        assert all(get(n3, f"while-full/{i}") == b"y" * 4096 for i in (0, 7, 19))
+        assert "the Raft journal in" in n3.log() and "No space left on device" in n3.log()
+        assert n3.log().count("Traceback") == 0
+        n3.stop()
+        n3.start()
+        wait_until(
+            lambda: n3.settled_revision() == n1.settled_revision(), 30, "n3 back after a restart"
+        )
+        assert get(n3, "while-full/19") == b"y" * 4096
+        assert "torn or corrupt tail" not in n3.log()
+    finally:
+        nodes.cleanup()
+
+
 def damage(path: Path, where: str) -> None:
     data = path.read_bytes()
     if where == "middle":

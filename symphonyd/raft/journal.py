@@ -21,6 +21,7 @@ This module does no Raft logic and knows nothing of the store.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -140,7 +141,14 @@ class DurableJournal(Journal):
     def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
         record = _record(command, idx, term)
-        os.pwrite(self._fd, record, self._end)
+        written = os.pwrite(self._fd, record, self._end)
+        if written != len(record):  # a filesystem that filled up mid-record
+            os.ftruncate(self._fd, self._end)  # no half record left behind
+            raise OSError(
+                errno.ENOSPC,
+                f"{os.strerror(errno.ENOSPC)} (wrote {written} of a {len(record)}-byte record)",
+                self.path,
+            )
         self._offsets.append(self._end)
         self._entries.append((command, idx, term))
         self.held_bytes += len(command)

@@ -134,6 +134,7 @@ guard.install()  # the Raft port's bound before authentication (raft/guard.py)
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 LOG_MAX_BYTES = 256 << 20  # the Raft log held in RAM before a snapshot is forced
 COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
+HOST_ERROR_EVERY = 10.0  # seconds between two log lines about the same host failure
 Callback = Callable[[Any, int], None]
 
 
@@ -257,6 +258,8 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         self._status_at = 0.0
         self.role_listeners: list[Callable[[str], None]] = []
         self.trimmed_entries = 0
+        self.host_errors = 0  # ticks that failed on the host (OSError): a full disk, ...
+        self._host_error_logged = -HOST_ERROR_EVERY
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._refresh_status(force=True)
 
@@ -302,6 +305,9 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
                 while self._calls:
                     self._calls.popleft()()
                 self._refresh_status()
+            except OSError as exc:  # the host: a full disk, an I/O error
+                self._report_host_error(exc)
+                time.sleep(0.2)
             except Exception:
                 log.exception("raft tick failed")
                 time.sleep(0.05)
@@ -309,6 +315,23 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             self._sync_and_release()
         finally:
             self._doDestroy()
+
+    def _report_host_error(self, exc: OSError) -> None:
+        """One line per HOST_ERROR_EVERY seconds, not a traceback per tick: an entry that
+        cannot be written is not acknowledged (nothing is lost: the leader sends it again),
+        so this node falls behind until the host is fixed, and says why."""
+        self.host_errors += 1
+        now = time.monotonic()
+        if now - self._host_error_logged < HOST_ERROR_EVERY:
+            return
+        self._host_error_logged = now
+        log.error(
+            "the Raft journal in %s cannot be written: %s (%d times so far); this node "
+            "falls behind until that is fixed, and catches up from the leader afterwards",
+            self.raft_dir,
+            exc.strerror or exc,
+            self.host_errors,
+        )
 
     def _sync_before_poll(self) -> None:
         # Runs inside doTick right before the network poll: entries this node appended
@@ -514,6 +537,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             "journal_synced_entries": self.journal.synced_entries,
             "journal_bytes": self.journal.size_bytes,
             "trimmed_entries": self.trimmed_entries,
+            "host_errors": self.host_errors,
             "prevote_rounds": self.prevote_rounds,
             "prevotes_denied": self.prevotes_denied,
             "snapshots_written": self.snapshots.written,
