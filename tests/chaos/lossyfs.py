@@ -191,11 +191,12 @@ def build_operations(root: str) -> Any:
         # -- the control socket's view --------------------------------------------------------
 
         def report(self) -> dict[str, Any]:
-            pending = [d for d in self.files.values() if d.pending]
+            pending = {p: d for p, d in self.files.items() if d.pending}
             return {
                 **self.counts,
                 "pending_files": len(pending),
-                "pending_bytes": sum(d.pending_bytes for d in pending),
+                "pending_bytes": sum(d.pending_bytes for d in pending.values()),
+                "pending_paths": sorted(pending),
             }
 
         def crash(self, keep: float, seed: int) -> dict[str, Any]:
