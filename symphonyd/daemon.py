@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from symphonyd import __version__, metrics, systemd
+from symphonyd import __version__, allocator, metrics, systemd
 from symphonyd.api.connections import CONNECTIONS
 from symphonyd.block.service import BlockService
 from symphonyd.certificates import CertificateFiles
@@ -434,6 +434,7 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
         print(f"Error: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    allocator.mmap_threshold = allocator.fix_mmap_threshold()
     try:
         import uvloop
 

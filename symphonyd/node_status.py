@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from symphonyd import __version__
+from symphonyd import __version__, allocator
 from symphonyd.config import Settings
 from symphonyd.image import copier
 from symphonyd.raft.cluster import Cluster
@@ -39,6 +39,7 @@ def node_status(
     base: dict[str, Any] = {
         "version": __version__,
         "image_copier": copier.describe(),
+        "malloc_mmap_threshold": allocator.mmap_threshold,  # symphonyd/allocator.py
         "node": settings.name,
         "initialized": identity is not None,
         "uptime_s": round(time.time() - started_at, 1),
