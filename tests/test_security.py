@@ -563,7 +563,11 @@ def test_a_join_claims_only_what_a_node_may_and_an_unused_row_expires(nodeset: N
         40,
         "the ghost's row removed",
     )
-    assert "node ghost did not join before its token expired" in n1.log()
+    wait_until(  # logged once the removal is committed, just after the row went
+        lambda: "node ghost did not join before its token expired" in n1.log(),
+        10,
+        "the removal logged",
+    )
     n2 = nodeset.new("n2")  # a real join works after it
     joined = n2.cli("join", admin.request("POST", "/v1/tokens", body={})["token"], timeout=120)
     assert joined.returncode == 0, joined.stderr
