@@ -1,10 +1,13 @@
 """The nemesis suite, longer: a 3- or 5-node cluster behind loopback proxies under a KV
 workload (consistent reads, writes, deletes, CAS on a few keys) while faults follow each
-other at random: kill -9 of the leader or a follower (restarted), SIGSTOP of the leader,
-partitions of the leader or a follower that drop or reset its traffic. Then it heals
+other at random: kill -9 of the leader, a follower, a majority or every node (restarted),
+SIGSTOP of the leader or a follower, partitions of the leader or a follower that drop or
+reset its traffic, and on 5 nodes majority/minority splits (the leader and one follower
+against three). Then it heals
 everything and prints: operations attempted, acknowledged, failed, unknown; faults by
 kind; the linearizability verdict per key; acknowledged writes lost; whether the members
-are identical; the time to the next acknowledged write after each fault of the leader.
+are identical; the time to the next acknowledged write after each fault that hits the
+leader.
 
 Usage (repository root, symphonyd installed): python bench/chaos.py [--minutes 2] [--nodes 3]
 
@@ -36,7 +39,10 @@ FAULTS = [
     ("partition-cut", "leader"),
     ("partition-drop", "follower"),
     ("partition-cut", "follower"),
+    ("kill", "majority"),
+    ("kill", "all"),
 ]
+SPLITS = [("partition-drop", "minority"), ("partition-cut", "minority")]  # 5 nodes
 
 
 def main() -> None:
@@ -52,7 +58,7 @@ def main() -> None:
     if not 1 <= args.clients <= 16 or not 1 <= args.keys <= 20:
         parser.error("--clients must be 1..16 and --keys 1..20")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    plan = FAULTS[:]
+    plan = FAULTS + (SPLITS if args.nodes == 5 else [])
     random.Random(seed).shuffle(plan)
     base = Path(tempfile.mkdtemp(prefix="chaos-"))
     print(f"seed {seed}, data in {base}", flush=True)

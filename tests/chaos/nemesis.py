@@ -3,8 +3,12 @@ through the proxies of tests/chaos/proxy.py, on a cluster of real symphonyd proc
 
 What it is for: `ChaosCluster` is a NodeSet whose nodes listen on 127.0.0.(10+i) and
 advertise 127.0.0.1, where a proxy per node and port (Raft and API) forwards to them;
-`Nemesis` applies one fault at a time to the leader or a follower, records it, and heals
-it. Signals go to a node's own PID, never by name. `ChaosCluster.cleanup()` resumes paused
+`Nemesis` applies one fault at a time, records it, and heals it. A fault hits a group of
+nodes named by a role: the `leader`, a `follower`, a `majority` (the leader and enough
+followers to make one: killing it stops the cluster), a `minority` holding the leader (a
+partition of it is the majority/minority split: on 5 nodes, the leader and one follower
+against three), or `all` (kill -9 of every node, then all restarted: a whole-cluster
+crash). Signals go to a node's own PID, never by name. `ChaosCluster.cleanup()` resumes paused
 nodes, stops every node by its PID and closes the proxies, also after a failure.
 """
 
@@ -22,6 +26,7 @@ from tests.chaos.proxy import ProxyHub
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
 FAULT_KINDS = ("kill", "pause", "partition-drop", "partition-cut")
+ROLES = ("leader", "follower", "majority", "minority", "all")
 
 
 class ChaosCluster(NodeSet):
@@ -58,8 +63,8 @@ class ChaosCluster(NodeSet):
 @dataclass
 class Fault:
     kind: str  # one of FAULT_KINDS
-    node: str
-    role: str  # what the node was when hit: leader or follower
+    node: str  # the names of the nodes hit, joined by "+"
+    role: str  # one of ROLES: what the nodes were when hit
     start: float  # time.monotonic()
     healed: float = 0.0
 
@@ -88,54 +93,72 @@ class Nemesis:
     def leader(self) -> NodeProcess:
         return self.cluster.leader(among=self.answering())
 
-    def pick(self, role: str) -> NodeProcess:
+    def pick(self, role: str) -> list[NodeProcess]:
+        """The nodes a fault of `role` hits, the leader first where it is one of them."""
+        if role == "all":
+            return list(self.members)
         leader = self.leader()
-        if role == "leader":
-            return leader
-        return self.rng.choice([n for n in self.answering() if n is not leader])
+        followers = [n for n in self.answering() if n is not leader]
+        size = {
+            "leader": 1,
+            "follower": 1,
+            "majority": len(self.members) // 2 + 1,
+            "minority": (len(self.members) - 1) // 2,
+        }.get(role)
+        if size is None:
+            raise ValueError(f"unknown role {role}: one of {ROLES}")
+        if role == "follower":
+            return [self.rng.choice(followers)]
+        return [leader, *self.rng.sample(followers, size - 1)]
 
     # -- one fault: hit, hold, heal ---------------------------------------------------------
 
     def inject(self, kind: str, role: str, hold: float) -> Fault:
-        node = self.pick(role)
-        fault = Fault(kind, node.name, role, time.monotonic())
+        group = self.pick(role)
+        fault = Fault(kind, "+".join(n.name for n in group), role, time.monotonic())
         self.faults.append(fault)
         try:
-            self._hit(kind, node)
+            self._hit(kind, group)
             time.sleep(hold)
         finally:
-            self._heal(kind, node)
+            self._heal(kind, group)
             fault.healed = time.monotonic()
         return fault
 
-    def _hit(self, kind: str, node: NodeProcess) -> None:
-        assert node.proc is not None
+    def _hit(self, kind: str, group: list[NodeProcess]) -> None:
         if kind == "kill":
-            with self._lock:
-                self.down.add(node.name)
-            node.kill()
+            for node in group:
+                with self._lock:
+                    self.down.add(node.name)
+                node.kill()
         elif kind == "pause":
-            with self._lock:
-                self.paused.add(node.name)
-            os.kill(node.proc.pid, signal.SIGSTOP)
+            for node in group:
+                assert node.proc is not None
+                with self._lock:
+                    self.paused.add(node.name)
+                os.kill(node.proc.pid, signal.SIGSTOP)
         elif kind.startswith("partition-"):
             mode = kind.removeprefix("partition-")
-            for other in self.members:
-                if other is not node:
-                    self.cluster.proxies.set_link(node.name, other.name, mode)
+            whole = len(group) == len(self.members)  # every node cut off from every other
+            for node in group:
+                for other in self.members:
+                    if other is not node and (whole or other not in group):
+                        self.cluster.proxies.set_link(node.name, other.name, mode)
         else:
             raise ValueError(f"unknown fault {kind}")
 
-    def _heal(self, kind: str, node: NodeProcess) -> None:
+    def _heal(self, kind: str, group: list[NodeProcess]) -> None:
         if kind == "kill":
-            node.start()
-            with self._lock:
-                self.down.discard(node.name)
+            for node in group:
+                node.start()
+                with self._lock:
+                    self.down.discard(node.name)
         elif kind == "pause":
-            assert node.proc is not None
-            os.kill(node.proc.pid, signal.SIGCONT)
-            with self._lock:
-                self.paused.discard(node.name)
+            for node in group:
+                assert node.proc is not None
+                os.kill(node.proc.pid, signal.SIGCONT)
+                with self._lock:
+                    self.paused.discard(node.name)
         else:
             self.cluster.proxies.heal()
 

@@ -5,7 +5,7 @@ What it judges (`ChaosReport`): every key's history is linearizable (tests/chaos
 no acknowledged write was lost (after the final value's write, no acknowledged change of
 the key came later); no write answered `no_quorum` was ever seen; every member holds the
 same keys, values and ModifyIndexes at the same revision. It also measures, after each
-fault of the leader, the time to the next acknowledged write.
+fault that hits the leader (alone or in a group), the time to the next acknowledged write.
 
 Bounded: the faults stop at `duration`, the clients soon after (each request at most its
 timeout), and every process is stopped by its PID at the end (ChaosCluster.cleanup), also
@@ -28,6 +28,7 @@ from tests.chaos.workload import KEY_PREFIX, MUTATIONS, Record, Workload
 from tests.nodes import NodeProcess
 
 HOLD = {"kill": 3.0, "pause": 6.0, "partition-drop": 6.0, "partition-cut": 5.0}
+# recovery_times keys: "<kind> of the <role>"
 GAP = 2.0  # between faults: the cluster recovers
 
 
@@ -93,10 +94,10 @@ class ChaosReport:
             f"members identical at revision {self.revision}: "
             + ("yes" if not self.divergent else f"NO ({self.divergent})")
         )
-        for kind, seconds in sorted(self.recovery.items()):
+        for fault, seconds in sorted(self.recovery.items()):
             if seconds:
                 lines.append(
-                    f"next acknowledged write after {kind} of the leader: "
+                    f"next acknowledged write after {fault}: "
                     f"median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s "
                     f"({len(seconds)} faults)"
                 )
@@ -151,16 +152,16 @@ def failed_seen(records: list[Record]) -> list[Op]:
 
 
 def recovery_times(faults: list[Fault], records: list[Record]) -> dict[str, list[float]]:
-    """Per fault kind hitting the leader: seconds from the fault to the completion of the
-    first acknowledged change invoked after it."""
+    """Per fault that hits the leader ("kill of the majority", ...): seconds from the fault
+    to the completion of the first acknowledged change invoked after it."""
     acknowledged = [r.op for r in records if r.op.kind in MUTATIONS and r.op.outcome == "ok"]
     out: dict[str, list[float]] = {}
     for fault in faults:
-        if fault.role != "leader":
+        if fault.role == "follower":
             continue
         after = [o.complete for o in acknowledged if o.invoke >= fault.start]
         if after:
-            out.setdefault(fault.kind, []).append(min(after) - fault.start)
+            out.setdefault(f"{fault.kind} of the {fault.role}", []).append(min(after) - fault.start)
     return out
 
 

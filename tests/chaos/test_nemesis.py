@@ -1,10 +1,12 @@
-"""The nemesis suite, short: a 3-node cluster behind proxies under a workload of four
-clients on three keys, while it suffers kill -9 of the leader and of a follower (both
-restarted), a SIGSTOP pause of the leader, a partition of the leader that drops its
-traffic and one of a follower that resets it. After healing: every key's history is
-linearizable, no acknowledged write was lost, no refused write was ever seen, and every
-member holds the same keys, values and indexes at the same revision. A negative control
-feeds the checker the same real history with one stale read injected."""
+"""The nemesis suite, short: a cluster behind proxies under a workload of four clients on
+three keys. 3 nodes suffer kill -9 of the leader, of a follower, of a majority (the
+cluster stops) and of all of them (a whole-cluster crash), each then restarted, a SIGSTOP
+pause of the leader, a partition of the leader that drops its traffic and one of a
+follower that resets it; 5 nodes suffer majority/minority splits (the leader and one
+follower against three, dropped and reset) and kill -9 of a majority. After healing:
+every key's history is linearizable, no acknowledged write was lost, no refused write was
+ever seen, and every member holds the same keys, values and indexes at the same revision.
+A negative control feeds the checker the same real history with one stale read injected."""
 
 from __future__ import annotations
 
@@ -15,29 +17,45 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.checker import Op, check
-from tests.chaos.run import ChaosReport, run_chaos
+from tests.chaos.run import HOLD, ChaosReport, run_chaos
+from tests.chaos.workload import MUTATIONS
 
-PLAN = [
-    ("kill", "leader"),
-    ("kill", "follower"),
-    ("pause", "leader"),
-    ("partition-drop", "leader"),
-    ("partition-cut", "follower"),
-]
+PLANS = {
+    3: [
+        ("kill", "leader"),
+        ("kill", "follower"),
+        ("pause", "leader"),
+        ("partition-drop", "leader"),
+        ("partition-cut", "follower"),
+        ("kill", "majority"),
+        ("kill", "all"),
+    ],
+    5: [
+        ("partition-drop", "minority"),
+        ("kill", "majority"),
+        ("partition-cut", "minority"),
+    ],
+}
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
-    base: Path = tmp_path_factory.mktemp("chaos")
-    return run_chaos(base, nodes=3, duration=90, plan=PLAN, max_faults=len(PLAN), seed=15)
+@pytest.fixture(scope="module", params=sorted(PLANS), ids=lambda n: f"{n}-nodes")
+def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
+    nodes: int = request.param
+    base: Path = tmp_path_factory.mktemp(f"chaos{nodes}")
+    plan = PLANS[nodes]
+    return run_chaos(base, nodes=nodes, duration=120, plan=plan, max_faults=len(plan), seed=15)
 
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_every_fault_was_injected_and_healed(report: ChaosReport) -> None:
-    assert [(f.kind, f.role) for f in report.faults] == PLAN
+    assert [(f.kind, f.role) for f in report.faults] == PLANS[report.nodes]
     assert all(f.healed > f.start for f in report.faults)
+    sizes = {"leader": 1, "follower": 1, "majority": report.nodes // 2 + 1}
+    sizes |= {"minority": (report.nodes - 1) // 2, "all": report.nodes}
+    for fault in report.faults:
+        assert len(fault.node.split("+")) == sizes[fault.role], fault
     # the partitions were real: the proxies carried the nodes' own links
     between_nodes = [link for link in report.links if "client" not in link]
     assert len(between_nodes) >= 3, report.links
@@ -49,6 +67,21 @@ def test_the_workload_ran_through_the_faults(report: ChaosReport) -> None:
     acknowledged = [r for r in report.records if r.op.outcome == "ok"]
     after_last_fault = [r for r in acknowledged if r.op.invoke > report.faults[-1].healed]
     assert after_last_fault, "nothing was acknowledged after the last fault healed"
+
+
+def test_nothing_was_acknowledged_while_a_majority_was_down(report: ChaosReport) -> None:
+    """The kills of a majority were real: no change invoked after them was acknowledged
+    before the restarts began (HOLD seconds later), and the survivors were asked."""
+    for fault in report.faults:
+        if fault.kind != "kill" or fault.role not in ("majority", "all"):
+            continue
+        window = (fault.start + 0.1, fault.start + HOLD["kill"])
+        during = [r.op for r in report.records if window[0] < r.op.invoke < window[1]]
+        changes = [o for o in during if o.kind in MUTATIONS and o.outcome == "ok"]
+        acknowledged = [o for o in changes if o.complete < window[1]]
+        assert acknowledged == [], f"{fault}: {[o.describe() for o in acknowledged]}"
+        if fault.role == "majority":
+            assert any(o.outcome != "ok" for o in during), f"{fault}: nothing tried the survivors"
 
 
 def test_every_key_is_linearizable(report: ChaosReport) -> None:
