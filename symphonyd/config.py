@@ -7,7 +7,7 @@ Data directory (`/var/lib/symphonyd` by default, `SYMPHONYD_DATA_DIR`):
     identity.json       this node's name, cluster id and membership (0600)
     secret              the cluster secret: Raft encryption key (0600)
     tls/cert.pem, tls/key.pem   the cluster certificate for the HTTPS API
-    raft/               journal.log, journal.meta, snapshot
+    raft/               journal.log, journal.state, snapshot
 """
 
 from __future__ import annotations

@@ -93,6 +93,8 @@ class Daemon:
         self._tcp_site: web.TCPSite | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()  # SIGTERM, SIGINT, or a fatal Raft error
+        self.exit_code = 0  # what `symphonyd run` exits with
         self.membership = Membership(settings, self)
 
     # -- start / stop ------------------------------------------------------------------
@@ -179,8 +181,14 @@ class Daemon:
             tuning=self.settings.raft,
             log_max_bytes=bounds["log_max_bytes"],
         )
+        event_loop = asyncio.get_running_loop()
+
+        def on_fatal(why: str) -> None:  # on the Raft thread
+            event_loop.call_soon_threadsafe(self._fatal, why)
+
+        node.fatal_listeners.append(on_fatal)
         node.start()
-        self.cluster = Cluster(node, store, asyncio.get_running_loop())
+        self.cluster = Cluster(node, store, event_loop)
         self.cluster.quota_bytes = bounds["quota"]
         self.cluster.disk_reserve = bounds["disk_reserve"]
         metrics.watch_raft(lambda: self.cluster.status() if self.cluster else None)
@@ -362,9 +370,16 @@ class Daemon:
             os.unlink(self.settings.socket_path)
         self._stopped.set()
 
+    def _fatal(self, why: str) -> None:
+        """The Raft node stopped for good (raft/node.py `_stop_on_fatal`): the daemon
+        stops too and exits with status 1, for systemd to restart it."""
+        self.exit_code = 1
+        systemd.notify(f"STATUS=stopping: {why}")
+        self._stop_requested.set()
+
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = self._stop_requested
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
@@ -441,12 +456,13 @@ def run_daemon(config_file: str | None, overrides: dict[str, Any]) -> int:
         uvloop.install()
     except ImportError:
         pass
+    daemon = Daemon(settings)
     try:
-        asyncio.run(Daemon(settings).serve_forever())
+        asyncio.run(daemon.serve_forever())
     except SymphonyError as exc:
         log.error("%s", exc.message)
         return 1
-    return 0
+    return daemon.exit_code
 
 
 DATA_DIR_MODE = 0o711

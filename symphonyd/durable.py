@@ -7,6 +7,7 @@ drivers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Sequence
@@ -46,6 +47,10 @@ def write_file_durably(
             while view:
                 view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: give back what it took
+            os.unlink(tmp)
+        raise
     finally:
         os.close(fd)
     os.replace(tmp, path)

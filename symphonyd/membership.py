@@ -102,6 +102,7 @@ class Membership:
         self.node = node
         self.identity: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._identity_save_failed = False  # said once, until a save works again
 
     # -- files -------------------------------------------------------------------------------
 
@@ -188,7 +189,15 @@ class Membership:
             await self._record_version(cluster)
             peers = sorted(cluster.raft_members() - {self.settings.raft_addr})
             if peers != identity.get("peers"):
-                await asyncio.to_thread(self._save_identity, {**identity, "peers": peers})
+                try:
+                    await asyncio.to_thread(self._save_identity, {**identity, "peers": peers})
+                except OSError as exc:  # a full disk: tried again in 2 s
+                    if not self._identity_save_failed:
+                        log.warning("cannot save the member list in %s: %s (will retry)",
+                                    self.identity_path, exc.strerror or exc)  # fmt: skip
+                    self._identity_save_failed = True
+                else:
+                    self._identity_save_failed = False
 
     async def _record_version(self, cluster: Cluster) -> None:
         """Keep this node's row telling the version it runs and holding its credential (a

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from symphonyd.errors import DiskFull
+from symphonyd.errors import DiskFull, SymphonyError
 from symphonyd.raft.snapshots import CorruptSnapshot, read_snapshot_file, write_snapshot_file
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
@@ -136,6 +137,69 @@ def test_a_follower_whose_disk_fills_falls_behind_and_catches_up(
         )
         assert get(n3, "while-full/19") == b"y" * 4096
         assert "torn or corrupt tail" not in n3.log()
+    finally:
+        nodes.cleanup()
+
+
+def fill(disk: Path) -> Path:
+    """Fill the filesystem to the last byte (again: the daemon frees what it fails to
+    write); the filler file."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        for _ in range(200):
+            try:
+                f.write(b"\0" * MiB)
+                f.flush()
+            except OSError:
+                break
+    return filler
+
+
+def try_put(node: NodeProcess, key: str) -> bool:
+    try:
+        node.client(timeout=10).request("PUT", f"/v1/kv/{key}", raw=b"z" * 4096)
+    except SymphonyError:
+        return False
+    return True
+
+
+@pytest.mark.privileged
+def test_a_leader_whose_disk_fills_hands_leadership_over(small_disk: Path, tmp_path: Path) -> None:
+    """The leader cannot append the writes a follower forwards to it (its own disk is
+    full; the follower checks only its own): it hands leadership to a caught-up follower,
+    and the two healthy nodes take writes again; once space returns it catches up."""
+    nodes = NodeSet(tmp_path / "others")
+    try:
+        n3 = NodeProcess(small_disk, "n3")
+        n3.log_path = tmp_path / "n3.log"
+        nodes.nodes.append(n3)
+        n3.start()
+        n3.client().request("POST", "/v1/cluster/init", body={})
+        n1, n2 = nodes.new("n1"), nodes.new("n2")
+        for node in (n1, n2):
+            nodes.join(node, via=n3)
+        wait_until(lambda: len(n1.status()["members"]) == 3, 20, "three members")
+        assert nodes.leader() is n3
+        put(n1, "before", b"kept")
+        filler = fill(small_disk)
+        deadline = time.monotonic() + 30
+        attempts: list[bool] = []
+        while time.monotonic() < deadline:  # bounded: 30 s of writes, each at most 10 s
+            fill(small_disk)  # kept full: the daemon frees what it failed to write
+            attempts.append(try_put(n1, f"while-full/{len(attempts)}"))
+            if attempts[-1] and nodes.leader() is not n3:
+                break
+        else:
+            raise AssertionError(f"the full leader kept leading: {attempts}")
+        assert not attempts[0], "the first write reached a leader whose disk is full"
+        assert n3.status()["raft"]["leadership_handed_over"] >= 1
+        assert "cannot write its journal: handing leadership over" in n3.log()
+        last = f"while-full/{len(attempts) - 1}"
+        filler.unlink()
+        revision = n1.settled_revision()
+        wait_until(lambda: n3.settled_revision() == revision, 30, "n3 to catch up")
+        assert get(n3, last) == b"z" * 4096
+        assert n3.log().count("Traceback") == 0
     finally:
         nodes.cleanup()
 

@@ -5,6 +5,7 @@ a restarted node would.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from pysyncobj.journal import Journal
 
 from symphonyd.durable import write_file_durably
+from symphonyd.raft.hardstate import SLOT
 from symphonyd.raft.journal import MAGIC, DurableJournal
 
 Entry = tuple[bytes, int, int]
@@ -107,13 +109,51 @@ def test_destroy_twice_is_harmless(tmp_path: Path) -> None:
     again._destroy()
 
 
-def test_unreadable_meta_starts_from_term_zero(tmp_path: Path) -> None:
+def test_unreadable_state_starts_from_term_zero(tmp_path: Path) -> None:
     journal, wanted = filled(tmp_path, 2)
+    journal.setCurrentTerm(3, "a")
     journal._destroy()
-    (tmp_path / "journal.meta").write_bytes(b"{not json")
+    (tmp_path / "journal.state").write_bytes(b"\xff" * 2 * SLOT)
     again = DurableJournal(str(tmp_path))
     assert again.getCurrentTerm() == 0
     assert entries_of(again) == wanted
+    again._destroy()
+
+
+def test_term_and_vote_are_saved_in_place_and_a_torn_slot_keeps_the_other(
+    tmp_path: Path,
+) -> None:
+    """Saves alternate between two slots of a file that never grows (a full disk cannot
+    stop them); a slot torn by a crash leaves the previous save."""
+    journal, _ = filled(tmp_path, 1)
+    state = tmp_path / "journal.state"
+    inode = state.stat().st_ino
+    for term in range(2, 7):
+        journal.setCurrentTerm(term, f"node-{term}")
+    journal._destroy()
+    assert state.stat().st_size == 2 * SLOT and state.stat().st_ino == inode
+    again = DurableJournal(str(tmp_path))
+    assert (again.getCurrentTerm(), again.getVotedForNodeId()) == (6, "node-6")
+    again._destroy()
+    raw = bytearray(state.read_bytes())
+    newest = max((0, 1), key=lambda i: raw[i * SLOT + 8])  # seq's low byte
+    raw[newest * SLOT + 30] ^= 0xFF  # the newest save, torn
+    state.write_bytes(bytes(raw))
+    torn = DurableJournal(str(tmp_path))
+    assert (torn.getCurrentTerm(), torn.getVotedForNodeId()) == (5, "node-5")
+    torn._destroy()
+
+
+def test_an_earlier_versions_journal_meta_is_converted(tmp_path: Path) -> None:
+    journal, wanted = filled(tmp_path, 2)
+    journal._destroy()
+    (tmp_path / "journal.state").unlink()
+    meta = {"term": 9, "voted_for": "127.0.0.1:7000", "commit_index": 2}
+    (tmp_path / "journal.meta").write_text(json.dumps(meta))
+    again = DurableJournal(str(tmp_path))
+    assert (again.getCurrentTerm(), again.getVotedForNodeId()) == (9, "127.0.0.1:7000")
+    assert again.getRaftCommitIndex() == 2 and entries_of(again) == wanted
+    assert not (tmp_path / "journal.meta").exists()
     again._destroy()
 
 

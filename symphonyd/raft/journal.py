@@ -13,9 +13,18 @@ entries appended in one round of received messages share one `fdatasync` (see
 File format (`journal.log`): an 8-byte magic, then records of
 `<len:u32><crc32:u32><idx:u64><term:u64><command bytes>`; the crc covers idx, term and the
 command. A torn or corrupt tail (a crash mid-write) is cut off when the file is opened:
-it was never synced, hence never acknowledged. Term and vote (`journal.meta`) are written
-atomically and fsynced before pysyncobj sends the vote that depends on them; the commit
-index beside them is saved lazily (once a second), but through the same synced write.
+it was never synced, hence never acknowledged. Term and vote (`journal.state`,
+raft/hardstate.py: two slots written in place, so a full disk cannot stop a save) are
+synced before pysyncobj sends the vote that depends on them; the commit index beside them
+is saved lazily (once a second), but through the same synced write.
+
+A failed `fdatasync` is final (`SyncFailed`). On Linux a writeback error marks the pages
+clean: a retried fdatasync succeeds although the data never reached the disk (the
+"fsyncgate" of PostgreSQL, 2018), so a journal that retried would acknowledge entries a
+power loss then takes away. Instead the journal cuts the file back to what its last good
+sync covered (so a restart cannot read the lost entries back from the page cache), and
+refuses every add and sync after; raft/node.py stops the node, and the leader sends the
+entries again once it has restarted.
 
 This module does no Raft logic and knows nothing of the store.
 """
@@ -23,7 +32,6 @@ This module does no Raft logic and knows nothing of the store.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import struct
@@ -33,7 +41,10 @@ from typing import Any
 
 from pysyncobj.journal import Journal
 
-from symphonyd.durable import fsync_dir, write_file_durably
+from symphonyd.durable import fsync_dir
+from symphonyd.raft.hardstate import HardState, SyncFailed
+
+__all__ = ["DurableJournal", "SyncFailed"]
 
 log = logging.getLogger("symphonyd.raft.journal")
 
@@ -54,7 +65,6 @@ class DurableJournal(Journal):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.directory = directory
         self.path = os.path.join(directory, "journal.log")
-        self.meta_path = os.path.join(directory, "journal.meta")
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self.held_bytes = 0  # the commands held in RAM (what a snapshot lets go)
@@ -63,22 +73,14 @@ class DurableJournal(Journal):
         self.sync_count = 0
         self.synced_entries = 0
         self._unsynced_adds = 0
-        self._meta: dict[str, Any] = self._load_meta()
+        self.failed: SyncFailed | None = None
+        self._hard_state = HardState(directory)
+        self._meta: dict[str, Any] = dict(self._hard_state.state)
         self._meta_saved = dict(self._meta)
         self._fd = self._open_and_recover()
+        self._synced_end = self._end  # the file up to here is on stable storage
 
     # -- opening --------------------------------------------------------------------------
-
-    def _load_meta(self) -> dict[str, Any]:
-        try:
-            with open(self.meta_path, "rb") as f:
-                meta = json.loads(f.read())
-            return meta if isinstance(meta, dict) else {}
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            log.error("journal meta %s is unreadable; starting from term 0", self.meta_path)
-            return {}
 
     def _open_and_recover(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -129,17 +131,36 @@ class DurableJournal(Journal):
 
     def sync(self) -> None:
         """Put every entry added so far on stable storage (no-op when nothing changed)."""
+        if self.failed is not None:
+            raise self.failed
         if not self._dirty:
             return
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self.failed = SyncFailed(self.path, exc)
+            self._cut_unsynced()
+            raise self.failed from exc
+        self._synced_end = self._end
         self._dirty = False
         self.sync_count += 1
         self.synced_entries += self._unsynced_adds
         self._unsynced_adds = 0
 
+    def _cut_unsynced(self) -> None:
+        """After a failed sync: the file back to its last synced length, that cut made
+        durable if the disk still can (else a restart reads and cuts a torn tail)."""
+        try:
+            os.ftruncate(self._fd, self._synced_end)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            log.error("cannot cut %s back to %d bytes: %s", self.path, self._synced_end, exc)
+
     # -- pysyncobj's Journal interface ----------------------------------------------------
 
     def add(self, command: bytes, idx: int, term: int) -> None:
+        if self.failed is not None:
+            raise self.failed
         command = bytes(command)
         record = _record(command, idx, term)
         written = os.pwrite(self._fd, record, self._end)
@@ -202,7 +223,7 @@ class DurableJournal(Journal):
         self._entries = list(keep)
         self.held_bytes = sum(len(e[0]) for e in keep)
         self._offsets = offsets
-        self._end = pos
+        self._end = self._synced_end = pos
         self._dirty = False
         self.synced_entries += self._unsynced_adds
         self._unsynced_adds = 0
@@ -210,6 +231,7 @@ class DurableJournal(Journal):
     def _truncate_file(self, end: int) -> None:
         os.ftruncate(self._fd, end)
         self._end = end
+        self._synced_end = min(self._synced_end, end)
         self._dirty = True
 
     def __getitem__(self, item: Any) -> Any:
@@ -222,9 +244,15 @@ class DurableJournal(Journal):
         with self._lock:
             if self._fd < 0:
                 return
-            self.sync()
-            self._save_meta()
+            if self.failed is None:  # else nothing more is written
+                try:
+                    self.sync()
+                    if self._meta != self._meta_saved:
+                        self._save_meta()
+                except SyncFailed as exc:
+                    log.error("closing the journal: %s", exc)
             os.close(self._fd)
+            self._hard_state.close()
             self._fd = -1
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
@@ -251,11 +279,16 @@ class DurableJournal(Journal):
             self._save_meta()
 
     def _save_meta(self) -> None:
-        # Always synced before the rename, the lazy save of the commit index too: the file
-        # also holds term and vote, and a rename of unsynced data can leave it empty after
-        # a power loss (the node would start from term 0 and could vote twice in a term;
-        # found by tests/chaos/test_powerloss.py). At most one sync a second.
-        write_file_durably(self.meta_path, json.dumps(self._meta).encode())
+        # Synced, the lazy save of the commit index too: the slot also holds term and vote
+        # (a save that was not synced once left them empty after a power loss; found by
+        # tests/chaos/test_powerloss.py). At most one sync a second. A failed save is final.
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._hard_state.save(self._meta)
+        except SyncFailed as exc:
+            self.failed = exc
+            raise
         self._meta_saved = dict(self._meta)
 
     def align_with_snapshot(self, prev: Entry, last: Entry) -> bool:

@@ -53,7 +53,7 @@ from pysyncobj.transport import TCPTransport
 
 from symphonyd.raft import guard
 from symphonyd.raft.fsm import FSM
-from symphonyd.raft.journal import DurableJournal
+from symphonyd.raft.journal import DurableJournal, SyncFailed
 from symphonyd.raft.prevote import PreVote
 from symphonyd.raft.readindex import ReadIndex
 from symphonyd.raft.snapshots import SnapshotWriter, read_snapshot_file
@@ -135,6 +135,7 @@ RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 LOG_MAX_BYTES = 256 << 20  # the Raft log held in RAM before a snapshot is forced
 COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 HOST_ERROR_EVERY = 10.0  # seconds between two log lines about the same host failure
+HAND_OVER_FOR = 5.0  # seconds a leader whose journal failed keeps asking for a transfer
 Callback = Callable[[Any, int], None]
 
 
@@ -162,6 +163,12 @@ class DurableTransport(TCPTransport):
             self._held.append((node, message))
             return True
         return bool(super().send(node, message))
+
+    def drop_held(self) -> int:
+        """Forget the held acknowledgements (their entries could not be synced)."""
+        dropped = len(self._held)
+        self._held = []
+        return dropped
 
     def release_held(self) -> None:
         held, self._held = self._held, []
@@ -259,6 +266,11 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         self.role_listeners: list[Callable[[str], None]] = []
         self.trimmed_entries = 0
         self.host_errors = 0  # ticks that failed on the host (OSError): a full disk, ...
+        self.fatal: str | None = None  # why the Raft thread stopped for good (a failed sync)
+        self.fatal_listeners: list[Callable[[str], None]] = []  # run on the Raft thread
+        self._held_dropped = 0
+        self.leadership_handed_over = 0  # transfers asked for: this leader's journal failed
+        self._hand_over_until = self._handed_over_at = -1.0
         self._host_error_logged = -HOST_ERROR_EVERY
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._refresh_status(force=True)
@@ -298,6 +310,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
     def _tick_loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                self._hand_over()
                 self._prevote_tick()
                 self.doTick(0.05)
                 self._sync_and_release()
@@ -305,23 +318,63 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
                 while self._calls:
                     self._calls.popleft()()
                 self._refresh_status()
+            except SyncFailed as exc:  # before OSError: never retried (raft/journal.py)
+                self._stop_on_fatal(exc)
+                break
             except OSError as exc:  # the host: a full disk, an I/O error
                 self._report_host_error(exc)
+                self._refresh_status()  # its role still changes: status must not lag
                 time.sleep(0.2)
             except Exception:
                 log.exception("raft tick failed")
                 time.sleep(0.05)
         try:
-            self._sync_and_release()
+            if self.fatal is None:  # else nothing more is acknowledged, nor synced
+                self._sync_and_release()
         finally:
             self._doDestroy()
+
+    def _hand_over(self) -> None:
+        """For HAND_OVER_FOR seconds after this leader failed to write its journal, ask
+        every 0.3 s for a transfer (pysyncobj refuses one while no follower has every
+        entry the leader has)."""
+        now = time.monotonic()
+        due = now < self._hand_over_until and now - self._handed_over_at >= 0.3
+        if due and self._isLeader():
+            self._handed_over_at = now
+            self.leadership_handed_over += 1
+            self.transferLeadership()
+
+    def _stop_on_fatal(self, exc: SyncFailed) -> None:
+        """The journal lost what its failed sync covered: this node acknowledges nothing
+        more (the acknowledgements held for that sync are dropped), its Raft thread ends,
+        and the listeners (the daemon: exit with status 1) are told."""
+        self.fatal = str(exc)
+        self._held_dropped = self.transport.drop_held()
+        log.critical(
+            "%s; this node stops so as not to acknowledge entries that may not be on disk "
+            "(its journal is cut back to its last good sync; after a restart it catches up "
+            "from the leader). Check the disk (dmesg) before restarting it.",
+            self.fatal,
+        )
+        for listener in self.fatal_listeners:
+            try:
+                listener(self.fatal)
+            except Exception:
+                log.exception("fatal listener failed")
 
     def _report_host_error(self, exc: OSError) -> None:
         """One line per HOST_ERROR_EVERY seconds, not a traceback per tick: an entry that
         cannot be written is not acknowledged (nothing is lost: the leader sends it again),
-        so this node falls behind until the host is fixed, and says why."""
+        so this node falls behind until the host is fixed, and says why. A leader that
+        cannot write its own journal commits nothing: it hands leadership to a follower
+        that has every entry it has (`_hand_over`), and falls behind as one."""
         self.host_errors += 1
         now = time.monotonic()
+        if self._isLeader():
+            if self._hand_over_until < now:
+                log.warning("this leader cannot write its journal: handing leadership over")
+            self._hand_over_until = now + HAND_OVER_FOR
         if now - self._host_error_logged < HOST_ERROR_EVERY:
             return
         self._host_error_logged = now
@@ -538,6 +591,8 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             "journal_bytes": self.journal.size_bytes,
             "trimmed_entries": self.trimmed_entries,
             "host_errors": self.host_errors,
+            "leadership_handed_over": self.leadership_handed_over,
+            "fatal": self.fatal,
             "prevote_rounds": self.prevote_rounds,
             "prevotes_denied": self.prevotes_denied,
             "snapshots_written": self.snapshots.written,

@@ -29,6 +29,12 @@ The model (what a program sees, what survives):
   pending 4 KiB blocks is written to the backing files first, unsynced and in no order:
   the dirty pages the kernel happened to write back before the power went, so a file
   can end in a torn tail or hold new blocks among old ones.
+* **A failed sync** (`fail-sync N [NAME]` on the control socket: the next N
+  fsync/fdatasync of a file with pending data, named NAME if given, answer EIO) behaves
+  as Linux does after a writeback error ("fsyncgate"): the pending blocks are marked
+  clean without reaching the disk. Reads still see them (they stay in the page cache)
+  until a crash, but no later sync writes them, so a retried fsync succeeds and the data
+  is lost all the same. A truncation drops them as it drops any block.
 
 Data goes through with FUSE's direct_io (no page cache of the mount's own: every read is
 served from the model). symphonyd's data dir needs nothing else: its journal is pwrite +
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import random
@@ -70,6 +77,7 @@ class FileData:
         self.size = self.synced_size  # what a reader sees
         self.cut = self.synced_size  # the least size since the sync: backing bytes past it are gone
         self.blocks: dict[int, bytearray] = {}
+        self.lost: dict[int, bytearray] = {}  # blocks of a failed sync: seen, never written
 
     @property
     def pending(self) -> bool:
@@ -87,7 +95,7 @@ class FileData:
         return data + bytes(end - start - len(data))
 
     def _block(self, index: int) -> bytes | bytearray:
-        found = self.blocks.get(index)
+        found = self.blocks.get(index, self.lost.get(index))
         if found is not None:
             return found
         return self._backing(index * BLOCK, (index + 1) * BLOCK)
@@ -118,10 +126,11 @@ class FileData:
         if length < self.size:
             self.cut = min(self.cut, length)
             index, within = divmod(length, BLOCK)
-            for i in [i for i in self.blocks if i > index or (i == index and within == 0)]:
-                del self.blocks[i]
-            if within and index in self.blocks:
-                self.blocks[index][within:] = bytes(BLOCK - within)
+            for blocks in (self.blocks, self.lost):
+                for i in [i for i in blocks if i > index or (i == index and within == 0)]:
+                    del blocks[i]
+                if within and index in blocks:
+                    blocks[index][within:] = bytes(BLOCK - within)
         self.size = length
 
     def sync(self, data_only: bool = False) -> None:
@@ -136,6 +145,11 @@ class FileData:
             self.blocks.clear()
             self.synced_size = self.cut = self.size
         (os.fdatasync if data_only else os.fsync)(self.fd)
+
+    def fail_sync(self) -> None:
+        """A writeback error: the pending blocks are marked clean, never to be written."""
+        self.lost.update(self.blocks)
+        self.blocks.clear()
 
     def tear(self, rng: random.Random, keep: float) -> int:
         """Write a random share of the pending blocks, unsynced (a crash's torn state);
@@ -163,7 +177,15 @@ def build_operations(root: str) -> Any:
             self.files: dict[str, FileData] = {}  # by path: open or pending
             self.handles: dict[int, FileData] = {}
             self.next_fh = 1
-            self.counts = {"writes": 0, "syncs": 0, "synced_bytes": 0}
+            self.counts = {
+                "writes": 0,
+                "syncs": 0,
+                "synced_bytes": 0,
+                "failed_syncs": 0,
+                "lost_bytes": 0,
+            }
+            self.failing_syncs = 0  # how many syncs of pending data are still to fail
+            self.failing_name = ""  # ... of files of this name only, if set
 
         def _real(self, path: str) -> str:
             return os.path.join(self.root, path.lstrip("/"))
@@ -332,6 +354,13 @@ def build_operations(root: str) -> Any:
         def fsync(self, path: str, datasync: int, fh: int) -> int:
             with self.mutex:
                 data = self.handles[fh]
+                named = os.path.basename(path) == self.failing_name or not self.failing_name
+                if self.failing_syncs and data.blocks and named:
+                    self.failing_syncs -= 1
+                    self.counts["failed_syncs"] += 1
+                    self.counts["lost_bytes"] += data.pending_bytes
+                    data.fail_sync()
+                    raise OSError(errno.EIO, os.strerror(errno.EIO), path)
                 self.counts["syncs"] += 1
                 self.counts["synced_bytes"] += data.pending_bytes
                 data.sync(data_only=bool(datasync))
@@ -347,9 +376,9 @@ def build_operations(root: str) -> Any:
 
 
 def serve_control(path: str, ops: Any) -> None:
-    """Answer `stats` and `crash [keep [seed]]` (one JSON line each) on a unix socket; a
-    crash answers, then ends the process at once, holding the lock so that no request is
-    served in between."""
+    """Answer `stats`, `fail-sync N [NAME]` and `crash [keep [seed]]` (one JSON line
+    each) on a unix socket; a crash answers, then ends the process at once, holding the lock so that
+    no request is served in between."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -368,7 +397,14 @@ def serve_control(path: str, ops: Any) -> None:
                 conn.sendall(json.dumps(ops.crash(keep, seed)).encode() + b"\n")
                 os._exit(0)
             with ops.mutex:
-                answer = ops.report() if words[0] == "stats" else {"error": "unknown command"}
+                if words[0] == "fail-sync" and len(words) in (2, 3) and words[1].isdigit():
+                    ops.failing_syncs = int(words[1])
+                    ops.failing_name = words[2] if len(words) == 3 else ""
+                answer = (
+                    ops.report()
+                    if words[0] in ("stats", "fail-sync")
+                    else {"error": "unknown command"}
+                )
             conn.sendall(json.dumps(answer).encode() + b"\n")
 
 
@@ -456,6 +492,11 @@ class LossyMount:
     def stats(self) -> dict[str, Any]:
         """Counts so far: writes, syncs, synced_bytes, and what is pending now."""
         return self._ask("stats")
+
+    def fail_syncs(self, count: int, name: str = "") -> dict[str, Any]:
+        """The next `count` syncs of a file with pending data (named `name`, if given) fail
+        with EIO, and lose it (the module's docstring: a failed sync)."""
+        return self._ask(f"fail-sync {count} {name}".strip())
 
     def crash(self, keep: float = 0.0, seed: int = 0) -> dict[str, Any]:
         """Power loss: every unsynced write dropped (or a share `keep` of its blocks left
