@@ -627,24 +627,23 @@ class Membership:
         log.info("removed node %s (%s)", name, raft_addr)
         return {"removed": name}
 
-    async def leave(self) -> dict[str, Any]:
-        cluster = self.node.require_cluster()
+    async def _hand_over_leadership(self, cluster: Cluster, deadline: float) -> None:
+        """While this node leads, ask for a transfer (denied while no follower is fully
+        caught up: asked again until one is)."""
         me = self.settings.raft_addr
-        others = cluster.raft_members() - {me}
-        if not others:
-            raise Conflict(
-                "this is the cluster's only member; there is nothing to leave "
-                "(to destroy the cluster, stop symphonyd and delete its data dir)"
-            )
-        if cluster.status().get("role") == "leader":
-            # Denied while no follower is fully caught up: ask again until one is.
-            deadline = time.monotonic() + 10.0
-            while cluster.status().get("leader") in (me, None):
-                if time.monotonic() > deadline:
-                    raise Unavailable("could not hand over leadership; retry")
-                if cluster.status().get("role") == "leader":
-                    cluster.node.transfer_leadership()
-                await asyncio.sleep(0.3)
+        while cluster.status().get("leader") in (me, None):
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    "no other member leads the cluster (none has quorum, or leadership could "
+                    "not be handed over); retry"
+                )
+            if cluster.status().get("role") == "leader":
+                cluster.node.transfer_leadership()
+            await asyncio.sleep(0.3)
+
+    async def _ask_to_be_removed(self, cluster: Cluster) -> None:
+        """The first member that answers removes this node (`remove_node`, leaving)."""
+        me = self.settings.raft_addr
         with cluster.store.lock:
             peers = [n for n in nodes.all_nodes(cluster.store) if n["raft_addr"] != me]
         caller = self.node.caller
@@ -654,11 +653,32 @@ class Membership:
             client = caller.client(peer, timeout=30.0)
             try:
                 await client.request("DELETE", f"/v1/nodes/{self.settings.name}?leaving=true")
-                break
+                return
             except Unavailable as exc:
                 failures.append(str(exc))
-        else:
-            raise Unavailable("no member answered the leave request: " + "; ".join(failures))
+        raise Unavailable("no member answered the leave request: " + "; ".join(failures))
+
+    async def leave(self) -> dict[str, Any]:
+        cluster = self.node.require_cluster()
+        me = self.settings.raft_addr
+        others = cluster.raft_members() - {me}
+        if not others:
+            raise Conflict(
+                "this is the cluster's only member; there is nothing to leave "
+                "(to destroy the cluster, stop symphonyd and delete its data dir)"
+            )
+        deadline = time.monotonic() + 20.0
+        while True:
+            await self._hand_over_leadership(cluster, deadline)
+            try:
+                await self._ask_to_be_removed(cluster)
+                break
+            except Conflict:
+                # the only refusal of a leaving node: it leads (an election after a fault
+                # made it leader meanwhile, maybe not yet in its own view): hand over again
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
         cluster_id = self._cluster_id()
         async with self._lock:
             await self._forget_cluster()

@@ -3,9 +3,10 @@ deletes and CAS on a few keys against random nodes, recording every operation.
 
 What it is for: producing, per key, the history the checker judges. Each operation is
 recorded with its invoke and complete time (time.monotonic) and an outcome read from the
-API's answer: an answer is `ok` (a CAS with its true/false), `no_quorum` is `fail` (refused,
-nothing written), anything else (`indeterminate`, a timeout, a lost connection, any other
-error) is `unknown`. Every write writes a value never written before (`c<client>-<n>`),
+API's answer: an answer is `ok` (a CAS with its true/false), `no_quorum` and
+`not_initialized` (a node that left the cluster) are `fail` (refused, nothing written),
+anything else (`indeterminate`, a timeout, a lost connection, any other error) is
+`unknown`. Every write writes a value never written before (`c<client>-<n>`),
 which is what lets the checker compare values where the API compares ModifyIndex
 (tests/chaos/checker.py). A CAS uses the index of the client's own last read of the key.
 
@@ -44,8 +45,11 @@ class Record:
     modify_index: int | None = None  # a read's ModifyIndex
 
 
+REFUSED = ("no_quorum", "not_initialized")  # nothing was proposed (a node out of the cluster)
+
+
 def outcome_of(error: SymphonyError) -> str:
-    return "fail" if error.code == "no_quorum" else "unknown"
+    return "fail" if error.code in REFUSED else "unknown"
 
 
 def read_key(node: NodeProcess, key: str, timeout: float) -> tuple[str | None, int | None]:
