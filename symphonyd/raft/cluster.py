@@ -35,6 +35,7 @@ from symphonyd.errors import (
     NotFound,
     QuotaExceeded,
     SymphonyError,
+    TooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -88,6 +89,10 @@ def raise_for_result(result: dict[str, Any]) -> dict[str, Any]:
 class Cluster:
     """A running Raft node seen from asyncio."""
 
+    # The largest entry proposed (a KV value is at most 512 KiB): below raft/node.py's
+    # APPEND_BATCH_BYTES, so that pysyncobj never cuts an entry into chunks.
+    MAX_ENTRY_BYTES = 4 << 20
+
     def __init__(self, node: RaftNode, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self.node = node
         self.store = store
@@ -116,6 +121,11 @@ class Cluster:
         deadline = time.monotonic() + timeout
         self.require_schema(entry.type)
         data = entry.encode()
+        if len(data) > self.MAX_ENTRY_BYTES:
+            raise TooLarge(
+                f"the change is {len(data)} bytes encoded, over the "
+                f"{self.MAX_ENTRY_BYTES >> 20} MiB a log entry may hold"
+            )
         self._check_quota(entry.type, len(data))
         self._check_disk(entry.type, len(data))
         async with self._in_flight:

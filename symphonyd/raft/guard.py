@@ -48,8 +48,9 @@ __all__ = [
 
 log = logging.getLogger("symphonyd.raft")
 
-# Bytes a connection not yet authenticated may announce: above any real first message (an
-# append batch is 64 KiB, one entry at most ~1 MiB: the API's body limit).
+# Bytes a connection not yet authenticated may announce: above any real first message (a
+# dialing peer sends its name first, a few bytes; append batches, up to raft/node.py's
+# APPEND_BATCH_BYTES, come once that message has made the connection trusted).
 MAX_UNTRUSTED_FRAME = 4 << 20
 RELIED_ON = (
     "_TcpConnection__processParseMessage",

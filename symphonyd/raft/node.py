@@ -51,7 +51,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
-from symphonyd.raft import guard
+from symphonyd.raft import guard, pickling
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal, SyncFailed
 from symphonyd.raft.prevote import PreVote
@@ -130,8 +130,10 @@ def check_pysyncobj(module: ModuleType) -> None:
 
 check_pysyncobj(_syncobj_module)
 guard.install()  # the Raft port's bound before authentication (raft/guard.py)
+pickling.install()  # bytes pickled as bytes, not as UTF-8 text (raft/pickling.py)
 
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+APPEND_BATCH_BYTES = 8 << 20  # at most this much of the log in one append message
 LOG_MAX_BYTES = 256 << 20  # the Raft log held in RAM before a snapshot is forced
 COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 HOST_ERROR_EVERY = 10.0  # seconds between two log lines about the same host failure
@@ -218,6 +220,9 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             "connectionRetryTime": 1.0,
             "leaderFallbackTimeout": 1.0,  # check-quorum: one election timeout
             "commandsQueueSize": 20_000,
+            # above the largest entry (Cluster.MAX_ENTRY_BYTES): pysyncobj's cutting of
+            # larger ones into chunks marks the last chunk wrongly (raft/pickling.py)
+            "appendEntriesBatchSizeBytes": APPEND_BATCH_BYTES,
             "logCompactionMinEntries": 20_000,
             "logCompactionMinTime": 600,
             "maxBindRetries": 5,
