@@ -28,8 +28,21 @@ def instance(node: NodeProcess, ref: str) -> dict[str, Any]:
     return dict(node.client().request("GET", f"/v1/instances/{ref}"))
 
 
+def fully_connected(members: list[NodeProcess]) -> None:
+    """Every member has its Raft connection to every other: placement asked on a node
+    counts a member it has no connection to as unreachable (a follower's link to another
+    follower can come up a few seconds after the join, on a loaded machine)."""
+    for node in members:
+        wait_until(
+            lambda n=node: all(p["connected"] for p in n.status()["raft"]["peers"].values()),
+            30,
+            f"{node.name} connected to every member",
+        )
+
+
 def test_placement_by_capacity_and_a_killed_node(nodeset: NodeSet, tmp_path: Path) -> None:
     n1, n2, n3 = nodeset.form(3)
+    fully_connected([n1, n2, n3])
     for node, cpus in ((n1, 1), (n2, 2)):
         run_json(node, "service", "new")
         run_json(node, "service", "new", "compute", "-o", f"test_cpus={cpus}")
