@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any, TypeVar
 
 import pysyncobj.encryptor
 import pysyncobj.journal
+import pysyncobj.pickle
 import pysyncobj.syncobj as syncobj
 import pytest
+from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.raft.fsm import FSM
+from symphonyd.raft.journal import DurableJournal
 from symphonyd.raft.node import (
     PYSYNCOBJ_VERSION,
     RELIED_ON,
@@ -403,3 +407,30 @@ def test_the_raft_port_guard_is_installed_and_checks_its_internals() -> None:
         timeout=60,
     )
     assert done.returncode != 0 and "TcpConnection._TcpConnection__processRead" in done.stderr
+
+
+def test_a_restarted_node_takes_its_member_list_from_its_journal(tmp_path: Path) -> None:
+    """A node killed just after it appended a membership entry (a join), before it
+    learnt the entry was committed: after its restart the entry is in effect, as Raft
+    wants (the latest configuration in the log, committed or not). pysyncobj alone took
+    it only once committed: this node, alone in its old configuration, elected itself
+    leader of a cluster its own log says has two members."""
+    addr, joined = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    journal = DurableJournal(str(tmp_path))
+    journal.add(bytes([1]), 1, 1)  # pysyncobj's first entry: a no-op
+    journal.add(bytes([2]) + pysyncobj.pickle.dumps(["add", joined, TCPNode(joined)]), 2, 1)
+    journal.setCurrentTerm(1, addr)
+    journal.setRaftCommitIndex(1)  # the add was appended, its commit never learnt
+    journal._destroy()
+    node = RaftNode(
+        self_addr=addr, peers=[], raft_dir=str(tmp_path), secret=new_secret(), fsm=FSM(Store())
+    )
+    node.start()
+    try:
+        wait_until(lambda: [n.id for n in node.otherNodes] == [joined], 10, "the member taken")
+        deadline = time.monotonic() + 3.0  # several election timeouts (0.4-1.0 s)
+        while time.monotonic() < deadline:
+            assert node.status()["role"] != "leader", "elected itself: one of two members"
+            time.sleep(0.05)
+    finally:
+        node.stop()
