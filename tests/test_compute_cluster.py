@@ -77,7 +77,12 @@ def test_placement_by_capacity_and_a_killed_node(nodeset: NodeSet, tmp_path: Pat
 
     # kill -9 the node of `narrow`: the others show it unknown, never running.
     n1.kill()
-    wait_until(lambda: instance(n2, "narrow")["status"] == "unknown", 30, "narrow unknown")
+    for viewer in (n2, n3):  # each sees the loss of its own link to n1, not at once
+        wait_until(
+            lambda v=viewer: instance(v, "narrow")["status"] == "unknown",
+            30,
+            f"narrow unknown on {viewer.name}",
+        )
     seen = instance(n3, "narrow")
     assert (seen["status"], seen["last_status"]) == ("unknown", "running")
     assert "n1 is unreachable" in seen["status_message"]
