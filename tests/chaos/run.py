@@ -48,6 +48,7 @@ class ChaosReport:
     # follower deposing the leader: pre-vote should keep it at 0), and how many there were
     follower_elections: int = 0
     follower_faults: int = 0
+    final: dict[str, str | None] = field(default_factory=dict)  # each key's last value read
 
     @property
     def divergent(self) -> str | None:
@@ -227,6 +228,7 @@ def run_chaos(
             dict(cluster.proxies.stats.by_link),
             follower_elections,
             follower_faults,
+            final,
         )
     finally:
         cluster.cleanup()
