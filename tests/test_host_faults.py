@@ -35,6 +35,20 @@ def get(node: NodeProcess, key: str) -> bytes | None:
     return result.stdout.strip().encode() if result.returncode == 0 else None
 
 
+def fill(disk: Path) -> Path:
+    """Fill the filesystem to the last byte (again: the daemon frees what it fails to
+    write); the filler file."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        for _ in range(200):
+            try:
+                f.write(b"\0" * MiB)
+                f.flush()
+            except OSError:
+                break
+    return filler
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 96 MiB tmpfs, unmounted at the end (by its path: it is this test's mount)."""
@@ -72,13 +86,7 @@ def test_a_full_disk_refuses_writes_clearly_and_recovers(small_disk: Path) -> No
         assert get(n1, "before") == b"kept"  # reads go on
         n1.client().request("DELETE", "/v1/kv/before")  # a delete still fits
         # Filled to the last byte: still refused clearly, the daemon stays up.
-        with open(filler, "ab") as f:
-            for _ in range(64):
-                try:
-                    f.write(b"\0" * MiB)
-                    f.flush()
-                except OSError:
-                    break
+        fill(small_disk)
         with pytest.raises(DiskFull):
             put(n1, "new", b"x")
         assert n1.status()["has_quorum"]
@@ -112,14 +120,7 @@ def test_a_follower_whose_disk_fills_falls_behind_and_catches_up(
         wait_until(lambda: len(n3.status()["members"]) == 3, 20, "n3 to join")
         put(n1, "before", b"kept")
         wait_until(lambda: get(n3, "before") == b"kept", 20, "n3 to have it")
-        filler = small_disk / "filler"
-        with open(filler, "wb") as f:  # to the last byte
-            for _ in range(200):
-                try:
-                    f.write(b"\0" * MiB)
-                    f.flush()
-                except OSError:
-                    break
+        filler = fill(small_disk)  # to the last byte
         for i in range(20):  # the other two are a majority: these commit
             put(n1, f"while-full/{i}", b"y" * 4096)
         wait_until(lambda: n3.status()["raft"]["host_errors"] > 0, 20, "n3 to fail a write")
@@ -139,20 +140,6 @@ def test_a_follower_whose_disk_fills_falls_behind_and_catches_up(
         assert "torn or corrupt tail" not in n3.log()
     finally:
         nodes.cleanup()
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last byte (again: the daemon frees what it fails to
-    write); the filler file."""
-    filler = disk / "filler"
-    with open(filler, "ab") as f:
-        for _ in range(200):
-            try:
-                f.write(b"\0" * MiB)
-                f.flush()
-            except OSError:
-                break
-    return filler
 
 
 def try_put(node: NodeProcess, key: str) -> bool:

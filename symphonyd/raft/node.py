@@ -277,7 +277,6 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         self._membership_adopted = False  # _adopt_logged_membership ran
         self.fatal: str | None = None  # why the Raft thread stopped for good (a failed sync)
         self.fatal_listeners: list[Callable[[str], None]] = []  # run on the Raft thread
-        self._held_dropped = 0
         self.leadership_handed_over = 0  # transfers asked for: this leader's journal failed
         self._hand_over_until = self._handed_over_at = -1.0
         self._host_error_logged = -HOST_ERROR_EVERY
@@ -378,7 +377,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         more (the acknowledgements held for that sync are dropped), its Raft thread ends,
         and the listeners (the daemon: exit with status 1) are told."""
         self.fatal = str(exc)
-        self._held_dropped = self.transport.drop_held()
+        self.transport.drop_held()
         log.critical(
             "%s; this node stops so as not to acknowledge entries that may not be on disk "
             "(its journal is cut back to its last good sync; after a restart it catches up "

@@ -89,18 +89,6 @@ def test_the_model_serves_pending_writes_and_keeps_only_synced_ones(tmp_path: Pa
 # -- the filesystem, mounted --------------------------------------------------------------------
 
 
-@pytest.fixture
-def lossy(tmp_path: Path) -> Iterator[LossyMount]:
-    mount = LossyMount(
-        tmp_path / "disk", tmp_path / "mnt", tmp_path / "fs.sock", tmp_path / "fs.log"
-    )
-    try:
-        mount.start()
-        yield mount
-    finally:
-        mount.cleanup()
-
-
 @pytest.mark.privileged
 @needs_fuse
 def test_negative_control_unsynced_data_is_gone_after_a_crash(lossy: LossyMount) -> None:

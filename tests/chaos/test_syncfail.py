@@ -8,7 +8,6 @@ up with every acknowledged write."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,6 @@ from tests.chaos.test_powerloss import needs_fuse, settled
 from tests.nodes import NodeProcess, wait_until
 
 pytestmark = [pytest.mark.privileged, needs_fuse]
-
-
-@pytest.fixture
-def lossy(tmp_path: Path) -> Iterator[LossyMount]:
-    mount = LossyMount(
-        tmp_path / "disk", tmp_path / "mnt", tmp_path / "fs.sock", tmp_path / "fs.log"
-    )
-    try:
-        mount.start()
-        yield mount
-    finally:
-        mount.cleanup()
 
 
 def test_negative_control_a_retried_fsync_succeeds_and_the_data_is_lost(
