@@ -226,7 +226,7 @@ class Daemon:
         cluster = self.cluster
         self.leader_loops.add("failed images", lambda: image_expiry.remove_stale_failed(cluster))
         self.leader_loops.add("departed nodes", lambda: remove_departed(cluster))
-        self.leader_loops.add("expired joins", self.membership.expire_joins)
+        self.leader_loops.add("expired joins", self.membership.admissions.expire_joins)
 
     def _service_host(self, type_name: str) -> ServiceHost:
         assert self.cluster is not None

@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 
 from symphonyd.api.app import all_routes
+from symphonyd.api.bodies import Body
 from symphonyd.client import UnixHTTPConnection
 from symphonyd.security import JoinToken, decode_join_token
 from tests.nodes import NodeProcess, NodeSet, wait_until
@@ -749,6 +751,52 @@ def test_openapi_describes_every_route(api: Api) -> None:
     assert enable["security"] == [] and enable["x-symphonyd-local-only"] is True
     assert "403" in enable["responses"]
     assert paths["/v1/kv/{key}"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_openapi_bodies_are_the_structs_the_api_decodes(api: Api) -> None:
+    """Each JSON body's schema in the document is built from the Struct its handler decodes
+    (api/bodies.py): the same fields, the same required ones, unknown fields refused in
+    users' bodies and ignored in members' (a newer member may add one)."""
+    document = https(api.node, "GET", "/v1/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    seen = 0
+    for route in all_routes():
+        if route.body is None:
+            continue
+        path = route.path.replace("{key:.*}", "{key}")
+        content = document["paths"][path][route.method.lower()]["requestBody"]["content"]
+        ref = content["application/json"]["schema"]["$ref"]
+        schema = schemas[ref.rsplit("/", 1)[1]]
+        fields = msgspec.structs.fields(route.body)
+        assert set(schema["properties"]) == {f.encode_name for f in fields}, path
+        assert set(schema.get("required", [])) == {f.name for f in fields if f.required}, path
+        users = issubclass(route.body, Body)
+        assert schema.get("additionalProperties", True) is (not users), path
+        seen += 1
+    assert seen >= 25  # every JSON body of the API
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "says"),
+    [
+        ("POST", "/v1/tokens", {"kind": "join", "colour": "red"}, "unknown field `colour`"),
+        ("POST", "/v1/tokens", {"kind": "root"}, "$.kind"),
+        ("POST", "/v1/tokens", {"description": 5}, "got `int` - at `$.description`"),
+        ("POST", "/v1/tokens", {"description": "x" * 201}, "length <= 200"),
+        ("POST", "/v1/tokens", ["kind"], "Expected `object`, got `array`"),
+        ("PUT", "/v1/cluster/config/images.min_replicas", {}, "missing required field `value`"),
+        ("PUT", "/v1/cluster/config/images.min_replicas", {"value": True}, "$.value"),
+        ("POST", "/v1/deployments", {"xpath": "A//b", "yes": "no"}, "$.yes"),
+    ],
+)
+def test_a_body_of_the_wrong_shape_is_400_saying_where_and_changes_nothing(
+    api: Api, method: str, path: str, body: Any, says: str
+) -> None:
+    before = revision(api.node)
+    reply = https(api.node, method, path, token=api.token, body=json.dumps(body).encode())
+    error = assert_error(reply, 400, "invalid")
+    assert error["message"].startswith("request body: ") and says in error["message"], error
+    assert revision(api.node) == before
 
 
 # -- shutdown ------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
+from symphonyd.api.bodies import Body, Size, Text, read_body
 from symphonyd.api.progress import with_progress
-from symphonyd.api.routes import Route, daemon_of, json_response, node_call, read_json
+from symphonyd.api.routes import Route, daemon_of, json_response, node_call
 from symphonyd.block.service import BlockService
 from symphonyd.departed import departed, orphaned_view
-from symphonyd.errors import Forbidden, Invalid, NotFound
+from symphonyd.errors import Forbidden, NotFound
 from symphonyd.state import lvm
 
 
@@ -19,18 +20,19 @@ def block_of(request: web.Request) -> BlockService:
     return daemon_of(request).require_block()
 
 
+class NewVolume(Body):
+    """A volume to make: placed by the scheduler unless `node` is given."""
+
+    name: str
+    size: Size
+    image: Text | None = None
+    node: Text | None = None
+    pool: Text | None = None
+
+
 async def create_volume(request: web.Request) -> web.Response:
-    body = await read_json(request, {"name", "size", "image", "node", "pool"})
-    for key in ("image", "node", "pool"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise Invalid(f"'{key}' must be text")
-    record = await block_of(request).create(
-        body.get("name"),
-        body.get("size"),
-        body.get("image"),
-        body.get("node"),
-        body.get("pool"),
-    )
+    body = await read_body(request, NewVolume)
+    record = await block_of(request).create(body.name, body.size, body.image, body.node, body.pool)
     return json_response(record, status=202)
 
 
@@ -59,20 +61,25 @@ async def delete_volume(request: web.Request) -> web.Response:
     return json_response(await block_of(request).delete(request.match_info["ref"]), status=202)
 
 
+class NewSize(Body):
+    size: Size
+
+
 async def resize_volume(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await read_body(request, NewSize)
     return json_response(
-        await block_of(request).resize(request.match_info["ref"], body.get("size")), status=202
+        await block_of(request).resize(request.match_info["ref"], body.size), status=202
     )
 
 
+class NewSnapshot(Body):
+    name: Text | None = None
+
+
 async def snapshot_volume(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    name = body.get("name")
-    if name is not None and not isinstance(name, str):
-        raise Invalid("'name' must be text")
+    body = await read_body(request, NewSnapshot)
     return json_response(
-        await block_of(request).snapshot(request.match_info["ref"], name), status=202
+        await block_of(request).snapshot(request.match_info["ref"], body.name), status=202
     )
 
 
@@ -95,37 +102,40 @@ async def volume_content(request: web.Request) -> web.StreamResponse:
 TABLES = {"pvs": lvm.PVS, "vgs": lvm.VGS}
 
 
-def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
-    value = body.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"'{key}' must be {'given as ' if value is None else ''}text")
-    return value
+class NewPhysicalVolume(Body):
+    device: Text
+    service: Text
 
 
 async def create_pv(request: web.Request) -> web.Response:
-    body = await read_json(request, {"device", "service"})
-    block = block_of(request)
-    record = await block.lvm.create_pv(_text(body, "device"), _text(body, "service"))
+    body = await read_body(request, NewPhysicalVolume)
+    record = await block_of(request).lvm.create_pv(body.device, body.service)
     return json_response(record, status=202)
+
+
+class NewVolumeGroup(Body):
+    """A volume group of a ready physical volume (named after the service's pool unless
+    `name` is given)."""
+
+    pv: Text
+    name: Text | None = None
 
 
 async def create_vg(request: web.Request) -> web.Response:
-    body = await read_json(request, {"pv", "name"})
-    pv = _text(body, "pv")
-    assert pv is not None
-    record = await block_of(request).lvm.create_vg(pv, _text(body, "name", required=False))
+    body = await read_body(request, NewVolumeGroup)
+    record = await block_of(request).lvm.create_vg(body.pv, body.name)
     return json_response(record, status=202)
 
 
+class NewLogicalVolume(Body):
+    size: Size
+    vg: Text
+    name: Text | None = None
+
+
 async def create_lv(request: web.Request) -> web.Response:
-    body = await read_json(request, {"size", "vg", "name"})
-    vg = _text(body, "vg")
-    assert vg is not None
-    record = await block_of(request).create_lv(
-        body.get("size"), vg, _text(body, "name", required=False)
-    )
+    body = await read_body(request, NewLogicalVolume)
+    record = await block_of(request).create_lv(body.size, body.vg, body.name)
     return json_response(record, status=202)
 
 
@@ -159,8 +169,6 @@ async def delete_lvm(request: web.Request) -> web.Response:
     return json_response(await block.lvm.remove(TABLES[kind], ref), status=202)
 
 
-SIZE = {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]}
-
 ROUTES = [
     Route(
         "POST",
@@ -168,18 +176,7 @@ ROUTES = [
         create_volume,
         "Create a volume (placed by the scheduler unless node is given); 202, then it "
         "becomes ready or failed",
-        body={
-            "type": "object",
-            "required": ["name", "size"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string"},
-                "size": SIZE,
-                "image": {"type": "string"},
-                "node": {"type": "string"},
-                "pool": {"type": "string"},
-            },
-        },
+        body=NewVolume,
         responses={
             202: "pending",
             400: "bad input",
@@ -195,14 +192,14 @@ ROUTES = [
         "/v1/volumes/{ref}/resize",
         resize_volume,
         "Grow a volume",
-        body={"type": "object", "required": ["size"], "properties": {"size": SIZE}},
+        body=NewSize,
     ),
     Route(
         "POST",
         "/v1/volumes/{ref}/snapshot",
         snapshot_volume,
         "Snapshot a volume",
-        body={"type": "object", "properties": {"name": {"type": "string"}}},
+        body=NewSnapshot,
     ),
     Route(
         "GET",
@@ -225,12 +222,7 @@ ROUTES = [
         "/v1/block/pvs",
         create_pv,
         "Make a device of an lvm service's node a physical volume (202; ready or failed)",
-        body={
-            "type": "object",
-            "required": ["device", "service"],
-            "additionalProperties": False,
-            "properties": {"device": {"type": "string"}, "service": {"type": "string"}},
-        },
+        body=NewPhysicalVolume,
         responses={202: "pending", 404: "no such service", 409: "device already recorded"},
     ),
     Route(
@@ -239,12 +231,7 @@ ROUTES = [
         create_vg,
         "Make a volume group of a ready physical volume (named after the service's pool "
         "unless name is given)",
-        body={
-            "type": "object",
-            "required": ["pv"],
-            "additionalProperties": False,
-            "properties": {"pv": {"type": "string"}, "name": {"type": "string"}},
-        },
+        body=NewVolumeGroup,
         responses={202: "pending", 404: "no such physical volume", 409: "in use, name taken"},
     ),
     Route(
@@ -252,12 +239,7 @@ ROUTES = [
         "/v1/block/lvs",
         create_lv,
         "Make a logical volume (a volume) in a volume group",
-        body={
-            "type": "object",
-            "required": ["size", "vg"],
-            "additionalProperties": False,
-            "properties": {"size": SIZE, "vg": {"type": "string"}, "name": {"type": "string"}},
-        },
+        body=NewLogicalVolume,
         responses={202: "pending", 400: "bad size", 404: "no such volume group"},
     ),
     Route("GET", "/v1/block/{kind}", list_lvm, "Physical volumes, volume groups or LVs"),

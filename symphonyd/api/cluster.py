@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from aiohttp import web
 
-from symphonyd.api.routes import Route, daemon_of, json_response, node_call, read_json
+from symphonyd.api.bodies import Body, MemberBody, NodeName, Port, given, read_body
+from symphonyd.api.routes import Route, daemon_of, json_response, node_call
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.security import SCOPES
@@ -35,27 +37,74 @@ async def cluster_status(request: web.Request) -> web.Response:
     return json_response(daemon_of(request).status())
 
 
+Duration = Annotated[str, msgspec.Meta(description="e.g. 90s, 15m, 3h, 7d (at most 3650d)")]
+
+
+class NewCluster(Body):
+    token_expires: (
+        Annotated[Duration, msgspec.Meta(description="lifetime of the first admin token")] | None
+    ) = None
+
+
 async def init(request: web.Request) -> web.Response:
-    body = await read_json(request, {"token_expires"})
-    expires = body.get("token_expires")
+    body = await read_body(request, NewCluster)
+    expires = body.token_expires
     expires_in = parse_duration(expires).total_seconds() if expires is not None else None
     return json_response(await daemon_of(request).membership.init(expires_in), status=201)
 
 
+class JoinToken(Body):
+    token: Annotated[str, msgspec.Meta(min_length=1, description="the join token's text")]
+
+
 async def join(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    token = body.get("token")
-    if not isinstance(token, str) or not token:
-        raise Invalid("'token' (the join token text) is required")
-    return json_response(await daemon_of(request).membership.join(token), status=201)
+    body = await read_body(request, JoinToken)
+    return json_response(await daemon_of(request).membership.join(body.token), status=201)
+
+
+class Member(MemberBody):
+    """A joining node: name, address and ports, version, schema level and the SHA-256 of
+    its node credential (absent from nodes before node credentials)."""
+
+    name: NodeName
+    address: Annotated[str, msgspec.Meta(pattern="^\\S+$")]
+    api_port: Port
+    raft_port: Port
+    version: str | None = None
+    schema: Annotated[int, msgspec.Meta(ge=1)] = 1
+    credential_sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] | None = None
+
+    def __post_init__(self) -> None:
+        version = self.version
+        if version is not None and not (0 < len(version) <= 64 and version.isprintable()):
+            raise ValueError("node version must be printable text of at most 64 characters")
+
+    def record(self) -> dict[str, Any]:
+        """The node's row as `nodes` keeps it (before its status)."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "api_port": self.api_port,
+            "raft_port": self.raft_port,
+            "raft_addr": f"{self.address}:{self.raft_port}",
+            "version": self.version,
+            "schema": self.schema,
+            **({"credential_sha256": self.credential_sha256} if self.credential_sha256 else {}),
+        }
+
+
+class Admission(MemberBody):
+    """A joining node's request to be admitted, with its join token."""
+
+    token_id: str
+    secret: str
+    node: Member
 
 
 async def admit(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    token_id, secret = body.get("token_id"), body.get("secret")
-    if not isinstance(token_id, str) or not isinstance(secret, str):
-        raise Invalid("'token_id' and 'secret' of the join token are required")
-    reply = await daemon_of(request).membership.admit(token_id, secret, body.get("node"))
+    body = await read_body(request, Admission)
+    membership = daemon_of(request).membership
+    reply = await membership.admissions.admit(body.token_id, body.secret, body.node.record())
     return json_response(reply, status=201)
 
 
@@ -83,13 +132,17 @@ def setting_value(key: str, value: object) -> int | float:
     return value
 
 
+class SettingValue(Body):
+    value: Annotated[int | float | str, msgspec.Meta(description="a number, or text holding one")]
+
+
 async def set_config(request: web.Request) -> web.Response:
     key = request.match_info["key"]
-    body = await read_json(request)
+    body = await read_body(request, SettingValue)
     if key not in cluster_table.SETTINGS:
         known = ", ".join(sorted(cluster_table.SETTINGS))
         raise NotFound(f"unknown setting {key!r} (known: {known})")
-    value = setting_value(key, body.get("value"))
+    value = setting_value(key, body.value)
     cluster = daemon_of(request).require_cluster()
     cluster.require_schema_level(cluster_table.INTRODUCED.get(key, 1), f"setting {key}")
     await cluster.propose_ok(Entry(EntryType.CLUSTER_CONFIG, {"key": key, "value": value}))
@@ -109,63 +162,78 @@ async def activate(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not node_call(request, name):
         raise Forbidden("only a joining node's daemon activates its membership")
-    return json_response(await daemon_of(request).membership.activate(name))
+    return json_response(await daemon_of(request).membership.admissions.activate(name))
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
     return json_response(await daemon_of(request).secret_roll.rotate())
 
 
+Step = Literal["accept", "switch", "retire"]
+
+
+class SecretStep(MemberBody):
+    step: Step
+    secret: str
+
+
 async def secret_step(request: web.Request) -> web.Response:
     if not node_call(request):
         raise Forbidden("only the members' daemons take part in a rotation")
-    body = await read_json(request, {"step", "secret"})
-    return json_response(daemon_of(request).secret_roll.step(body.get("step", ""), body))
+    body = await read_body(request, SecretStep)
+    return json_response(daemon_of(request).secret_roll.step(body.step, given(body)))
 
 
 async def rotate_certificate(request: web.Request) -> web.Response:
     return json_response(await daemon_of(request).certificate_roll.rotate())
 
 
+class CertificateStep(MemberBody):
+    step: Step
+    certificate: str
+    key: str | None = None  # the new key, sent with `accept`
+
+
 async def certificate_step(request: web.Request) -> web.Response:
     if not node_call(request):
         raise Forbidden("only the members' daemons take part in a rotation")
-    body = await read_json(request, {"step", "certificate", "key"})
-    return json_response(daemon_of(request).certificate_roll.step(body.get("step", ""), body))
+    body = await read_body(request, CertificateStep)
+    return json_response(daemon_of(request).certificate_roll.step(body.step, given(body)))
 
 
 async def leave(request: web.Request) -> web.Response:
     return json_response(await daemon_of(request).membership.leave())
 
 
+class NewToken(Body):
+    """A join token (single use, expiring: 3h unless `expires` says otherwise) or an API
+    token (kind admin, with the rights of `scope`)."""
+
+    kind: Literal["join", "admin"] = "join"
+    expires: Duration | None = None  # a join token always expires: 3h unless given
+    description: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    scope: (
+        Annotated[
+            Literal["reader", "operator", "admin"],
+            msgspec.Meta(description="an API token's (kind admin) rights; default admin"),
+        ]
+        | None
+    ) = None
+
+
 async def create_token(request: web.Request) -> web.Response:
-    body = await read_json(request, {"kind", "expires", "description", "scope"})
-    kind = body.get("kind", "join")
-    scope = body.get("scope")
-    if scope is not None and (kind != "admin" or scope not in SCOPES):
+    body = await read_body(request, NewToken)
+    if body.scope is not None and body.kind != "admin":
         raise Invalid(f"'scope' is for API tokens (kind admin): one of {', '.join(SCOPES)}")
-    expires = body.get("expires", "3h" if kind == "join" else None)
+    expires = body.expires
+    if expires is None and body.kind == "join":
+        expires = "3h"
     expires_in = parse_duration(expires).total_seconds() if expires is not None else None
-    description = body.get("description", "")
-    if not isinstance(description, str) or len(description) > 200:
-        raise Invalid("'description' must be text of at most 200 characters")
     result = await daemon_of(request).membership.create_token(
-        kind, expires_in, description, scope or "admin"
+        body.kind, expires_in, body.description, body.scope or "admin"
     )
     return json_response(result, status=201)
 
-
-NODE_SCHEMA = {
-    "type": "object",
-    "required": ["name", "address", "api_port", "raft_port"],
-    "properties": {
-        "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
-        "address": {"type": "string", "pattern": "^[^\\s]+$"},
-        "api_port": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "raft_port": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "version": {"type": "string"},
-    },
-}
 
 ROUTES = [
     Route(
@@ -191,17 +259,7 @@ ROUTES = [
         "Bootstrap a new one-node cluster on this node; returns the admin token (shown once)",
         auth="local",
         uninitialised=True,
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "token_expires": {
-                    "type": "string",
-                    "pattern": "^0*[1-9][0-9]{0,2}[smhd]$",
-                    "description": "lifetime of the first admin token, e.g. 30d (default: never)",
-                },
-            },
-        },
+        body=NewCluster,
         responses={201: "cluster created", 409: "already a member"},
     ),
     Route(
@@ -211,7 +269,7 @@ ROUTES = [
         "Make this node join a cluster with a join token",
         auth="local",
         uninitialised=True,
-        body={"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+        body=JoinToken,
         responses={
             201: "joined",
             400: "bad token",
@@ -226,15 +284,7 @@ ROUTES = [
         admit,
         "Admit a new node (called by the joining node with its join token)",
         auth="join",
-        body={
-            "type": "object",
-            "required": ["token_id", "secret", "node"],
-            "properties": {
-                "token_id": {"type": "string"},
-                "secret": {"type": "string"},
-                "node": NODE_SCHEMA,
-            },
-        },
+        body=Admission,
         responses={201: "admitted", 401: "token not valid", 409: "used/expired/taken"},
     ),
     Route("GET", "/v1/cluster/config", get_config, "Cluster-wide settings and their values"),
@@ -245,11 +295,7 @@ ROUTES = [
         "Change a cluster-wide setting (images.min_replicas, images.failed_keep, "
         "deployments.step_patience, compute.cpu_overcommit, compute.memory_overcommit)",
         scope="admin",
-        body={
-            "type": "object",
-            "required": ["value"],
-            "properties": {"value": {"oneOf": [{"type": "number"}, {"type": "string"}]}},
-        },
+        body=SettingValue,
         responses={200: "the settings", 400: "bad value", 404: "unknown setting"},
     ),
     Route(
@@ -280,15 +326,7 @@ ROUTES = [
         "One step of a rotation of the cluster secret (called by the rotating member)",
         node=True,
         scope="admin",
-        body={
-            "type": "object",
-            "required": ["step", "secret"],
-            "additionalProperties": False,
-            "properties": {
-                "step": {"type": "string", "enum": ["accept", "switch", "retire"]},
-                "secret": {"type": "string"},
-            },
-        },
+        body=SecretStep,
         responses={200: "step done", 403: "not a member's daemon"},
     ),
     Route(
@@ -310,16 +348,7 @@ ROUTES = [
         "One step of a rotation of the cluster certificate (called by the rotating member)",
         node=True,
         scope="admin",
-        body={
-            "type": "object",
-            "required": ["step", "certificate"],
-            "additionalProperties": False,
-            "properties": {
-                "step": {"type": "string", "enum": ["accept", "switch", "retire"]},
-                "certificate": {"type": "string"},
-                "key": {"type": "string"},
-            },
-        },
+        body=CertificateStep,
         responses={200: "step done", 403: "not a member's daemon"},
     ),
     Route(
@@ -336,24 +365,7 @@ ROUTES = [
         create_token,
         "Create a join token (single use, expiring) or an admin token",
         scope="admin",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "kind": {"type": "string", "enum": ["join", "admin"]},
-                "expires": {
-                    "type": "string",
-                    "pattern": "^0*[1-9][0-9]{0,2}[smhd]$",
-                    "description": "e.g. 90s, 15m, 3h, 7d (at most 3650d)",
-                },
-                "description": {"type": "string", "maxLength": 200},
-                "scope": {
-                    "type": "string",
-                    "enum": ["reader", "operator", "admin"],
-                    "description": "an API token's (kind admin) rights; default admin",
-                },
-            },
-        },
+        body=NewToken,
         responses={201: "token created (its text is shown only here)"},
     ),
 ]

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
+from symphonyd.api.bodies import Body, read_body
 from symphonyd.api.events import long_poll
 from symphonyd.api.progress import with_progress
-from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.api.routes import Route, daemon_of, json_response
 from symphonyd.errors import Forbidden, Invalid, NotFound
 from symphonyd.image.service import ImageService, check_sha256
 from symphonyd.validation import parse_seconds, parse_uint
@@ -23,21 +25,26 @@ def service_of(request: web.Request) -> ImageService:
     return daemon_of(request).require_images()
 
 
+class ImportPath(Body):
+    """A file of the host to import in place (control socket only)."""
+
+    path: Annotated[str, msgspec.Meta(description="an absolute path on the node")]
+    name: str | None = None
+    description: str = ""
+    sha256: str | None = None  # the expected checksum
+
+
 async def create_image(request: web.Request) -> web.Response:
     service = service_of(request)
     if request.content_type == "application/json":
         # A file of this host, read in place by the daemon: only for local root.
         if not request["local"]:
             raise Forbidden("importing a file by path is only served on the control socket")
-        body = await read_json(request)
-        path = body.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
+        body = await read_body(request, ImportPath)
+        if not body.path.startswith("/"):
             raise Invalid("'path' must be an absolute path")
         record = await service.import_path(
-            path,
-            body.get("name"),
-            body.get("description", ""),
-            check_sha256(body.get("sha256")),
+            body.path, body.name, body.description, check_sha256(body.sha256)
         )
         return json_response(record, status=202)
     query = request.query
@@ -127,6 +134,7 @@ ROUTES = [
             "sha256": "expected checksum: a mismatch is refused and nothing kept",
         },
         raw_body=True,
+        body=ImportPath,
         responses={
             201: "imported (upload)",
             202: "importing (file read in place)",

@@ -9,32 +9,20 @@ user-data as its size only (it may hold secrets)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
 from symphonyd import scheduler
-from symphonyd.api.routes import Route, daemon_of, flag, json_response, read_json
+from symphonyd.api.bodies import Body, Size, Text, given, read_body
+from symphonyd.api.routes import Route, daemon_of, flag, json_response
 from symphonyd.compute.service import ComputeService
 from symphonyd.departed import departed, orphaned_view
-from symphonyd.errors import Invalid, SymphonyError, Unavailable
+from symphonyd.errors import SymphonyError, Unavailable
 from symphonyd.state import nodes
 from symphonyd.validation import parse_uint
 
-CREATE_FIELDS = {
-    "name",
-    "image",
-    "cpus",
-    "memory",
-    "disk",
-    "node",
-    "network",
-    "user_data",
-    "network_config",
-    "ssh_keys",
-    "start",
-    "volumes",
-}
 ON_NODE = ("creating", "stopped", "starting", "running", "stopping", "deleting")
 CONSOLE_TIMEOUT = 5.0
 
@@ -64,9 +52,39 @@ def _views(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str
     return views
 
 
+Cpus = Annotated[int, msgspec.Meta(ge=1, le=256)]
+Names = Annotated[list[str], msgspec.Meta(description="ids, id prefixes or names")]
+
+
+class NewInstance(Body):
+    """An instance to make from an image: placed by the leader unless `node` is given,
+    started once made unless `start` is false."""
+
+    name: Annotated[str, msgspec.Meta(description="a hostname (1-63 of a-z, 0-9, '-')")]
+    image: Annotated[str, msgspec.Meta(description="image id, name or id prefix")]
+    cpus: Cpus | None = None
+    memory: Size | None = None
+    disk: Size | None = None
+    node: str | None = None
+    network: Annotated[str, msgspec.Meta(description="user (default) or bridge=NAME")] | None = None
+    user_data: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
+    network_config: Annotated[str, msgspec.Meta(description="network-config v2 (YAML)")] | None = (
+        None
+    )
+    ssh_keys: list[str] | None = None
+    start: bool = True
+    volumes: (
+        Annotated[
+            Names,
+            msgspec.Meta(description="data volumes to attach (ready, unused, on one node)"),
+        ]
+        | None
+    ) = None
+
+
 async def create_instance(request: web.Request) -> web.Response:
-    body = await read_json(request, CREATE_FIELDS)
-    record = await compute_of(request).create(body)
+    body = await read_body(request, NewInstance)
+    record = await compute_of(request).create(given(body))
     return json_response(_views(request, [record])[0], status=202)
 
 
@@ -85,15 +103,16 @@ async def start_instance(request: web.Request) -> web.Response:
     return json_response(_views(request, [record])[0], status=202)
 
 
+class Stop(Body):
+    """ACPI power-off, forced after `timeout` seconds (or at once with `force`)."""
+
+    force: bool = False
+    timeout: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+
+
 async def stop_instance(request: web.Request) -> web.Response:
-    body = await read_json(request, {"force", "timeout"})
-    force = body.get("force", False)
-    if not isinstance(force, bool):
-        raise Invalid("'force' must be true or false")
-    timeout = body.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
-        raise Invalid("'timeout' must be a number of seconds")
-    record = await compute_of(request).stop(request.match_info["ref"], force, timeout)
+    body = await read_body(request, Stop)
+    record = await compute_of(request).stop(request.match_info["ref"], body.force, body.timeout)
     return json_response(_views(request, [record])[0], status=202)
 
 
@@ -102,51 +121,54 @@ async def restart_instance(request: web.Request) -> web.Response:
     return json_response(_views(request, [record])[0], status=202)
 
 
+class NewShape(Body):
+    cpus: Cpus | None = None
+    memory: Size | None = None
+
+
 async def resize_instance(request: web.Request) -> web.Response:
-    body = await read_json(request, {"cpus", "memory"})
-    record = await compute_of(request).resize(
-        request.match_info["ref"], body.get("cpus"), body.get("memory")
-    )
+    body = await read_body(request, NewShape)
+    record = await compute_of(request).resize(request.match_info["ref"], body.cpus, body.memory)
     return json_response(_views(request, [record])[0], status=202)
 
 
-def _instance_ref(body: dict[str, Any], required: bool) -> str | None:
-    ref = body.get("instance")
-    if ref is None and not required:
-        return None
-    if not isinstance(ref, str) or not ref:
-        raise Invalid("'instance' must be given as text")
-    return ref
+class Attach(Body):
+    instance: Text
 
 
 async def attach_volume(request: web.Request) -> web.Response:
-    ref = _instance_ref(await read_json(request, {"instance"}), required=True)
-    assert ref is not None
-    record = await compute_of(request).attach(request.match_info["ref"], ref)
+    body = await read_body(request, Attach)
+    record = await compute_of(request).attach(request.match_info["ref"], body.instance)
     return json_response(_views(request, [record])[0], status=202)
+
+
+class Detach(Body):
+    instance: Text | None = None  # default: the one it is attached to
 
 
 async def detach_volume(request: web.Request) -> web.Response:
-    ref = _instance_ref(await read_json(request, {"instance"}), required=False)
-    record = await compute_of(request).detach(request.match_info["ref"], ref)
+    body = await read_body(request, Detach)
+    record = await compute_of(request).detach(request.match_info["ref"], body.instance)
     return json_response(_views(request, [record])[0], status=202)
+
+
+class Move(Body):
+    node: Annotated[Text, msgspec.Meta(description="default: the best")] | None = None
 
 
 async def move_instance(request: web.Request) -> web.Response:
-    body = await read_json(request, {"node"})
-    node = body.get("node")
-    if node is not None and (not isinstance(node, str) or not node):
-        raise Invalid("'node' must be text")
-    record = await compute_of(request).move(request.match_info["ref"], node)
+    body = await read_body(request, Move)
+    record = await compute_of(request).move(request.match_info["ref"], body.node)
     return json_response(_views(request, [record])[0], status=202)
 
 
+class Evacuate(Body):
+    stop_only: bool = False
+
+
 async def evacuate_node(request: web.Request) -> web.Response:
-    body = await read_json(request, {"stop_only"})
-    stop_only = body.get("stop_only", False)
-    if not isinstance(stop_only, bool):
-        raise Invalid("'stop_only' must be true or false")
-    result = await compute_of(request).evacuate(request.match_info["name"], stop_only)
+    body = await read_body(request, Evacuate)
+    result = await compute_of(request).evacuate(request.match_info["name"], body.stop_only)
     return json_response(result, status=202)
 
 
@@ -191,37 +213,13 @@ async def console_log(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-CREATE_BODY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "image"],
-    "properties": {
-        "name": {"type": "string", "description": "a hostname (1-63 of a-z, 0-9, '-')"},
-        "image": {"type": "string", "description": "image id, name or id prefix"},
-        "cpus": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
-        "memory": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
-        "disk": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
-        "node": {"type": "string"},
-        "network": {"type": "string", "description": "user (default) or bridge=NAME"},
-        "user_data": {"type": "string", "maxLength": 65536},
-        "network_config": {"type": "string", "description": "network-config v2 (YAML)"},
-        "ssh_keys": {"type": "array", "items": {"type": "string"}},
-        "start": {"type": "boolean", "default": True},
-        "volumes": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "data volumes to attach (ready, unused, on one node: it runs there)",
-        },
-    },
-}
-
 ROUTES = [
     Route(
         "POST",
         "/v1/instances",
         create_instance,
         "Create an instance from an image (placed by the leader, made by its node)",
-        body=CREATE_BODY,
+        body=NewInstance,
         responses={202: "recorded, pending", 404: "unknown image", 409: "no node can take it"},
     ),
     Route("GET", "/v1/instances", list_instances, "Instances and their status"),
@@ -238,14 +236,7 @@ ROUTES = [
         "/v1/instances/{ref}/stop",
         stop_instance,
         "Stop an instance: ACPI power-off, forced after `timeout` seconds (or at once)",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "force": {"type": "boolean"},
-                "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
-            },
-        },
+        body=Stop,
         responses={202: "asked", 409: "failed or being removed"},
     ),
     Route(
@@ -260,14 +251,7 @@ ROUTES = [
         "/v1/instances/{ref}/resize",
         resize_instance,
         "New vCPUs and/or memory: live where the driver can, else at the next start",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "cpus": {"type": "integer", "minimum": 1, "maximum": 256},
-                "memory": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
-            },
-        },
+        body=NewShape,
         responses={202: "asked", 409: "no room on its node, failed or being removed"},
     ),
     Route(
@@ -276,12 +260,7 @@ ROUTES = [
         attach_volume,
         "Attach a ready data volume to an instance on its node (hot-plugged where the "
         "driver can, else at the next start)",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["instance"],
-            "properties": {"instance": {"type": "string"}},
-        },
+        body=Attach,
         responses={202: "asked", 409: "in use, not ready, or on another node"},
     ),
     Route(
@@ -289,11 +268,7 @@ ROUTES = [
         "/v1/volumes/{ref}/detach",
         detach_volume,
         "Detach a data volume from its instance",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"instance": {"type": "string"}},
-        },
+        body=Detach,
         responses={202: "asked", 409: "not attached"},
     ),
     Route(
@@ -302,11 +277,7 @@ ROUTES = [
         move_instance,
         "Move an instance to another node, cold (stopped, volumes copied verified, "
         "started there if it ran)",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"node": {"type": "string", "description": "default: the best"}},
-        },
+        body=Move,
         responses={202: "moving", 409: "cannot move, or no node can take it"},
     ),
     Route(
@@ -314,11 +285,7 @@ ROUTES = [
         "/v1/nodes/{name}/evacuate",
         evacuate_node,
         "Cordon a node and move its instances to others (or only stop them)",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"stop_only": {"type": "boolean"}},
-        },
+        body=Evacuate,
         responses={202: "{node, cordoned, moving, stopped, cannot: [{name, reason}]}"},
     ),
     Route(

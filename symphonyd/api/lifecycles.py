@@ -10,12 +10,14 @@ values show as a mask.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
-from symphonyd.api.routes import Route, daemon_of, json_response, read_json
-from symphonyd.errors import Invalid, NotFound
+from symphonyd.api.bodies import Body, Values, read_body
+from symphonyd.api.routes import Route, daemon_of, json_response
+from symphonyd.errors import NotFound
 from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.lifecycle.planner import Plan
 from symphonyd.lifecycle.variables import MASK
@@ -74,28 +76,40 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _options(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
-    answers = body.get("answers", body.get("values", {}))
-    if not isinstance(answers, dict):
-        raise Invalid("'answers' must be an object: question id (or its tail) -> value")
-    for name in ("yes", "simulate", "plan"):
-        if not isinstance(body.get(name, False), bool):
-            raise Invalid(f"'{name}' must be true or false")
-    for name in ("xpath", "node", "state"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise Invalid(f"'{name}' must be text")
-    return {**body, "answers": answers}
+class Answers(Body):
+    """Answers to a plan's questions (`values` is the older name of `answers`)."""
+
+    values: Values | None = None
+    answers: Values | None = None
+
+    def given(self) -> dict[str, Any]:
+        if self.answers is not None:
+            return self.answers
+        return self.values or {}
 
 
-async def _start(
-    service: LifecycleService, kind: str, plan: Plan, options: dict[str, Any]
-) -> web.Response:
-    if options.get("plan"):
+class Change(Answers):
+    simulate: bool = False  # record what would run, run nothing
+    plan: bool = False  # answer with the plan alone
+
+
+class Goto(Change, kw_only=True):  # kw_only is per class: a required field after defaults
+    state: Annotated[str, msgspec.Meta(min_length=1, description="the state to go to")]
+
+
+class NewDeployment(Body):
+    xpath: Annotated[str, msgspec.Meta(min_length=1, description="e.g. WebSite//start")]
+    node: str | None = None
+    answers: Values | None = None
+    yes: bool = False  # take the suggestions for unset values
+    simulate: bool = False
+    plan: bool = False
+
+
+async def _start(service: LifecycleService, kind: str, plan: Plan, change: Change) -> web.Response:
+    if change.plan:
         return json_response(describe_plan(plan))
-    record = await service.create(kind, plan, simulate=options.get("simulate", False))
+    record = await service.create(kind, plan, simulate=change.simulate)
     return json_response(masked(record), status=202)
 
 
@@ -161,26 +175,24 @@ async def show_node_lifecycle(request: web.Request) -> web.Response:
 async def goto(request: web.Request) -> web.Response:
     service = await service_of(request)
     node, name = request.match_info["name"], request.match_info["lifecycle"]
-    options = _options(await read_json(request), {"state", "values", "answers", "simulate", "plan"})
-    if not options.get("state"):
-        raise Invalid("'state' is required: the state to go to")
-    plan = service.plan("goto", name, node, options["answers"], yes=True, state=options["state"])
-    return await _start(service, "goto", plan, options)
+    body = await read_body(request, Goto)
+    plan = service.plan("goto", name, node, body.given(), yes=True, state=body.state)
+    return await _start(service, "goto", plan, body)
 
 
 async def call(request: web.Request) -> web.Response:
     service = await service_of(request)
     node, xpath = request.match_info["name"], request.match_info["xpath"]
-    options = _options(await read_json(request), {"values", "answers", "simulate", "plan"})
-    plan = service.plan("call", xpath, node, options["answers"], yes=True)
-    return await _start(service, "call", plan, options)
+    body = await read_body(request, Change)
+    plan = service.plan("call", xpath, node, body.given(), yes=True)
+    return await _start(service, "call", plan, body)
 
 
 async def validate(request: web.Request) -> web.Response:
     service = await service_of(request)
     node, xpath = request.match_info["name"], request.match_info["xpath"]
-    options = _options(await read_json(request), {"values", "answers"})
-    plan = service.plan("call", xpath, node, options["answers"], yes=True)
+    body = await read_body(request, Answers)
+    plan = service.plan("call", xpath, node, body.given(), yes=True)
     errors = {q.id: q.error for q in plan.questions.values() if q.error}
     return json_response(
         {"valid": not errors and not plan.problems, "errors": errors, "problems": plan.problems}
@@ -192,26 +204,13 @@ async def validate(request: web.Request) -> web.Response:
 
 async def create_deployment(request: web.Request) -> web.Response:
     service = await service_of(request)
-    options = _options(
-        await read_json(request), {"xpath", "node", "answers", "yes", "simulate", "plan"}
-    )
-    if not options.get("xpath"):
-        raise Invalid("'xpath' is required, e.g. WebSite//start")
-    if options.get("plan"):
-        plan = service.plan(
-            "deploy",
-            options["xpath"],
-            options.get("node"),
-            options["answers"],
-            yes=options.get("yes", False),
-        )
+    body = await read_body(request, NewDeployment)
+    answers = body.answers or {}
+    if body.plan:
+        plan = service.plan("deploy", body.xpath, body.node, answers, yes=body.yes)
         return json_response(describe_plan(plan))
     record = await service.deploy(
-        options["xpath"],
-        options.get("node"),
-        options["answers"],
-        yes=options.get("yes", False),
-        simulate=options.get("simulate", False),
+        body.xpath, body.node, answers, yes=body.yes, simulate=body.simulate
     )
     return json_response(masked(record), status=202 if record["outcome"] != "unchanged" else 200)
 
@@ -245,9 +244,6 @@ async def delete_deployment(request: web.Request) -> web.Response:
     return json_response({"deleted": record["id"]})
 
 
-VALUES = {"type": "object", "description": "question id (or a tail of it) -> value"}
-FLAG = {"type": "boolean"}
-
 ROUTES = [
     Route(
         "GET",
@@ -269,18 +265,7 @@ ROUTES = [
         "/v1/nodes/{name}/lifecycles/{lifecycle}/goto",
         goto,
         "Go to a state (a deployment on that node; suggestions taken for unset values)",
-        body={
-            "type": "object",
-            "required": ["state"],
-            "additionalProperties": False,
-            "properties": {
-                "state": {"type": "string"},
-                "values": VALUES,
-                "answers": VALUES,
-                "simulate": FLAG,
-                "plan": FLAG,
-            },
-        },
+        body=Goto,
         responses={202: "deployment started", 400: "invalid values", 409: "cannot get there"},
     ),
     Route(
@@ -288,11 +273,7 @@ ROUTES = [
         "/v1/nodes/{name}/lifecycles/provides/{xpath}/call",
         call,
         "Call a provide (xpath url-encoded: WebSite%2F%2Fstart), moving to its state first",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"values": VALUES, "answers": VALUES, "simulate": FLAG, "plan": FLAG},
-        },
+        body=Change,
         responses={202: "deployment started", 400: "invalid values or xpath"},
     ),
     Route(
@@ -300,11 +281,7 @@ ROUTES = [
         "/v1/nodes/{name}/lifecycles/provides/{xpath}/validate",
         validate,
         "Check values for calling a provide: every invalid one named",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"values": VALUES, "answers": VALUES},
-        },
+        body=Answers,
     ),
     Route(
         "POST",
@@ -312,19 +289,7 @@ ROUTES = [
         create_deployment,
         "Plan (plan: true) or start a deployment of a provide; the same one again resumes "
         "a failed one and leaves a finished one alone",
-        body={
-            "type": "object",
-            "required": ["xpath"],
-            "additionalProperties": False,
-            "properties": {
-                "xpath": {"type": "string"},
-                "node": {"type": "string"},
-                "answers": VALUES,
-                "yes": FLAG,
-                "simulate": FLAG,
-                "plan": FLAG,
-            },
-        },
+        body=NewDeployment,
         responses={202: "started or resumed", 400: "values missing or invalid"},
     ),
     Route("GET", "/v1/deployments", list_deployments, "Deployments with their steps"),

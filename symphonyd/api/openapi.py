@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from symphonyd import __version__
+from symphonyd.api import bodies
 from symphonyd.api.routes import Route, json_response, needed_scope
 
 ROUTES_KEY: web.AppKey[list[Route]] = web.AppKey("route_list")
@@ -46,6 +47,9 @@ FLAG = {"type": "string", "enum": ["", "true", "false", "1", "0"]}
 
 
 def document(routes: list[Route]) -> dict[str, Any]:
+    kinds = list(dict.fromkeys(route.body for route in routes if route.body is not None))
+    refs, components = bodies.schemas(kinds)
+    body_refs = dict(zip(kinds, refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         path = _PARAM.sub(r"{\1}", route.path)
@@ -84,16 +88,16 @@ def document(routes: list[Route]) -> dict[str, Any]:
                     "content": {"application/json": {"schema": ERROR}},
                 },
             )
+        content: dict[str, Any] = {}
+        if route.raw_body:
+            content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
         if route.body is not None:
+            content["application/json"] = {"schema": body_refs[route.body]}
+        if content:
             operation["requestBody"] = {
-                "required": bool(route.body.get("required")),
-                "content": {"application/json": {"schema": route.body}},
-            }
-        elif route.raw_body:
-            operation["requestBody"] = {
-                "content": {
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-                },
+                "required": route.raw_body
+                or (route.body is not None and bodies.is_required(route.body)),
+                "content": content,
             }
         if route.auth == "token":
             operation["x-symphonyd-scope"] = needed_scope(route)
@@ -110,12 +114,13 @@ def document(routes: list[Route]) -> dict[str, Any]:
             operation["security"] = [] if route.auth in ("none", "join") else [{"bearer": []}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",  # 3.1: its schemas are JSON Schema, as msgspec writes them
         "info": {"title": "symphonyd control API", "version": __version__},
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                **components,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -129,7 +134,7 @@ def document(routes: list[Route]) -> dict[str, Any]:
                             },
                         }
                     },
-                }
+                },
             },
         },
     }

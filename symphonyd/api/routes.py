@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from symphonyd.errors import Invalid
+from symphonyd.api.bodies import Body, MemberBody
 
 if TYPE_CHECKING:
     from symphonyd.daemon import Daemon
@@ -35,7 +35,7 @@ class Route:
     node: bool = False  # members call it on each other: their node credential may
     uninitialised: bool = False  # served before init/join
     query: dict[str, str] = field(default_factory=dict)  # name -> description
-    body: dict[str, Any] | None = None  # JSON schema of the request body
+    body: type[Body | MemberBody] | None = None  # the JSON request body (api/bodies.py)
     raw_body: bool = False
     responses: dict[int, str] = field(default_factory=dict)
 
@@ -82,26 +82,6 @@ def json_response(
         content_type="application/json",
         headers=headers,
     )
-
-
-async def read_json(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty); 400 on anything else, and on a
-    field not in `allowed` (when given)."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise Invalid(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:  # e.g. "[" * 50000: a 400, not a 500 with a traceback
-        raise Invalid("request body is not valid JSON: nested too deeply") from None
-    if not isinstance(body, dict):
-        raise Invalid("request body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}")
-    return body
 
 
 def flag(request: web.Request, name: str) -> bool:

@@ -4,30 +4,39 @@ list, show and disable services. Which types exist is the registry's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
 from symphonyd import scheduler
-from symphonyd.api.routes import Route, daemon_of, json_response, read_json
+from symphonyd.api.bodies import Body, read_body
+from symphonyd.api.routes import Route, daemon_of, json_response
 from symphonyd.departed import departed
-from symphonyd.errors import Forbidden, Invalid
+from symphonyd.errors import Forbidden
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.service_types import SERVICE_TYPES
 from symphonyd.state import lookup, services
+
+TYPES = [t.name for t in SERVICE_TYPES]
+DRIVERS = sorted({d for t in SERVICE_TYPES for d in t.drivers})
+
+
+class NewService(Body):
+    """A service to enable on this node (the registry checks type, driver and options)."""
+
+    type: Annotated[str, msgspec.Meta(extra_json_schema={"enum": TYPES})] | None = None
+    driver: Annotated[str, msgspec.Meta(extra_json_schema={"enum": DRIVERS})] | None = None
+    pool: str | None = None
+    options: dict[str, Any] | None = None
 
 
 async def create_service(request: web.Request) -> web.Response:
     if not request["local"]:
         raise Forbidden("a service is enabled on a node through its local control socket")
-    body = await read_json(request, {"type", "driver", "pool", "options"})
-    for key in ("type", "driver", "pool"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise Invalid(f"'{key}' must be text")
-    if body.get("options") is not None and not isinstance(body["options"], dict):
-        raise Invalid("'options' must be an object")
+    body = await read_body(request, NewService)
     record = await daemon_of(request).enable_service(
-        body.get("type"), body.get("driver"), body.get("pool"), body.get("options")
+        body.type, body.driver, body.pool, body.options
     )
     return json_response(record, status=201)
 
@@ -93,19 +102,7 @@ ROUTES = [
         create_service,
         "Enable a cloud service on this node (control socket only)",
         auth="local",
-        body={
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "type": {"type": "string", "enum": [t.name for t in SERVICE_TYPES]},
-                "driver": {
-                    "type": "string",
-                    "enum": sorted({d for t in SERVICE_TYPES for d in t.drivers}),
-                },
-                "pool": {"type": "string"},
-                "options": {"type": "object"},
-            },
-        },
+        body=NewService,
         responses={201: "enabled", 409: "already enabled"},
     ),
     Route("GET", "/v1/services", list_services, "Services with health and capacity"),

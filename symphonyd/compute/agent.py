@@ -30,18 +30,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from symphonyd.block.service import PoolDrivers
-from symphonyd.compute import cloudinit
 from symphonyd.compute.decide import decide_instance, detach_note, disk_targets
+from symphonyd.compute.domains import DomainMaker, OwnedInstance, applied_by
 from symphonyd.compute.driver import (
-    DiskSpec,
     DomainEvent,
     DomainInfo,
-    DomainSpec,
     NoSuchDomain,
 )
 from symphonyd.compute.service import ComputeDrivers, instance_dir
-from symphonyd.drivers import Reverter
 from symphonyd.errors import Conflict, NotFound, SymphonyError
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
@@ -67,17 +63,6 @@ RELIST = 2.0  # after the hypervisor did not answer, ask again this soon
 
 
 @dataclass(frozen=True)
-class OwnedInstance:
-    """An instance record of this node with its compute service and root volume."""
-
-    instance: dict[str, Any]
-    service: dict[str, Any]
-    root: dict[str, Any] | None  # the root volume record (None: not made, or gone)
-    data: tuple[dict[str, Any], ...] = ()  # attached data volume records
-    copies: tuple[dict[str, Any], ...] = ()  # a move's copies of its volumes
-
-
-@dataclass(frozen=True)
 class Observed:
     domains: dict[str, DomainInfo] | None  # by instance id; None: the driver did not answer
     unmanaged: tuple[str, ...] = ()
@@ -94,7 +79,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         self.node = node
         self.data_dir = data_dir
         self.drivers = drivers
-        self.pools = PoolDrivers(data_dir)
+        self.domains = DomainMaker(cluster, node, data_dir, drivers)
         self._watched: set[str] = set()  # compute services whose events reach us
         self._reported: set[str] = set()  # unmanaged domains already logged
         self._service: dict[str, Any] | None = None
@@ -152,7 +137,8 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         seeded = frozenset(
             iid
             for iid, record in wanted.items()
-            if record.instance["status"] == "creating" and os.path.exists(self._seed_path(iid))
+            if record.instance["status"] == "creating"
+            and os.path.exists(self.domains.seed_path(iid))
         )
         unmanaged = tuple(sorted(d.name for d in found if d.instance_id is None))
         return Observed(mine, unmanaged, seeded)
@@ -192,7 +178,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             raise GiveUp(str(action.arg))
         elif verb == "seed":
             try:
-                await run_blocking(self._write_seed, instance)
+                await run_blocking(self.domains.write_seed, instance)
             except (SymphonyError, OSError) as exc:
                 raise GiveUp(f"cloud-init seed: {exc}") from None
         elif verb == "build":
@@ -204,7 +190,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
                 iid,
                 expect=instance["status"],
                 status=status,
-                applied=self._applied(record),
+                applied=applied_by(record),
                 at_next_start=[],
             )
             log.info(
@@ -278,67 +264,11 @@ class ComputeAgent(Reconciler[OwnedInstance]):
 
     # -- building ---------------------------------------------------------------------------
 
-    def _disk(self, volume: Mapping[str, Any], target: str) -> DiskSpec:
-        with self.cluster.store.lock:
-            block = services.get(self.cluster.store, volume["service_id"] or "")
-        if block is None or block["node"] != self.node:
-            raise GiveUp(f"volume {volume['name']} is not on node {self.node}")
-        found = self.pools.get(dict(block), volume["pool"]).volumes().get(volume["id"])
-        if found is None:
-            raise GiveUp(f"volume {volume['name']} is not in its pool")
-        return DiskSpec(found.path, found.format, target, volume["id"][:20])
-
-    def _spec(self, record: OwnedInstance) -> DomainSpec:
-        """The domain an instance record asks for (blocking: lists the volumes' pools)."""
-        instance = record.instance
-        if record.root is None:
-            raise GiveUp("its root volume is gone")
-        disks = [self._disk(record.root, "vda")]
-        for volume, target in zip(record.data, disk_targets(len(record.data)), strict=True):
-            disks.append(self._disk(volume, target))
-        folder = instance_dir(self.data_dir, instance["id"])
-        return DomainSpec(
-            instance_id=instance["id"],
-            name=instance["name"],
-            vcpus=instance["cpus"],
-            memory=instance["memory"],
-            disks=tuple(disks),
-            console_log=os.path.join(folder, "console.log"),
-            seed=self._seed_path(instance["id"]),
-            network=instance["network"],
-        )
-
-    def _seed_path(self, instance_id: str) -> str:
-        return os.path.join(instance_dir(self.data_dir, instance_id), "seed.iso")
-
-    def _write_seed(self, instance: Mapping[str, Any]) -> None:
-        folder = instance_dir(self.data_dir, instance["id"])
-        os.makedirs(folder, mode=0o711, exist_ok=True)  # qemu (another user) opens the seed
-        os.chmod(folder, 0o711)
-        cloudinit.build_seed(
-            self._seed_path(instance["id"]),
-            instance["id"],
-            instance["name"],
-            instance["user_data"],
-            instance.get("network_config"),
-        )
-
     async def _define(self, record: OwnedInstance) -> DomainInfo:
         driver = self.drivers.get(record.service)
-        spec = await run_blocking(self._spec, record)
-        await run_blocking(self._write_seed, record.instance)
+        spec = await run_blocking(self.domains.spec, record)
+        await run_blocking(self.domains.write_seed, record.instance)
         return await run_blocking(driver.define, spec)
-
-    @staticmethod
-    def _applied(record: OwnedInstance) -> dict[str, Any]:
-        """What a definition made from the record holds."""
-        instance = record.instance
-        targets = disk_targets(len(record.data))
-        return {
-            "cpus": instance["cpus"],
-            "memory": instance["memory"],
-            "volumes": {v["id"]: t for v, t in zip(record.data, targets, strict=True)},
-        }
 
     async def _build(self, record: OwnedInstance) -> None:
         """Seed, domain and first start of an instance whose root volume is ready, then one
@@ -349,7 +279,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         iid = instance["id"]
         boot = instance["power"] == "running"
         try:
-            info, refused = await run_blocking(self._make_domain, record, boot)
+            info, refused = await run_blocking(self.domains.make, record, boot)
         except GiveUp:
             raise
         except SymphonyError as exc:
@@ -360,7 +290,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             "status": "running" if boot else "stopped",
             "status_message": "",
             "domain": {"vcpus": info.vcpus, "memory": info.memory},
-            "applied": self._applied(record),
+            "applied": applied_by(record),
             "at_next_start": [],
         }
         if refused is not None:
@@ -375,38 +305,6 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             self.node,
             extra={"resource": iid},
         )
-
-    def _make_domain(self, record: OwnedInstance, boot: bool) -> tuple[DomainInfo, str | None]:
-        """(blocking, one thread hop) The seed, the definition and, with `boot`, the start:
-        the domain as defined and why the start failed (None: it did not). Found defined
-        already (the node stopped before recording it), it is defined again and started
-        only if it is not running."""
-        instance = record.instance
-        driver = self.drivers.get(record.service)
-        folder = instance_dir(self.data_dir, instance["id"])
-        try:
-            with Reverter() as undo:
-                if not os.path.exists(folder):
-                    undo.add(shutil.rmtree, folder, True)
-                spec = self._spec(record)
-                if not os.path.exists(self._seed_path(instance["id"])):  # written meanwhile
-                    self._write_seed(instance)
-                info = driver.define(spec)
-                undo.keep()
-        except Exception:
-            # The seed was written before (while the root volume was made): it goes too,
-            # unless a domain of this instance exists (an earlier try's, maybe running).
-            with contextlib.suppress(SymphonyError, OSError):
-                if instance["id"] not in {d.instance_id for d in driver.domains()}:
-                    shutil.rmtree(folder, True)
-            raise
-        if not boot or info.state in ("running", "paused"):
-            return info, None
-        try:
-            driver.start(instance["id"])
-        except (SymphonyError, OSError) as exc:
-            return info, getattr(exc, "message", None) or str(exc)
-        return info, None
 
     # -- changes of the definition ----------------------------------------------------------
 
@@ -470,7 +368,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
             if volume is None:
                 raise RetryLater(f"volume {volume_id} is not known here yet", delay=1.0)
             target = next(t for t in disk_targets(len(held) + 1) if t not in held.values())
-            disk = await run_blocking(self._disk, volume, target)
+            disk = await run_blocking(self.domains.disk, volume, target)
             try:
                 await run_blocking(driver.attach_disk, iid, disk, live)
             except SymphonyError as exc:
