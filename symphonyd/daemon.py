@@ -46,7 +46,7 @@ from symphonyd.lifecycle.agent import LifecycleService
 from symphonyd.lifecycle.supervisor import run_as_user
 from symphonyd.logs import setup_logging
 from symphonyd.membership import Membership, check_port_free
-from symphonyd.node_status import node_status
+from symphonyd.node_status import leader_view, node_status
 from symphonyd.progress import ProgressBoard
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.fsm import FSM
@@ -236,6 +236,7 @@ class Daemon:
             data_dir=self.settings.data_dir,
             settings=getattr(self.settings, type_name, {}),
             shared={"images": self.images, "progress": self.progress},
+            leader_view=lambda: leader_view(self.cluster, self.caller),
         )
 
     async def enable_service(

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from symphonyd import __version__, allocator
+from symphonyd.client import MemberCaller
 from symphonyd.config import Settings
+from symphonyd.errors import SymphonyError
 from symphonyd.image import copier
 from symphonyd.raft.cluster import Cluster
 from symphonyd.state import cluster as cluster_table
@@ -104,3 +106,32 @@ def node_status(
         "members": members,
         "raft": raft,
     }
+
+
+LEADER_VIEW_TIMEOUT = 2.0
+
+
+async def leader_view(cluster: Cluster | None, caller: MemberCaller | None) -> set[str] | None:
+    """The members the leader reaches (`online` in its `/v1/cluster`), asked of it with
+    this node's credential; None when there is no other leader to ask or it does not
+    answer as leader within LEADER_VIEW_TIMEOUT."""
+    if cluster is None or caller is None:
+        return None
+    raft = cluster.status()
+    leader_addr = raft.get("leader")
+    with cluster.store.lock:
+        member = next(
+            (dict(n) for n in nodes.all_nodes(cluster.store) if n["raft_addr"] == leader_addr),
+            None,
+        )
+    if member is None or leader_addr == raft.get("self"):
+        return None
+    try:
+        answer = await caller.client(member, timeout=LEADER_VIEW_TIMEOUT).request(
+            "GET", "/v1/cluster"
+        )
+    except SymphonyError:
+        return None
+    if not isinstance(answer, dict) or answer.get("role") != "leader":
+        return None
+    return {m["name"] for m in answer.get("members", []) if m.get("health") == "online"}

@@ -1,14 +1,15 @@
 """Placement: which node's service gets a new resource, one fit function per kind.
 
 Placement is generic (`state/fit.py`: `Fit`, `best`): the healthy services of a type on
-nodes this node is connected to and that are not cordoned (`node evacuate`), filtered and
-scored by the kind's `Fit` (volumes: `VOLUME_FIT` here; instances: `state/instance_fit.py`).
+nodes the leader reaches (`placement_nodes`) and that are not cordoned (`node evacuate`),
+filtered and scored by the kind's `Fit` (volumes: `VOLUME_FIT` here; instances:
+`state/instance_fit.py`).
 
 The API handler checks that a placement exists (so a request that cannot be served is
 refused before anything is written) and records the volume unplaced; the leader alone
 places it (`place_volumes`, a leader-only loop, see `leader.py`), so two volumes created
 at once on two nodes never both count on the same free space. A candidate is a healthy block
-service on a node this node is connected to, with the asked pool and node if any, whose
+service on a node the leader reaches, with the asked pool and node if any, whose
 free space minus what its pending volumes will take holds the volume; among them, one on
 a node that already holds the image wins, then the one with the most room.
 `VOLUME_PLACE` applies only to a volume still unplaced, so an old and a new leader cannot
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,24 @@ from symphonyd.state.store import Store
 log = logging.getLogger("symphonyd.scheduler")
 
 PLACE_PATIENCE = 15.0  # seconds a volume may wait for a place before it fails
+
+
+LeaderView = Callable[[], Awaitable[set[str] | None]]
+
+
+async def placement_nodes(
+    cluster: Cluster, self_name: str, leader_view: LeaderView | None
+) -> set[str]:
+    """The members a placement asked on this node may use: those the leader reaches. On
+    the leader, its own links; on a follower, the leader's answer (`leader_view`), since
+    a follower's links are not the leader's (its link to a member that just joined may
+    not be up yet, which says nothing of that member), or its own links when the leader
+    does not answer."""
+    if leader_view is not None and not cluster.is_leader():
+        seen = await leader_view()
+        if seen is not None:
+            return seen | {self_name}
+    return reachable_nodes(cluster, self_name)
 
 
 def reachable_nodes(cluster: Cluster, self_name: str) -> set[str]:

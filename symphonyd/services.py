@@ -47,6 +47,9 @@ class ServiceHost:
     data_dir: str
     settings: Mapping[str, Any]  # the type's own settings table (`[block]`, ...)
     shared: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"images": ImageService}
+    # The members the leader reaches, asked of it (None: it did not answer): placement
+    # asked on a follower uses the leader's view (`scheduler.placement_nodes`).
+    leader_view: Callable[[], Awaitable[set[str] | None]] | None = None
 
 
 @dataclass

@@ -250,6 +250,7 @@ ROUTES = [
         cluster_status,
         "Cluster id, this node, leader, members with role and health, Raft term and "
         "commit index, quorum",
+        node=True,  # a follower asks the leader which members it reaches (placement)
         uninitialised=True,
     ),
     Route(

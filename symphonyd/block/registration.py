@@ -22,7 +22,9 @@ def _probe(driver: str, pool: str, data_dir: str, options: dict[str, Any]) -> He
 
 def _start(host: ServiceHost) -> RunningService:
     images = host.shared["images"]
-    verbs = BlockService(host.cluster, images, host.node, host.data_dir, dict(host.settings))
+    verbs = BlockService(
+        host.cluster, images, host.node, host.data_dir, dict(host.settings), host.leader_view
+    )
     cluster, node = host.cluster, host.node
     return RunningService(
         verbs=verbs,

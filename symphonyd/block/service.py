@@ -90,8 +90,10 @@ class BlockService:
         node: str,
         data_dir: str,
         defaults: dict[str, Any] | None = None,
+        leader_view: scheduler.LeaderView | None = None,
     ) -> None:
         self.cluster = cluster
+        self.leader_view = leader_view
         self.images = images_service
         self.node = node
         self.data_dir = data_dir
@@ -163,7 +165,7 @@ class BlockService:
                 f"the image needs {image['virtual_size']} bytes; the volume has {size_bytes}"
             )
         self.cluster.require_schema(EntryType.VOLUME_PLACE)
-        reachable = scheduler.reachable_nodes(self.cluster, self.node)
+        reachable = await scheduler.placement_nodes(self.cluster, self.node, self.leader_view)
         with self.cluster.store.lock:  # refuse now what the scheduler could not place
             scheduler.choose(
                 self.cluster.store,

@@ -33,7 +33,8 @@ def _probe(driver: str, pool: str, data_dir: str, options: dict[str, Any]) -> He
 def _start(host: ServiceHost) -> RunningService:
     drivers = ComputeDrivers(host.data_dir)
     cluster, node = host.cluster, host.node
-    verbs = ComputeService(cluster, host.shared["images"], node, host.data_dir, drivers)
+    images = host.shared["images"]
+    verbs = ComputeService(cluster, images, node, host.data_dir, drivers, host.leader_view)
     return RunningService(
         verbs=verbs,
         agents=[ComputeAgent(cluster, node, host.data_dir, drivers)],

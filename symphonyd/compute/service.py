@@ -132,8 +132,10 @@ class ComputeService:
         node: str,
         data_dir: str,
         drivers: ComputeDrivers,
+        leader_view: scheduler.LeaderView | None = None,
     ) -> None:
         self.cluster = cluster
+        self.leader_view = leader_view
         self.images = images_service
         self.node = node
         self.data_dir = data_dir
@@ -230,7 +232,7 @@ class ComputeService:
                 raise Conflict(f"an instance named {name!r} already exists")
             if any(v["name"] == f"{name}-root" for v in volumes.all_volumes(store)):
                 raise Conflict(f"a volume named {name}-root exists: the root disk needs the name")
-        reachable = scheduler.reachable_nodes(self.cluster, self.node)
+        reachable = await scheduler.placement_nodes(self.cluster, self.node, self.leader_view)
         with self.cluster.store.lock:  # refuse now what could not be placed
             choose_node(self.cluster.store, reachable, record)
         entry: dict[str, Any] = {"instance": record}
