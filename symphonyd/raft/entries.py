@@ -13,6 +13,13 @@ Versions, for rolling upgrades (docs/upgrades.md):
 * `INTRODUCED[type]` is the schema level that added a type (1 unless listed). A node never
   proposes a type, or a body version, that some member's schema level does not know
   (`check_schema`), and a node that meets one anyway refuses it with a clear message.
+
+Bodies have schemas (`raft/schemas.py`, one msgspec Struct per type and body version):
+`encode` checks the body against its schema, so no malformed body is ever proposed;
+bodies stay plain dicts and are written as they are. Applying does not check them (older
+members have no schema). To change a body: a new optional field with a default is fine;
+a new required field or a changed type is a new body version, its old schema kept in
+`schemas.EARLIER`.
 """
 
 from __future__ import annotations
@@ -157,7 +164,9 @@ class Entry:
     version: int = 0  # 0: this code's body version of `type`
 
     def encode(self) -> bytes:
+        """The entry as msgpack; Invalid when its body does not fit its schema."""
         version = self.version or body_version(self.type)
+        schemas.check(self.type, self.body, version)
         return bytes(msgpack.packb([int(self.type), version, self.body], use_bin_type=True))
 
 
@@ -175,3 +184,7 @@ def decode(data: bytes) -> Entry:
     ):
         raise Invalid("malformed log entry")
     return Entry(type=value[0], version=value[1], body=value[2])
+
+
+# At the end: the schemas are built from `EntryType` and `body_version` above.
+from symphonyd.raft import schemas  # noqa: E402
