@@ -127,18 +127,43 @@ async def patch(
     return await cluster.propose_ok(Entry(entry_type, body), idempotent=expect is None)
 
 
+# The patch a claim falls back to while a member speaks a schema before RECORD_CLAIM.
+CLAIM_FALLBACK = {
+    "volumes": EntryType.VOLUME_UPDATE,
+    "pvs": EntryType.PV_UPDATE,
+    "vgs": EntryType.VG_UPDATE,
+    "instances": EntryType.INSTANCE_UPDATE,
+}
+
+
 async def claim(
     cluster: Cluster,
-    entry_type: EntryType,
+    table: str,
     record_id: str,
+    node: str,
     *,
     from_status: str = "pending",
     to_status: str = "creating",
 ) -> None:
-    """Take a record for this node's work: `from_status -> to_status` only if it is still
-    `from_status`. Conflict when someone else took it or it changed meanwhile (a worker
-    then stops, and the next pass decides from what the record is now)."""
-    await patch(cluster, entry_type, record_id, expect=from_status, status=to_status)
+    """Take a record placed on `node` for its work: `from_status -> to_status` only if it
+    is still `from_status` there (`RECORD_CLAIM`, state/claims.py). Conflict when it
+    changed meanwhile (a worker then stops, and the next pass decides from what the record
+    is now). Mid rolling upgrade, a member older than RECORD_CLAIM gets the patch it knows."""
+    try:
+        cluster.require_schema(EntryType.RECORD_CLAIM)
+    except Conflict:
+        fallback = CLAIM_FALLBACK[table]
+        await patch(cluster, fallback, record_id, expect=from_status, status=to_status)
+        return
+    body = {
+        "table": table,
+        "id": record_id,
+        "node": node,
+        "from_status": from_status,
+        "to_status": to_status,
+        "at": now_rfc3339(),
+    }
+    await cluster.propose_ok(Entry(EntryType.RECORD_CLAIM, body))
 
 
 @dataclass

@@ -145,6 +145,7 @@ def test_entry_type_codes_are_never_reused() -> None:
         "INSTANCE_ATTACH": 84,
         "INSTANCE_DETACH": 85,
         "INSTANCE_MOVE": 86,
+        "RECORD_CLAIM": 90,
     }
 
 
@@ -488,6 +489,26 @@ def check_volume_update(fsm: FSM, before: dict[str, Any]) -> None:
     assert apply_entry(fsm, EntryType.VOLUME_UPDATE, claim)["ok"]
     second = apply_entry(fsm, EntryType.VOLUME_UPDATE, claim)  # a second claim loses
     assert second["ok"] is False and second["error"]["code"] == "conflict"
+
+
+def check_record_claim(fsm: FSM, before: dict[str, Any]) -> None:
+    """A claim moves only the status, only on the record's own node, only from the status
+    it names: a second claim, another node's, or one of an unclaimed table is refused."""
+    apply_entry(fsm, EntryType.VOLUME_CREATE, {"volume": VOLUME})
+    claim = {"table": "volumes", "id": "vol1", "node": "n1", "at": "2026-12-04T00:00:00Z"}
+    claim |= {"from_status": "pending", "to_status": "creating"}
+    by_n2 = apply_entry(fsm, EntryType.RECORD_CLAIM, {**claim, "node": "n2"})
+    assert by_n2["ok"] is False and "on node n1, not n2" in by_n2["error"]["message"]
+    assert apply_entry(fsm, EntryType.RECORD_CLAIM, claim)["ok"]
+    record = dict(fsm.store.get("volumes", "vol1"))
+    record.pop("create_revision"), record.pop("mod_revision")
+    assert record == {**VOLUME, "status": "creating", "updated_at": "2026-12-04T00:00:00Z"}
+    second = apply_entry(fsm, EntryType.RECORD_CLAIM, claim)
+    assert second["ok"] is False and second["error"]["code"] == "conflict"
+    elsewhere = apply_entry(fsm, EntryType.RECORD_CLAIM, {**claim, "table": "tokens"})
+    assert elsewhere["ok"] is False and elsewhere["error"]["code"] == "invalid"
+    gone = apply_entry(fsm, EntryType.RECORD_CLAIM, {**claim, "id": "vol9"})
+    assert gone["ok"] is False and gone["error"]["code"] == "not_found"
 
 
 def check_volume_delete(fsm: FSM, before: dict[str, Any]) -> None:
@@ -989,6 +1010,7 @@ CHECKS = {
     EntryType.INSTANCE_ATTACH: check_instance_attach,
     EntryType.INSTANCE_DETACH: check_instance_detach,
     EntryType.INSTANCE_MOVE: check_instance_move,
+    EntryType.RECORD_CLAIM: check_record_claim,
 }
 
 

@@ -21,11 +21,12 @@ NEXT = CURRENT + 1
 NEXT_VERSION = f"""
 import sys
 import symphonyd, symphonyd.daemon as daemon, symphonyd.membership as membership
+import symphonyd.admission as admission
 import symphonyd.node_status as node_status
 from symphonyd.raft import entries, fsm
 symphonyd.__version__ = daemon.__version__ = "0.2.0"
 membership.__version__ = node_status.__version__ = "0.2.0"
-entries.SCHEMA_VERSION = membership.SCHEMA_VERSION = {NEXT}
+entries.SCHEMA_VERSION = membership.SCHEMA_VERSION = admission.SCHEMA_VERSION = {NEXT}
 entries.INTRODUCED[99] = {NEXT}
 fsm.APPLIERS[99] = lambda store, body: {{"ok": True}}
 sys.argv[0] = "symphonyd"

@@ -166,7 +166,7 @@ class VolumeAgent(Reconciler[OwnedVolume]):
             )
             log.info("volume %s deleted", vid, extra={"resource": vid})
         elif action.verb == "claim":
-            await claim(self.cluster, EntryType.VOLUME_UPDATE, vid)
+            await claim(self.cluster, "volumes", vid, self.node)
         elif action.verb in ("create", "recreate"):
             await self._create(record, leftovers=action.verb == "recreate")
         elif action.verb == "lost":

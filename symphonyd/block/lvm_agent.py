@@ -233,7 +233,7 @@ class LvmAgent(Reconciler[OwnedLvm]):
     async def act(self, record: OwnedLvm, action: Action) -> None:
         kind, rid = KINDS[record.table], record.record["id"]
         if action.verb == "claim":
-            await claim(self.cluster, kind.update, rid)
+            await claim(self.cluster, record.table, rid, self.node)
         elif action.verb == "remove":
             try:
                 await run_blocking(kind.remove, record.host, record.record)

@@ -173,7 +173,7 @@ class ComputeAgent(Reconciler[OwnedInstance]):
         driver = self.drivers.get(record.service)
         verb = action.verb
         if verb == "claim":
-            await claim(self.cluster, EntryType.INSTANCE_UPDATE, iid)
+            await claim(self.cluster, "instances", iid, self.node)
         elif verb == "fail":
             raise GiveUp(str(action.arg))
         elif verb == "seed":

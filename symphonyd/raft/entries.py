@@ -32,7 +32,7 @@ import msgpack
 
 from symphonyd.errors import Conflict, Invalid
 
-SCHEMA_VERSION = 7  # 7: an instance placed by its own create entry; token scopes
+SCHEMA_VERSION = 8  # 8: RECORD_CLAIM; 7: an instance placed by its create entry, token scopes
 
 
 class EntryType(IntEnum):
@@ -77,11 +77,13 @@ class EntryType(IntEnum):
     INSTANCE_ATTACH = 84  # a data volume wanted on an instance (checked against other users)
     INSTANCE_DETACH = 85
     INSTANCE_MOVE = 86  # a step of a cold move to another node (state/moves.py)
+    # Intent-named entries (schema 8 on): each says what happens, not which fields change.
+    RECORD_CLAIM = 90  # a node takes a record placed on it for its work (state/claims.py)
 
 
 # Types added after schema 1 (schema 2: services and volumes; schema 3: placement by the
 # leader's scheduler, LVM physical volumes and volume groups; schema 4: lifecycles and
-# deployments; schema 6: instances), and bodies changed since version 1
+# deployments; schema 6: instances; schema 8: RECORD_CLAIM), and bodies changed since version 1
 # (`BODY_VERSIONS`, `BODY_INTRODUCED`). IMAGE_DELETE refuses an image used by a volume
 # since schema 2; a schema-1 node cannot tell, but no volume can exist while one runs
 # (VOLUME_CREATE is refused until every member speaks schema 2), so both apply it alike. Likewise
@@ -113,6 +115,7 @@ INTRODUCED: dict[int, int] = {
     EntryType.INSTANCE_ATTACH: 6,
     EntryType.INSTANCE_DETACH: 6,
     EntryType.INSTANCE_MOVE: 6,
+    EntryType.RECORD_CLAIM: 8,
 }
 BODY_VERSIONS: dict[int, int] = {
     EntryType.INSTANCE_CREATE: 2,  # 2: `placing` (candidates, root volume id)

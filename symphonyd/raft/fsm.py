@@ -23,6 +23,7 @@ import msgpack
 
 from symphonyd.raft.entries import SCHEMA_VERSION, Entry, EntryType, body_version, decode
 from symphonyd.state import (
+    claims,
     cluster,
     images,
     instances,
@@ -212,6 +213,18 @@ def apply_instance_move(store: Store, body: dict[str, Any]) -> Result:
     return moves.move_step(store, body)
 
 
+def apply_record_claim(store: Store, body: dict[str, Any]) -> Result:
+    return claims.claim(
+        store,
+        body["table"],
+        body["id"],
+        body["node"],
+        body["from_status"],
+        body["to_status"],
+        body["at"],
+    )
+
+
 APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.BARRIER: apply_barrier,
     EntryType.CLUSTER_INIT: apply_cluster_init,
@@ -254,6 +267,7 @@ APPLIERS: dict[int, Callable[[Store, dict[str, Any]], Result]] = {
     EntryType.INSTANCE_ATTACH: apply_instance_attach,
     EntryType.INSTANCE_DETACH: apply_instance_detach,
     EntryType.INSTANCE_MOVE: apply_instance_move,
+    EntryType.RECORD_CLAIM: apply_record_claim,
 }
 
 

@@ -64,6 +64,18 @@ class Patch(EntryBody, kw_only=True):
     expect_status: None = None
 
 
+class RecordClaim(EntryBody, kw_only=True):
+    """A node takes a record placed on it: its status goes `from_status -> to_status`
+    only while it is `from_status` and on that node (state/claims.py)."""
+
+    table: str
+    id: str
+    node: str
+    from_status: str
+    to_status: str
+    at: str  # RFC 3339, the record's updated_at
+
+
 class StatusPatch(EntryBody, kw_only=True):
     """A generic patch (`*_UPDATE`): fields merged into the record, only while its status
     is still `expect_status` when one is given (how an agent claims work)."""
@@ -354,6 +366,7 @@ SCHEMAS: dict[int, Any] = {
     EntryType.INSTANCE_ATTACH: InstanceVolume,
     EntryType.INSTANCE_DETACH: InstanceVolume,
     EntryType.INSTANCE_MOVE: InstanceMove,
+    EntryType.RECORD_CLAIM: RecordClaim,
 }
 # Earlier body versions a writer still uses while a rolling upgrade is under way
 # (`entries.spoken_body_version`), by (type, version).
