@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -20,7 +20,17 @@ from symphonyd.block.agent import decide_volume
 from symphonyd.block.driver import VolumeInfo
 from symphonyd.block.lvm_agent import decide_lvm
 from symphonyd.errors import Conflict, DriverError
-from symphonyd.reconcile import Action, GiveUp, Progress, Reconciler, RetryLater, run_blocking
+from symphonyd.raft.cluster import Cluster
+from symphonyd.raft.entries import Entry, EntryType, check_schema
+from symphonyd.reconcile import (
+    Action,
+    GiveUp,
+    Progress,
+    Reconciler,
+    RetryLater,
+    claim,
+    run_blocking,
+)
 
 MiB = 1024 * 1024
 
@@ -164,6 +174,42 @@ async def test_retry_later_backs_off_and_give_up_records_the_reason() -> None:
     await asyncio.sleep(0.12)
     assert await agent.reconcile_once() == []
     assert agent._backoff == {}  # nothing to do any more: no backoff kept
+
+
+class Proposals:
+    """What a claim proposes, on a cluster whose members speak `schemas`."""
+
+    def __init__(self, schemas: dict[str, int]) -> None:
+        self.schemas = schemas
+        self.entries: list[Entry] = []
+
+    def require_schema(self, entry_type: int) -> None:
+        check_schema(entry_type, self.schemas)
+
+    async def propose_ok(self, entry: Entry, idempotent: bool = False) -> dict[str, Any]:
+        entry.encode()  # its body fits its schema
+        self.entries.append(entry)
+        return {"ok": True}
+
+
+async def test_a_claim_is_a_record_claim_and_a_patch_while_a_member_is_older() -> None:
+    current = Proposals({"n1": 8, "n2": 8})
+    await claim(cast(Cluster, current), "pvs", "pv1", "n2")
+    (entry,) = current.entries
+    assert entry.type == EntryType.RECORD_CLAIM
+    assert {k: entry.body[k] for k in ("table", "id", "node", "from_status", "to_status")} == {
+        "table": "pvs",
+        "id": "pv1",
+        "node": "n2",
+        "from_status": "pending",
+        "to_status": "creating",
+    }
+    mixed = Proposals({"n1": 8, "n2": 7})  # mid rolling upgrade: n2 knows no RECORD_CLAIM
+    await claim(cast(Cluster, mixed), "pvs", "pv1", "n2")
+    (entry,) = mixed.entries
+    assert entry.type == EntryType.PV_UPDATE
+    assert entry.body["expect_status"] == "pending"
+    assert entry.body["fields"]["status"] == "creating"
 
 
 async def test_run_blocking_waits_for_its_thread_when_cancelled() -> None:
