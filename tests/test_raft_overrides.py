@@ -29,10 +29,10 @@ from pysyncobj.transport import TCPTransport
 from symphonyd.raft.entries import Entry, EntryType
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal
-from symphonyd.raft.node import (
+from symphonyd.raft.node import RaftNode
+from symphonyd.raft.pinning import (
     PYSYNCOBJ_VERSION,
     RELIED_ON,
-    RaftNode,
     check_pysyncobj,
     missing_internals,
 )

@@ -26,9 +26,10 @@ What this module adds to pysyncobj 0.3.17, and why:
 * The Raft port always has a password (AES-GCM, `raft/wire.py`); messages from a peer
   without the cluster secret are dropped before anything is unpickled.
 
-These overrides reach pysyncobj's private, name-mangled internals (`RELIED_ON`), so
-pyproject.toml pins pysyncobj 0.3.17 and importing this module checks the installed one:
-a release that renamed a private would otherwise switch a fix off without a word.
+These overrides reach pysyncobj's private, name-mangled internals (`RELIED_ON`, in
+raft/pinning.py), so pyproject.toml pins pysyncobj 0.3.17 and importing this module checks
+the installed one: a release that renamed a private would otherwise switch a fix off
+without a word. The transport that holds acknowledgements is raft/transport.py.
 
 It knows the FSM, not the API.
 """
@@ -43,93 +44,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Any
 
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
-from pysyncobj.transport import TCPTransport
 
 from symphonyd.raft import guard, pickling
 from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal, SyncFailed
+from symphonyd.raft.pinning import check_pysyncobj
 from symphonyd.raft.prevote import PreVote
 from symphonyd.raft.readindex import ReadIndex
 from symphonyd.raft.snapshots import SnapshotWriter, read_snapshot_file
+from symphonyd.raft.transport import DurableTransport
 from symphonyd.raft.wire import AeadEncryptor
 
 log = logging.getLogger("symphonyd.raft")
-
-PYSYNCOBJ_VERSION = "0.3.17"  # the release the overrides below were written against
-
-# pysyncobj's internals that the overrides below rely on, as (kind, name):
-#   "global"  a pysyncobj.syncobj global that SyncObj.__init__ calls (swapped while it runs)
-#   "method"  a SyncObj method overridden, shadowed, or called by its mangled name
-#   "state"   an attribute SyncObj.__init__ sets on the instance, used here
-RELIED_ON: tuple[tuple[str, str], ...] = (
-    ("global", "createJournal"),
-    ("global", "getEncryptor"),
-    ("method", "_applyCommand"),
-    ("method", "_checkCommandsToApply"),
-    ("method", "_doDestroy"),
-    ("method", "_SyncObj__onMessageReceived"),
-    ("method", "_SyncObj__sendAppendEntries"),
-    ("method", "_SyncObj__callErrCallback"),
-    ("state", "_SyncObj__transport"),
-    ("state", "_SyncObj__commandsQueue"),
-    ("state", "_SyncObj__pipeNotifier"),
-    ("state", "_SyncObj__otherNodes"),
-    ("state", "_SyncObj__raftNextIndex"),
-    ("state", "_SyncObj__raftState"),  # the pre-vote timer (raft/prevote.py) ...
-    ("state", "_SyncObj__raftCurrentTerm"),
-    ("state", "_SyncObj__raftElectionDeadline"),
-    ("state", "_SyncObj__raftCommitIndex"),  # ... and read index (raft/readindex.py)
-    ("state", "_SyncObj__raftLastApplied"),
-    ("state", "_SyncObj__raftLeader"),
-    ("method", "_SyncObj__getCurrentLogIndex"),
-    ("method", "_SyncObj__parseChangeClusterRequest"),  # _adopt_logged_membership
-    ("method", "_SyncObj__doChangeCluster"),
-    ("state", "_SyncObj__needLoadDumpFile"),
-    ("method", "_SyncObj__getCurrentLogTerm"),
-)
-
-
-def missing_internals(module: ModuleType) -> list[str]:
-    """The names in `RELIED_ON` that `module` (pysyncobj.syncobj) lacks."""
-    syncobj = getattr(module, "SyncObj", None)
-    init_code = getattr(getattr(syncobj, "__init__", None), "__code__", None)
-    init_names = set(getattr(init_code, "co_names", ()))  # what SyncObj.__init__ refers to
-    present: dict[str, Callable[[str], bool]] = {
-        "global": lambda name: hasattr(module, name) and name in init_names,
-        "method": lambda name: callable(getattr(syncobj, name, None)),
-        "state": lambda name: name in init_names,
-    }
-    return [
-        f"pysyncobj.syncobj.{name}" if kind == "global" else f"SyncObj.{name}"
-        for kind, name in RELIED_ON
-        if not present[kind](name)
-    ]
-
-
-def check_pysyncobj(module: ModuleType) -> None:
-    """Refuse, with ImportError, a pysyncobj the overrides were not written for: another
-    version, or one that lacks a name in `RELIED_ON`. Run at import, so a daemon never
-    starts with some fixes in effect and others silently gone."""
-    problems = []
-    version = getattr(module, "VERSION", None)  # pysyncobj.version.VERSION
-    if version is not None and version != PYSYNCOBJ_VERSION:
-        problems.append(f"it is version {version}")
-    missing = missing_internals(module)
-    if missing:
-        problems.append("it lacks " + ", ".join(missing))
-    if problems:
-        raise ImportError(
-            f"symphonyd.raft.node overrides internals of pysyncobj {PYSYNCOBJ_VERSION}, but "
-            f"the installed pysyncobj differs: {'; '.join(problems)}. Install "
-            f"pysyncobj=={PYSYNCOBJ_VERSION} (pyproject.toml pins it) or port the overrides."
-        )
-
 
 check_pysyncobj(_syncobj_module)
 guard.install()  # the Raft port's bound before authentication (raft/guard.py)
@@ -142,47 +73,6 @@ COMPACTION_RETRY = 5.0  # seconds before asking again while the log stays heavy
 HOST_ERROR_EVERY = 10.0  # seconds between two log lines about the same host failure
 HAND_OVER_FOR = 5.0  # seconds a leader whose journal failed keeps asking for a transfer
 Callback = Callable[[Any, int], None]
-
-
-class DurableTransport(TCPTransport):
-    """TCP transport that holds acknowledgements until the journal is synced."""
-
-    journal: DurableJournal
-    outgoing: Callable[[Any, dict[str, Any]], None] | None = None  # sees each message sent
-
-    def __init__(
-        self, syncObj: Any, selfNode: Any, otherNodes: Any, *, journal: DurableJournal
-    ) -> None:
-        self.journal = journal
-        self._held: list[tuple[Any, Any]] = []
-        super().__init__(syncObj, selfNode, otherNodes)
-
-    def send(self, node: Any, message: Any) -> bool:
-        if isinstance(message, dict) and self.outgoing is not None:
-            self.outgoing(node, message)
-        if (
-            isinstance(message, dict)
-            and message.get("type") == "next_node_idx"
-            and (self.journal.dirty or self._held)
-        ):
-            self._held.append((node, message))
-            return True
-        return bool(super().send(node, message))
-
-    def drop_held(self) -> int:
-        """Forget the held acknowledgements (their entries could not be synced)."""
-        dropped = len(self._held)
-        self._held = []
-        return dropped
-
-    def release_held(self) -> None:
-        held, self._held = self._held, []
-        for node, message in held:
-            super().send(node, message)
-
-    def _onNewIncomingConnection(self, conn: Any) -> None:
-        if guard.admit(self, conn):  # bounded before authentication (raft/guard.py)
-            super()._onNewIncomingConnection(conn)
 
 
 _construct_lock = threading.Lock()

@@ -16,7 +16,7 @@ it is meant to win.
 Members of a version before pre-vote ignore the two message types: a cluster where fewer
 than a majority speak it still elects among the older members (which do not pre-vote).
 
-It uses pysyncobj's name-mangled state, like raft/node.py (listed in `RELIED_ON` there).
+It uses pysyncobj's name-mangled state, like raft/node.py (listed in `RELIED_ON`, raft/pinning.py).
 """
 
 from __future__ import annotations

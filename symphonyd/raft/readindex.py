@@ -37,7 +37,7 @@ look like a partition.
 
 Callbacks run on the Raft thread as `callback(index, error)`: `error` is None on success,
 else one of READ_ERRORS. It uses pysyncobj's name-mangled state (listed in `RELIED_ON` in
-raft/node.py).
+raft/pinning.py).
 """
 
 from __future__ import annotations
