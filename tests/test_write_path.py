@@ -13,7 +13,9 @@ part runs a real two-node cluster in this process (tests/test_raft_overrides.py)
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,27 @@ def test_a_commit_index_rides_the_append_of_the_queued_proposals(
     # The last commit's own message, and at most one heartbeat or read round beside it;
     # without the change each of the 20 rounds sent its commit index alone first.
     assert len(appends) - len(carrying) <= 2, appends
+
+
+# -- the disk reserve: looked up once a second while far from it ---------------------------
+
+
+@pytest.mark.parametrize(("free_mib", "looks"), [(4096, 1), (200, 10)])
+async def test_free_space_is_looked_up_once_a_second_unless_near_the_reserve(
+    bridge: tuple[Cluster, StandInNode, FSM, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    free_mib: int,
+    looks: int,
+) -> None:
+    cluster, _node, _fsm, _wakeups = bridge
+    counted: list[str] = []
+
+    def statvfs(path: str) -> Any:
+        counted.append(path)
+        return types.SimpleNamespace(f_bavail=free_mib << 8, f_frsize=4096, f_blocks=1 << 22)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    for _ in range(10):
+        cluster._check_disk(EntryType.KV_PUT, 1000)
+    # 64 MiB reserve: 4 GiB free is far from it; 200 MiB is within the 256 MiB slack
+    assert len(counted) == looks

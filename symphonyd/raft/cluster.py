@@ -75,6 +75,11 @@ DEFAULT_DISK_RESERVE = 64 << 20
 # Cut off this long while a write is in flight: say so, do not hang. `has_quorum` already
 # means "heard from a majority within an election timeout" (raft/readindex.py).
 QUORUM_GRACE = 0.2
+# A filesystem far from its reserve is looked at again only after this long (each look
+# is a syscall, on which the event loop gives the GIL away to the Raft thread, once per
+# write); one within DISK_SLACK bytes of the reserve, on every write.
+DISK_LOOK_EVERY = 1.0
+DISK_SLACK = 256 << 20
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.0 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
@@ -126,6 +131,8 @@ class Cluster:
         node.applied_listeners.append(self._hand_off)
         self.quota_bytes = DEFAULT_QUOTA  # [store] quota: new data refused past it
         self.disk_reserve = DEFAULT_DISK_RESERVE  # [store] disk_reserve: free space kept
+        self._disk_room = 0  # bytes above the reserve at the last look, less what came since
+        self._disk_looked = -DISK_LOOK_EVERY
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -206,12 +213,17 @@ class Cluster:
         still be recorded."""
         if entry_type not in GROWING:
             return
+        now = time.monotonic()
+        self._disk_room -= size
+        if self._disk_room > DISK_SLACK and now - self._disk_looked < DISK_LOOK_EVERY:
+            return
         try:
             fs = os.statvfs(self.node.raft_dir)
         except OSError:
             return
         free = fs.f_bavail * fs.f_frsize
         reserve = min(self.disk_reserve, fs.f_blocks * fs.f_frsize // 10)  # small disks too
+        self._disk_room, self._disk_looked = free - reserve - size, now
         if free >= reserve + size:
             return
         raise DiskFull(
