@@ -1,10 +1,18 @@
 """The asyncio face of the Raft node: propose entries, wait for revisions, change members.
 
 pysyncobj runs its own thread. `await cluster.propose(entry)` hands the encoded entry to
-that thread and wraps its callback into an asyncio future with `call_soon_threadsafe`;
-the result is the FSM's result on *this* node, so a write is readable here as soon as the
-call returns. Store changes cross the same way: `wait_for_revision` wakes when the store
-passes a revision (blocking KV reads, the events stream, agents).
+that thread and waits on an asyncio future that the entry's callback settles; the result
+is the FSM's result on *this* node, so a write is readable here as soon as the call
+returns. Store changes cross the same way: `wait_for_revision` wakes when the store
+passes a revision (blocking KV reads, the events stream), `wait_for_tables` only when a
+change touches one of its tables (agents: a KV write wakes none of them).
+
+Everything a round of applied entries produces (the proposals' outcomes, the tables it
+changed) crosses to asyncio in one `call_soon_threadsafe`, after the round; the outcomes
+are settled first, so a write's response does not wait behind the watchers it wakes. A
+change nobody waits for crosses not at all: the waiters count themselves under the store's
+lock, which the FSM holds while it tells of a change (a follower applying KV writes then
+never wakes its event loop).
 
 Writes may be proposed on any node: pysyncobj forwards a follower's command to the leader.
 A write that cannot reach a leader fails at once with `NoQuorum` instead of hanging.
@@ -13,6 +21,7 @@ A write that cannot reach a leader fails at once with `NoQuorum` instead of hang
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -66,6 +75,11 @@ DEFAULT_DISK_RESERVE = 64 << 20
 # Cut off this long while a write is in flight: say so, do not hang. `has_quorum` already
 # means "heard from a majority within an election timeout" (raft/readindex.py).
 QUORUM_GRACE = 0.2
+# A filesystem far from its reserve is looked at again only after this long (each look
+# is a syscall, on which the event loop gives the GIL away to the Raft thread, once per
+# write); one within DISK_SLACK bytes of the reserve, on every write.
+DISK_LOOK_EVERY = 1.0
+DISK_SLACK = 256 << 20
 STALE_STATUS = 0.2  # a Raft status older than this is refreshed (RaftNode: every ~50 ms)
 ELECTION_WAIT = 3.0  # raftMaxTimeout is 1.0 s: an election normally ends well within
 RESULT_ERRORS: dict[str, type[SymphonyError]] = {
@@ -98,16 +112,27 @@ class Cluster:
         self.store = store
         self.loop = loop
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._revision_event = asyncio.Event()
-        self._notify_pending = False
-        # Outcomes of proposals, handed from the Raft thread in batches (one wake-up each).
+        # Handed from the Raft thread (under the lock): outcomes of proposals and the
+        # tables changed, delivered to asyncio by one call per round (`_hand_off`).
         self._outcomes: list[tuple[asyncio.Future[Any], Any, int]] = []
-        self._outcomes_lock = threading.Lock()
+        self._changed: set[str] = set()
+        self._hand_off_due = False
+        self._hand_off_lock = threading.Lock()
+        # Event loop only: who waits for the next revision, and for a change to a table.
+        self._revision_waiters: set[asyncio.Future[None]] = set()
+        self._table_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # How many wait, per table and for any revision: changed under `store.lock` only,
+        # read by `_on_changes` (under it too).
+        self._table_interest: collections.Counter[str] = collections.Counter()
+        self._revision_interest = 0
         self._in_flight_futures: set[asyncio.Future[Any]] = set()
         self._quorum_watch: asyncio.Task[None] | None = None
         self._unsubscribe = store.subscribe(self._on_changes)
+        node.applied_listeners.append(self._hand_off)
         self.quota_bytes = DEFAULT_QUOTA  # [store] quota: new data refused past it
         self.disk_reserve = DEFAULT_DISK_RESERVE  # [store] disk_reserve: free space kept
+        self._disk_room = 0  # bytes above the reserve at the last look, less what came since
+        self._disk_looked = -DISK_LOOK_EVERY
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -133,14 +158,13 @@ class Cluster:
                 if not self.has_leader():
                     await self._await_election(deadline)
                 future: asyncio.Future[tuple[Any, int]] = self.loop.create_future()
-                started = time.perf_counter()
-                self.node.submit(data, functools.partial(self._outcome, future))
                 self._in_flight_futures.add(future)
                 self._ensure_quorum_watch()
+                started = time.perf_counter()
+                # Submitted last: it wakes the Raft thread, which then finds the GIL free.
+                self.node.submit(data, functools.partial(self._outcome, future))
                 try:
-                    result, error = await asyncio.wait_for(
-                        future, max(deadline - time.monotonic(), 0.01)
-                    )
+                    result, error = await self._within(future, deadline - time.monotonic())
                 except TimeoutError:
                     raise Indeterminate(
                         f"the write was not confirmed within {timeout:g}s; it may still be "
@@ -189,12 +213,17 @@ class Cluster:
         still be recorded."""
         if entry_type not in GROWING:
             return
+        now = time.monotonic()
+        self._disk_room -= size
+        if self._disk_room > DISK_SLACK and now - self._disk_looked < DISK_LOOK_EVERY:
+            return
         try:
             fs = os.statvfs(self.node.raft_dir)
         except OSError:
             return
         free = fs.f_bavail * fs.f_frsize
         reserve = min(self.disk_reserve, fs.f_blocks * fs.f_frsize // 10)  # small disks too
+        self._disk_room, self._disk_looked = free - reserve - size, now
         if free >= reserve + size:
             return
         raise DiskFull(
@@ -267,20 +296,56 @@ class Cluster:
                 raise NoQuorum(self.no_quorum_message())
             await asyncio.sleep(0.05)
 
-    def _outcome(self, future: asyncio.Future[Any], result: Any, error: int) -> None:
-        # Raft thread: queue the outcome; schedule one drain for a whole burst.
-        with self._outcomes_lock:
-            self._outcomes.append((future, result, error))
-            first = len(self._outcomes) == 1
-        if first:
-            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                self.loop.call_soon_threadsafe(self._settle_outcomes)
+    async def _within(self, future: asyncio.Future[Any], timeout: float) -> Any:
+        """`await future`, or TimeoutError after `timeout` seconds (at least 10 ms). One
+        timer, where `asyncio.wait_for` adds a waiter future and callbacks around it."""
+        timer = self.loop.call_later(max(timeout, 0.01), _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
-    def _settle_outcomes(self) -> None:
-        with self._outcomes_lock:
+    # -- from the Raft thread ------------------------------------------------------------
+
+    def _outcome(self, future: asyncio.Future[Any], result: Any, error: int) -> None:
+        # Raft thread: an entry's callback. Inside a round of applied entries it waits
+        # for the end of the round (RaftNode.applied_listeners); else it goes now.
+        with self._hand_off_lock:
+            self._outcomes.append((future, result, error))
+        if not self.node.applying:
+            self._hand_off()
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        # Raft thread, under store.lock (the store's listener): note the tables someone
+        # waits for; hand off as for `_outcome`.
+        tables = {change.table for change in changes}
+        interest = self._table_interest
+        if not (self._revision_interest or "*" in tables or any(interest[t] for t in tables)):
+            return
+        with self._hand_off_lock:
+            self._changed |= tables
+        if not self.node.applying:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        # Raft thread: one call_soon_threadsafe for all that is pending, if not already due.
+        with self._hand_off_lock:
+            if self._hand_off_due or not (self._outcomes or self._changed):
+                return
+            self._hand_off_due = True
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        # Event loop: the outcomes first (their writers answer first), then the watchers.
+        with self._hand_off_lock:
             outcomes, self._outcomes = self._outcomes, []
+            changed, self._changed = self._changed, set()
+            self._hand_off_due = False
         for future, result, error in outcomes:
             _settle(future, result, error)
+        if changed:
+            self._wake(changed)
 
     async def propose_ok(
         self, entry: Entry, timeout: float = 10.0, *, idempotent: bool = False
@@ -388,31 +453,44 @@ class Cluster:
 
     # -- watches ---------------------------------------------------------------------------
 
-    def _on_changes(self, changes: list[Change]) -> None:
-        # Raft thread: coalesce wake-ups, one call_soon_threadsafe per burst.
-        if not self._notify_pending:
-            self._notify_pending = True
-            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                self.loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        self._notify_pending = False
-        event, self._revision_event = self._revision_event, asyncio.Event()
-        event.set()
+    def _wake(self, changed: set[str]) -> None:
+        """Wake who waits for a new revision, and who waits for one of the `changed`
+        tables (all of them on a reset, table "*")."""
+        woken, self._revision_waiters = self._revision_waiters, set()
+        if "*" in changed:
+            tables, self._table_waiters = self._table_waiters, {}
+            for waiters in tables.values():
+                woken |= waiters
+        else:
+            for table in changed:
+                woken |= self._table_waiters.pop(table, set())
+        for waiter in woken:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_for_revision(self, after: int, timeout: float) -> bool:
         """Wait until the store's revision is above `after`; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self.store.revision <= after:
+        while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            event = self._revision_event
+            with self.store.lock:  # a change applied after this is handed off (interest)
+                if self.store.revision > after:
+                    return True
+                if remaining <= 0:
+                    return False
+                self._revision_interest += 1
+            # Registered before the next await: what is handed off after the check above
+            # is delivered (on this loop) after this line, and wakes it.
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._revision_waiters.add(waiter)
             try:
-                await asyncio.wait_for(event.wait(), remaining)
+                await self._within(waiter, remaining)
             except TimeoutError:
                 return self.store.revision > after
-        return True
+            finally:
+                self._revision_waiters.discard(waiter)
+                with self.store.lock:
+                    self._revision_interest -= 1
 
     async def watch(self, since: int, keepalive: float = 15.0) -> AsyncIterator[Change | None]:
         """Every change after revision `since`, in order, as it is applied; `None` after
@@ -437,14 +515,29 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self.wait_for_revision(after, remaining):
-                return False
-            with self.store.lock:
+            with self.store.lock:  # as in wait_for_revision
                 changes = self.store.changes_since(after)
-                now = self.store.revision
-            if changes is None or any(c.table in tables or c.table == "*" for c in changes):
-                return True
-            after = now
+                if changes is None or any(c.table in tables or c.table == "*" for c in changes):
+                    return True
+                if remaining <= 0:
+                    return False
+                after = self.store.revision
+                self._table_interest.update(tables)
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            for table in tables:
+                self._table_waiters.setdefault(table, set()).add(waiter)
+            try:
+                with contextlib.suppress(TimeoutError):  # then the changes are looked at once more
+                    await self._within(waiter, remaining)
+            finally:
+                for table in tables:
+                    waiting = self._table_waiters.get(table)
+                    if waiting is not None:
+                        waiting.discard(waiter)
+                        if not waiting:
+                            del self._table_waiters[table]
+                with self.store.lock:
+                    self._table_interest.subtract(tables)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -453,3 +546,8 @@ class Cluster:
 def _settle(future: asyncio.Future[Any], result: Any, error: Any) -> None:
     if not future.done():
         future.set_result((result, error))
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())

@@ -55,7 +55,7 @@ from symphonyd.raft.fsm import FSM
 from symphonyd.raft.journal import DurableJournal, SyncFailed
 from symphonyd.raft.pinning import check_pysyncobj
 from symphonyd.raft.prevote import PreVote
-from symphonyd.raft.readindex import ReadIndex
+from symphonyd.raft.readindex import LEADER, ReadIndex
 from symphonyd.raft.snapshots import SnapshotWriter, read_snapshot_file
 from symphonyd.raft.transport import DurableTransport
 from symphonyd.raft.wire import AeadEncryptor
@@ -140,6 +140,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         )
         transport_class = functools.partial(DurableTransport, journal=self.journal)
         self._wake_pending = False
+        self._commit_send_due = False  # an applied round's commit index rides the next send
         # pysyncobj builds its journal and its encryptor with module-level factories:
         # hand it ours (every connection then uses the AES-GCM encryptor from the start).
         with _construct_lock:
@@ -171,6 +172,11 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         self._hand_over_until = self._handed_over_at = -1.0
         self._host_error_logged = -HOST_ERROR_EVERY
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        # Run on the Raft thread after each round of applying committed entries; while a
+        # round runs, `applying` is True (raft/cluster.py hands a round's outcomes and
+        # store changes to asyncio in one wake-up).
+        self.applied_listeners: list[Callable[[], None]] = []
+        self.applying = False
         self._refresh_status(force=True)
 
     # -- the one replicated method ----------------------------------------------------------
@@ -357,6 +363,7 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
         # Cleared before the queue is drained, so a command queued after the drain always
         # finds it False and wakes the thread again.
         self._wake_pending = False
+        commit_send_due, self._commit_send_due = self._commit_send_due, False
         due: list[bool] = []
         # pysyncobj calls self.__sendAppendEntries() after each command it appends: an
         # instance attribute under the mangled name shadows it for this call only.
@@ -365,14 +372,37 @@ class RaftNode(PreVote, ReadIndex, SyncObj):
             super()._checkCommandsToApply()
         finally:
             del self._SyncObj__sendAppendEntries
-        if due:
+        if due or commit_send_due:
             self._SyncObj__sendAppendEntries()
-            if not self._SyncObj__otherNodes:
-                # A leader alone commits what it appended at the start of the next tick,
-                # and no acknowledgement will wake the poll: without this every write on
-                # a one-node cluster waited out the poll's 50 ms. The journal is still
-                # synced first (the tick's callbacks run before the poll).
-                self._SyncObj__pipeNotifier.notify()
+        if due and not self._SyncObj__otherNodes:
+            # A leader alone commits what it appended at the start of the next tick,
+            # and no acknowledgement will wake the poll: without this every write on
+            # a one-node cluster waited out the poll's 50 ms. The journal is still
+            # synced first (the tick's callbacks run before the poll).
+            self._SyncObj__pipeNotifier.notify()
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        """pysyncobj applies what is committed, calling each entry's callback as it goes;
+        then `applied_listeners` run once for the whole round.
+
+        A leader that applied something sends an append message at once, to carry the
+        new commit index. When proposals are queued, `_checkCommandsToApply` sends one
+        in the same tick anyway (with the new entries and the same commit index): that
+        one goes alone, one message per follower where there were two."""
+        self.applying = True
+        try:
+            send_now = bool(super()._SyncObj__applyLogEntries())
+        finally:
+            self.applying = False
+            for listener in self.applied_listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("applied listener failed")
+        if send_now and self._wake_pending and self._SyncObj__raftState == LEADER:
+            self._commit_send_due = True
+            return False
+        return send_now
 
     # -- what the pre-vote mixin needs of pysyncobj ------------------------------------
 

@@ -24,6 +24,7 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("method", "_checkCommandsToApply"),
     ("method", "_doDestroy"),
     ("method", "_SyncObj__onMessageReceived"),
+    ("method", "_SyncObj__applyLogEntries"),
     ("method", "_SyncObj__sendAppendEntries"),
     ("method", "_SyncObj__callErrCallback"),
     ("state", "_SyncObj__transport"),
