@@ -26,6 +26,7 @@ from symphonyd.drivers import Health
 from symphonyd.errors import Invalid
 from symphonyd.raft.cluster import Cluster
 from symphonyd.raft.entries import Entry, EntryType
+from symphonyd.scheduler import LeaderView
 from symphonyd.security import new_id, now_rfc3339
 from symphonyd.validation import check_name
 
@@ -49,7 +50,7 @@ class ServiceHost:
     shared: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"images": ImageService}
     # The members the leader reaches, asked of it (None: it did not answer): placement
     # asked on a follower uses the leader's view (`scheduler.placement_nodes`).
-    leader_view: Callable[[], Awaitable[set[str] | None]] | None = None
+    leader_view: LeaderView | None = None
 
 
 @dataclass

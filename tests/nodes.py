@@ -48,6 +48,13 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def run_json(node: NodeProcess, *args: str, timeout: float = 120.0) -> Any:
+    """A CLI command with --json on `node`: it must succeed; its output, parsed."""
+    result = node.cli(*args, "--json", timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 class NodeProcess:
     """One `symphonyd run` process with its own data dir and ports."""
 

@@ -5,7 +5,6 @@ within seconds and nothing is placed there. And the scheduler's choices, on a re
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -16,15 +15,9 @@ import pytest
 from symphonyd.errors import Conflict, NotFound
 from symphonyd.scheduler import choose
 from symphonyd.state.store import Store
-from tests.nodes import NodeProcess, NodeSet, wait_until
+from tests.nodes import NodeProcess, NodeSet, run_json, wait_until
 
 MiB = 1024 * 1024
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def volume(node: NodeProcess, ref: str) -> dict[str, Any]:

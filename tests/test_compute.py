@@ -6,7 +6,6 @@ started again), and removal leaving nothing behind."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from symphonyd.compute.cloudinit import read_seed
 from symphonyd.compute.testimage import write_image
-from tests.nodes import NodeProcess, NodeSet, wait_until
+from tests.nodes import NodeProcess, NodeSet, run_json, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 MiB = 1 << 20
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def refused(node: NodeProcess, *args: str) -> str:

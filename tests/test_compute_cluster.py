@@ -6,22 +6,15 @@ from the others, and their real state again once it is back."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from symphonyd.compute.testimage import write_image
-from tests.nodes import NodeProcess, NodeSet, wait_until
+from tests.nodes import NodeProcess, NodeSet, run_json, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def instance(node: NodeProcess, ref: str) -> dict[str, Any]:

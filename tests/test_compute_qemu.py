@@ -9,7 +9,6 @@ libvirt or on disk. Needs root and the packages `scripts/bootstrap --test` insta
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from symphonyd.compute.testimage import MARKER, write_image
+from tests import nodes
 from tests.libvirtd import TOOLS, Libvirtd, running_libvirtd
 from tests.nodes import NodeProcess, NodeSet, wait_until
 
@@ -38,9 +38,7 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
 
 
 def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=180)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return nodes.run_json(node, *args, timeout=180)
 
 
 def virsh(uri: str, *args: str) -> str:

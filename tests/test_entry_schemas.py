@@ -9,7 +9,6 @@ proposes is refused, and every entry of its journal fits its schema.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from symphonyd.errors import Invalid
 from symphonyd.raft import schemas
 from symphonyd.raft.entries import Entry, EntryType, body_version, decode
 from symphonyd.raft.journal import DurableJournal
-from tests.nodes import NodeProcess, NodeSet, free_port, wait_until
+from tests.nodes import NodeProcess, NodeSet, free_port, run_json, wait_until
 
 NOW = "2030-01-02T03:04:05.000000Z"
 REGULAR = 0  # pysyncobj's command type of a replicated call (the first byte of a command)
@@ -210,12 +209,6 @@ def test_kv_put_bodies_round_trip(key: str, value: bytes, flags: int, cas: int |
 
 
 # -- what a real cluster proposes -----------------------------------------------------------
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def run_ok(node: NodeProcess, *args: str) -> str:

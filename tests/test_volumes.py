@@ -4,7 +4,6 @@ deletion, bad input, and a node that was down catching up by itself."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,16 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import NodeProcess, NodeSet, wait_until
+from tests.nodes import NodeProcess, NodeSet, run_json, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 MiB = 1024 * 1024
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def pool_files(node: NodeProcess) -> list[str]:

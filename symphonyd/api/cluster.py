@@ -81,16 +81,10 @@ class Member(MemberBody):
 
     def record(self) -> dict[str, Any]:
         """The node's row as `nodes` keeps it (before its status)."""
-        return {
-            "name": self.name,
-            "address": self.address,
-            "api_port": self.api_port,
-            "raft_port": self.raft_port,
-            "raft_addr": f"{self.address}:{self.raft_port}",
-            "version": self.version,
-            "schema": self.schema,
-            **({"credential_sha256": self.credential_sha256} if self.credential_sha256 else {}),
-        }
+        row = msgspec.structs.asdict(self)
+        if not row["credential_sha256"]:
+            del row["credential_sha256"]
+        return {**row, "raft_addr": f"{self.address}:{self.raft_port}"}
 
 
 class Admission(MemberBody):

@@ -5,7 +5,6 @@ same request is refused at once, though the follower reaches it again."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,11 @@ import pytest
 
 from symphonyd.compute.testimage import write_image
 from tests.chaos.nemesis import ChaosCluster
-from tests.nodes import NodeProcess, wait_until
+from tests.nodes import NodeProcess, run_json, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SMALL = ("--image", "boot", "--disk", "16M", "--memory", "64M")
-
-
-def run_json(node: NodeProcess, *args: str) -> Any:
-    result = node.cli(*args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def connected(node: NodeProcess, other: NodeProcess) -> bool:
